@@ -1,0 +1,5 @@
+import sys
+
+from waferflow.cli import main
+
+sys.exit(main())

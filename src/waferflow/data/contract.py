@@ -1,0 +1,401 @@
+"""The data contract: one ``.npz`` (no pickle) plus a JSON manifest.
+
+Maps are uint8 with 0 = off-wafer, 1 = passing die, 2 = failing die (WM-811K's
+own coding). They are stored either fixed-size (``maps`` [N, H, W]) or
+variable-size (``maps_flat``, ``shapes`` [N, 2], ``offsets`` [N+1]).
+Labels are ``labels`` int [N] (``label`` accepted as an alias) indexing
+``class_names`` [K]; ``lots`` str [N] is optional. A dataset may be unlabeled
+(no ``labels``), which adaptive BN and drift use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from waferflow.config import atomic_write_bytes, atomic_write_json
+from waferflow.errors import DataError
+
+VALID_VALUES = (0, 1, 2)
+MANIFEST_SUFFIX = ".json"
+
+
+def validate_maps(maps: np.ndarray | Sequence[np.ndarray], where: str = "maps") -> None:
+    """Check dtype, shape and die coding of one or many maps.
+
+    Raises:
+        DataError: naming the first offending map and value.
+    """
+    arrs = [maps] if isinstance(maps, np.ndarray) and maps.ndim == 3 else maps
+    if isinstance(maps, np.ndarray) and maps.ndim not in (1, 3):
+        raise DataError(f"{where} must be [N, H, W]; got shape {maps.shape}")
+    offset = 0
+    for arr in arrs:
+        arr = np.asarray(arr)
+        if arr.dtype.kind == "f" and np.isnan(arr).any():
+            idx = offset + (int(np.argwhere(np.isnan(arr).reshape(len(arr), -1).any(1))[0][0]) if arr.ndim == 3 else 0)
+            raise DataError(f"{where}: NaN in map {idx}; maps must be integers 0/1/2 (0 off-wafer, 1 pass, 2 fail)")
+        if arr.dtype.kind not in "uif" and arr.dtype != bool:
+            raise DataError(f"{where}: dtype {arr.dtype} is not numeric; maps must be uint8 0/1/2")
+        if arr.ndim == 3:
+            if 0 in arr.shape[1:]:
+                raise DataError(f"{where}: empty map shape {arr.shape[1:]}")
+            flat = arr.reshape(len(arr), -1)
+            bad = ~np.isin(flat, VALID_VALUES)
+            if bad.any():
+                i = int(np.argwhere(bad.any(1))[0][0])
+                v = flat[i][bad[i]][0]
+                raise DataError(
+                    f"{where}: values must be 0/1/2 (0 off-wafer, 1 pass, 2 fail); found {v!r} in map {offset + i}. "
+                    "Recode the die values before ingest (e.g. WM-811K's own coding)."
+                )
+            offset += len(arr)
+        elif arr.ndim == 2:
+            if 0 in arr.shape:
+                raise DataError(f"{where}: map {offset} has an empty shape {arr.shape}")
+            bad = ~np.isin(arr, VALID_VALUES)
+            if bad.any():
+                raise DataError(
+                    f"{where}: values must be 0/1/2 (0 off-wafer, 1 pass, 2 fail); found {arr[bad][0]!r} in map {offset}"
+                )
+            offset += 1
+        else:
+            raise DataError(f"{where}: map {offset} must be 2-D, got shape {arr.shape}")
+
+
+def resize_nearest(m: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of one 2-D map or a batch [N, H, W].
+
+    Values are categories, so no interpolation ever mixes them.
+    """
+    h_out, w_out = (size, size) if isinstance(size, int) else size
+    h, w = m.shape[-2:]
+    if (h, w) == (h_out, w_out):
+        return m.copy()
+    rows = np.minimum((np.arange(h_out) * h / h_out + h / (2 * h_out)).astype(np.int64), h - 1)
+    cols = np.minimum((np.arange(w_out) * w / w_out + w / (2 * w_out)).astype(np.int64), w - 1)
+    return m[..., rows[:, None], cols[None, :]]
+
+
+@dataclass
+class WaferDataset:
+    """Wafer maps with optional labels and lots.
+
+    Exactly one of ``maps`` (fixed size, uint8 [N, H, W]) or the variable-size
+    triple (``maps_flat``, ``shapes``, ``offsets``) is set.
+    """
+
+    class_names: tuple[str, ...]
+    labels: np.ndarray | None = None
+    maps: np.ndarray | None = None
+    maps_flat: np.ndarray | None = None
+    shapes: np.ndarray | None = None
+    offsets: np.ndarray | None = None
+    lots: np.ndarray | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    # ---------------------------------------------------------------- basics
+    def __post_init__(self) -> None:
+        self.class_names = tuple(str(c) for c in self.class_names)
+        if self.labels is not None:
+            self.labels = np.asarray(self.labels).astype(np.int64, copy=False)
+        if self.lots is not None:
+            self.lots = np.asarray(self.lots).astype(str)
+
+    @property
+    def fixed_size(self) -> bool:
+        return self.maps is not None
+
+    @property
+    def labeled(self) -> bool:
+        return self.labels is not None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def __len__(self) -> int:
+        if self.maps is not None:
+            return int(self.maps.shape[0])
+        return 0 if self.shapes is None else int(self.shapes.shape[0])
+
+    def map_shapes(self) -> np.ndarray:
+        """[N, 2] original (H, W) of each map."""
+        if self.maps is not None:
+            return np.tile(np.asarray(self.maps.shape[1:], dtype=np.int32), (len(self), 1))
+        return np.asarray(self.shapes)
+
+    def get(self, i: int) -> np.ndarray:
+        """Map ``i`` at its own size."""
+        if self.maps is not None:
+            return self.maps[i]
+        a, b = int(self.offsets[i]), int(self.offsets[i + 1])
+        return self.maps_flat[a:b].reshape(tuple(int(x) for x in self.shapes[i]))
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for i in range(len(self)):
+            yield self.get(i)
+
+    def resized(self, size: int, indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
+        """uint8 [n, size, size], nearest-neighbour resized (for models and features)."""
+        idx = np.arange(len(self)) if indices is None else np.asarray(indices)
+        if self.maps is not None:
+            return np.ascontiguousarray(resize_nearest(self.maps[idx], size)).astype(np.uint8, copy=False)
+        out = np.empty((len(idx), size, size), dtype=np.uint8)
+        for j, i in enumerate(idx):
+            out[j] = resize_nearest(self.get(int(i)), size)
+        return out
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> "WaferDataset":
+        idx = np.asarray(indices, dtype=np.int64)
+        common = dict(
+            class_names=self.class_names,
+            labels=None if self.labels is None else self.labels[idx],
+            lots=None if self.lots is None else self.lots[idx],
+            meta=dict(self.meta),
+        )
+        if self.maps is not None:
+            return WaferDataset(maps=self.maps[idx], **common)
+        shapes = np.asarray(self.shapes)[idx]
+        sizes = shapes[:, 0].astype(np.int64) * shapes[:, 1]
+        offsets = np.zeros(len(idx) + 1, dtype=np.int64)
+        np.cumsum(sizes, out=offsets[1:])
+        flat = np.empty(int(offsets[-1]), dtype=np.uint8)
+        for j, i in enumerate(idx):
+            flat[offsets[j]:offsets[j + 1]] = self.maps_flat[self.offsets[i]:self.offsets[i + 1]]
+        return WaferDataset(maps_flat=flat, shapes=shapes.astype(np.int32), offsets=offsets, **common)
+
+    def class_counts(self) -> dict[str, int]:
+        if self.labels is None:
+            return {}
+        counts = np.bincount(self.labels, minlength=self.num_classes)
+        return {c: int(n) for c, n in zip(self.class_names, counts)}
+
+    # ------------------------------------------------------------ validation
+    def validate(self, require_labels: bool = False, allow_empty_classes: bool = True) -> "WaferDataset":
+        """Check the whole contract. Returns ``self``.
+
+        Raises:
+            DataError: what is wrong and how to fix it.
+        """
+        n = len(self)
+        if n == 0:
+            raise DataError("dataset is empty: it holds no maps. Point to a file with at least one map.")
+        if (self.maps is None) == (self.maps_flat is None):
+            raise DataError("dataset must have exactly one of 'maps' or 'maps_flat'/'shapes'/'offsets'")
+        if self.maps is not None:
+            if self.maps.ndim != 3:
+                raise DataError(f"'maps' must be [N, H, W]; got shape {self.maps.shape}")
+            validate_maps(self.maps)
+        else:
+            if self.shapes is None or self.offsets is None:
+                raise DataError("variable-size layout needs 'maps_flat', 'shapes' and 'offsets' together")
+            shapes, offsets = np.asarray(self.shapes), np.asarray(self.offsets)
+            if shapes.ndim != 2 or shapes.shape[1] != 2:
+                raise DataError(f"'shapes' must be [N, 2]; got {shapes.shape}")
+            if offsets.shape != (n + 1,):
+                raise DataError(f"'offsets' must be [N+1] = [{n + 1}]; got {offsets.shape}")
+            if (shapes <= 0).any():
+                i = int(np.argwhere((shapes <= 0).any(1))[0][0])
+                raise DataError(f"map {i} has a non-positive shape {tuple(shapes[i])}")
+            sizes = shapes[:, 0].astype(np.int64) * shapes[:, 1]
+            if offsets[0] != 0 or not np.array_equal(np.diff(offsets), sizes):
+                raise DataError("'offsets' disagree with 'shapes': offsets[i+1]-offsets[i] must equal H*W of map i")
+            if offsets[-1] != self.maps_flat.size:
+                raise DataError(
+                    f"'maps_flat' has {self.maps_flat.size} values but offsets end at {int(offsets[-1])}: file truncated?"
+                )
+            flat = self.maps_flat
+            if flat.dtype.kind == "f" and np.isnan(flat).any():
+                pos = int(np.argmax(np.isnan(flat)))
+                raise DataError(f"NaN in map {int(np.searchsorted(offsets, pos, side='right') - 1)}; maps must be 0/1/2")
+            bad = ~np.isin(flat, VALID_VALUES)
+            if bad.any():
+                pos = int(np.argmax(bad))
+                i = int(np.searchsorted(offsets, pos, side="right") - 1)
+                raise DataError(
+                    f"values must be 0/1/2 (0 off-wafer, 1 pass, 2 fail); found {flat[pos]!r} in map {i}"
+                )
+        if not self.class_names:
+            raise DataError("'class_names' is empty; a dataset needs at least one class name")
+        if len(set(self.class_names)) != len(self.class_names):
+            raise DataError(f"'class_names' has duplicates: {list(self.class_names)}")
+        if self.labels is None:
+            if require_labels:
+                raise DataError("this step needs labels, but the dataset has no 'labels' array")
+        else:
+            if self.labels.shape != (n,):
+                raise DataError(f"'labels' has {self.labels.shape[0] if self.labels.ndim else 0} entries but there are {n} maps")
+            lo, hi = int(self.labels.min()), int(self.labels.max())
+            if lo < 0 or hi >= self.num_classes:
+                bad_i = int(np.argmax((self.labels < 0) | (self.labels >= self.num_classes)))
+                raise DataError(
+                    f"label {int(self.labels[bad_i])} of map {bad_i} is out of range 0..{self.num_classes - 1} "
+                    f"for {self.num_classes} class names"
+                )
+            if not allow_empty_classes:
+                counts = np.bincount(self.labels, minlength=self.num_classes)
+                empty = [c for c, k in zip(self.class_names, counts) if k == 0]
+                if empty:
+                    raise DataError(
+                        f"class(es) {empty} have no maps; drop them from class_names or add labeled maps for them"
+                    )
+        if self.lots is not None and self.lots.shape != (n,):
+            raise DataError(f"'lots' has {len(self.lots)} entries but there are {n} maps")
+        return self
+
+    # --------------------------------------------------------------- to/from
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {"class_names": np.asarray(self.class_names, dtype=str)}
+        if self.maps is not None:
+            out["maps"] = np.ascontiguousarray(self.maps, dtype=np.uint8)
+        else:
+            out["maps_flat"] = np.ascontiguousarray(self.maps_flat, dtype=np.uint8)
+            out["shapes"] = np.asarray(self.shapes, dtype=np.int32)
+            out["offsets"] = np.asarray(self.offsets, dtype=np.int64)
+        if self.labels is not None:
+            out["labels"] = self.labels.astype(np.int64)
+        if self.lots is not None:
+            out["lots"] = self.lots.astype(str)
+        return out
+
+
+def dataset_hash(ds: WaferDataset) -> str:
+    """sha256 over the maps, shapes, labels, class names and lots (content, not file bytes)."""
+    h = hashlib.sha256()
+    for k, v in sorted(ds.to_arrays().items()):
+        h.update(k.encode())
+        h.update(str(v.dtype).encode())
+        h.update(str(v.shape).encode())
+        if v.dtype.kind == "U":
+            h.update("\x00".join(v.tolist()).encode())
+        else:
+            h.update(np.ascontiguousarray(v).tobytes())
+    return h.hexdigest()
+
+
+def manifest_of(ds: WaferDataset, source: str | None = None, extra: dict | None = None) -> dict[str, Any]:
+    shapes = ds.map_shapes()
+    man: dict[str, Any] = {
+        "n_maps": len(ds),
+        "layout": "fixed" if ds.fixed_size else "variable",
+        "class_names": list(ds.class_names),
+        "class_counts": ds.class_counts(),
+        "labeled": ds.labeled,
+        "has_lots": ds.lots is not None,
+        "shape_stats": {
+            "h_min": int(shapes[:, 0].min()), "h_max": int(shapes[:, 0].max()), "h_median": float(np.median(shapes[:, 0])),
+            "w_min": int(shapes[:, 1].min()), "w_max": int(shapes[:, 1].max()), "w_median": float(np.median(shapes[:, 1])),
+        },
+        "content_sha256": dataset_hash(ds),
+        "source": source if source is not None else ds.meta.get("source", "unknown"),
+    }
+    for k in ("taxonomy", "seed", "generator"):
+        if k in ds.meta:
+            man[k] = ds.meta[k]
+    if extra:
+        man.update(extra)
+    return man
+
+
+def manifest_path(npz_path: str | Path) -> Path:
+    p = Path(npz_path)
+    return p.with_name(p.stem + MANIFEST_SUFFIX) if p.suffix == ".npz" else p.with_name(p.name + MANIFEST_SUFFIX)
+
+
+def save_dataset(ds: WaferDataset, path: str | Path, source: str | None = None, extra: dict | None = None) -> dict:
+    """Validate, then write ``path`` (.npz, uncompressed, deterministic bytes) and its manifest atomically.
+
+    Nothing is written when the dataset is invalid.
+
+    Returns:
+        The manifest dict.
+    """
+    ds.validate()
+    buf = io.BytesIO()
+    # Write zip entries with a fixed timestamp so the same content gives the same bytes.
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+        for k, v in ds.to_arrays().items():
+            info = zipfile.ZipInfo(k + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
+            arr_buf = io.BytesIO()
+            np.lib.format.write_array(arr_buf, np.asarray(v), allow_pickle=False)
+            zf.writestr(info, arr_buf.getvalue())
+    man = manifest_of(ds, source=source, extra=extra)
+    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_json(manifest_path(path), man)
+    return man
+
+
+def load_dataset(path: str | Path, require_labels: bool = False) -> WaferDataset:
+    """Load and validate a dataset ``.npz`` of either layout (never unpickles).
+
+    Raises:
+        DataError: for a missing, truncated or corrupt file, or a contract violation.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{p} does not exist")
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except ValueError as e:
+        if "allow_pickle" in str(e) or "Object arrays" in str(e):
+            raise DataError(f"{p} holds pickled object arrays, which are refused; store plain arrays") from None
+        raise DataError(f"{p} is not a readable .npz ({e}); is it truncated or corrupt? Re-create or re-download it") from None
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise DataError(f"{p} is not a readable .npz ({e}); is it truncated or corrupt? Re-create or re-download it") from None
+    return dataset_from_arrays(arrays, source=str(p)).validate(require_labels=require_labels)
+
+
+def dataset_from_arrays(arrays: dict[str, np.ndarray], source: str = "arrays") -> WaferDataset:
+    """Build a dataset from npz-style arrays (``label`` is an alias of ``labels``)."""
+    a = dict(arrays)
+    if "labels" not in a and "label" in a:
+        a["labels"] = a.pop("label")
+    labels = a.get("labels")
+    if labels is not None:
+        labels = np.asarray(labels)
+        if labels.dtype.kind == "f":
+            if np.isnan(labels).any():
+                raise DataError(f"{source}: NaN in 'labels'; every label must be an integer class index")
+            if not np.all(labels == np.round(labels)):
+                raise DataError(f"{source}: 'labels' must be integers")
+        elif labels.dtype.kind not in "iu":
+            raise DataError(f"{source}: 'labels' must be integers, got dtype {labels.dtype}")
+    if "class_names" in a:
+        class_names = tuple(str(c) for c in np.asarray(a["class_names"]).tolist())
+    elif labels is not None and len(labels):
+        class_names = tuple(str(i) for i in range(int(labels.max()) + 1))
+    else:
+        raise DataError(f"{source}: no 'class_names' array; add one with the name of each class index")
+    meta = {"source": source}
+    if "maps" in a:
+        maps = np.asarray(a["maps"])
+        if maps.ndim != 3:
+            raise DataError(f"{source}: 'maps' must be [N, H, W]; got shape {maps.shape}")
+        validate_maps(maps, where=f"{source}: maps")
+        return WaferDataset(class_names=class_names, labels=labels, maps=maps.astype(np.uint8),
+                            lots=a.get("lots"), meta=meta)
+    if "maps_flat" in a:
+        missing = [k for k in ("shapes", "offsets") if k not in a]
+        if missing:
+            raise DataError(f"{source}: variable-size layout needs {missing} next to 'maps_flat'")
+        flat = np.asarray(a["maps_flat"])
+        if flat.dtype.kind == "f" and np.isnan(flat).any():
+            raise DataError(f"{source}: NaN in 'maps_flat'; maps must be 0/1/2")
+        return WaferDataset(class_names=class_names, labels=labels, maps_flat=flat.astype(np.uint8) if flat.dtype.kind in "ui" and np.isin(flat, VALID_VALUES).all() else flat,
+                            shapes=np.asarray(a["shapes"]).astype(np.int32), offsets=np.asarray(a["offsets"]).astype(np.int64),
+                            lots=a.get("lots"), meta=meta)
+    raise DataError(f"{source}: no maps found; expected 'maps' [N,H,W] or 'maps_flat'+'shapes'+'offsets'")
+
+
+def read_manifest(npz_path: str | Path) -> dict:
+    p = manifest_path(npz_path)
+    return json.loads(p.read_text()) if p.exists() else {}
