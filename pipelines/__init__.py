@@ -1,0 +1,1 @@
+"""KFP v2 pipelines (wiring only). Installed as ``waferflow.pipelines``."""
