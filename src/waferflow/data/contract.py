@@ -27,6 +27,13 @@ VALID_VALUES = (0, 1, 2)
 MANIFEST_SUFFIX = ".json"
 
 
+def _all_valid(a: np.ndarray) -> bool:
+    """True when every value is 0/1/2; a fast max() check for the usual uint8 maps."""
+    if a.dtype == np.uint8:
+        return a.size == 0 or int(a.max()) <= 2
+    return bool(np.isin(a, VALID_VALUES).all())
+
+
 def validate_maps(maps: np.ndarray | Sequence[np.ndarray], where: str = "maps") -> None:
     """Check dtype, shape and die coding of one or many maps.
 
@@ -48,12 +55,15 @@ def validate_maps(maps: np.ndarray | Sequence[np.ndarray], where: str = "maps") 
             if 0 in arr.shape[1:]:
                 raise DataError(f"{where}: empty map shape {arr.shape[1:]}")
             flat = arr.reshape(len(arr), -1)
+            if _all_valid(flat):
+                offset += len(arr)
+                continue
             bad = ~np.isin(flat, VALID_VALUES)
             if bad.any():
                 i = int(np.argwhere(bad.any(1))[0][0])
                 v = flat[i][bad[i]][0]
                 raise DataError(
-                    f"{where}: values must be 0/1/2 (0 off-wafer, 1 pass, 2 fail); found {v!r} in map {offset + i}. "
+                    f"{where}: values must be 0/1/2 (0 off-wafer, 1 pass, 2 fail); found {v.item()!r} in map {offset + i}. "
                     "Recode the die values before ingest (e.g. WM-811K's own coding)."
                 )
             offset += len(arr)
@@ -63,7 +73,7 @@ def validate_maps(maps: np.ndarray | Sequence[np.ndarray], where: str = "maps") 
             bad = ~np.isin(arr, VALID_VALUES)
             if bad.any():
                 raise DataError(
-                    f"{where}: values must be 0/1/2 (0 off-wafer, 1 pass, 2 fail); found {arr[bad][0]!r} in map {offset}"
+                    f"{where}: values must be 0/1/2 (0 off-wafer, 1 pass, 2 fail); found {arr[bad][0].item()!r} in map {offset}"
                 )
             offset += 1
         else:
@@ -216,12 +226,12 @@ class WaferDataset:
             if flat.dtype.kind == "f" and np.isnan(flat).any():
                 pos = int(np.argmax(np.isnan(flat)))
                 raise DataError(f"NaN in map {int(np.searchsorted(offsets, pos, side='right') - 1)}; maps must be 0/1/2")
-            bad = ~np.isin(flat, VALID_VALUES)
-            if bad.any():
+            bad = None if _all_valid(flat) else ~np.isin(flat, VALID_VALUES)
+            if bad is not None and bad.any():
                 pos = int(np.argmax(bad))
                 i = int(np.searchsorted(offsets, pos, side="right") - 1)
                 raise DataError(
-                    f"values must be 0/1/2 (0 off-wafer, 1 pass, 2 fail); found {flat[pos]!r} in map {i}"
+                    f"values must be 0/1/2 (0 off-wafer, 1 pass, 2 fail); found {flat[pos].item()!r} in map {i}"
                 )
         if not self.class_names:
             raise DataError("'class_names' is empty; a dataset needs at least one class name")
@@ -342,6 +352,10 @@ def load_dataset(path: str | Path, require_labels: bool = False) -> WaferDataset
     p = Path(path)
     if not p.exists():
         raise DataError(f"{p} does not exist")
+    # np.load treats a non-zip file as a raw pickle; check the zip container first so that a truncated
+    # or corrupt file is reported as such and not as "pickled data".
+    if not p.is_file() or not zipfile.is_zipfile(p):
+        raise DataError(f"{p} is not a readable .npz (zip) file; is it truncated or corrupt? Re-create or re-download it")
     try:
         with np.load(p, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
@@ -390,7 +404,7 @@ def dataset_from_arrays(arrays: dict[str, np.ndarray], source: str = "arrays") -
         flat = np.asarray(a["maps_flat"])
         if flat.dtype.kind == "f" and np.isnan(flat).any():
             raise DataError(f"{source}: NaN in 'maps_flat'; maps must be 0/1/2")
-        return WaferDataset(class_names=class_names, labels=labels, maps_flat=flat.astype(np.uint8) if flat.dtype.kind in "ui" and np.isin(flat, VALID_VALUES).all() else flat,
+        return WaferDataset(class_names=class_names, labels=labels, maps_flat=flat.astype(np.uint8, copy=False) if flat.dtype.kind in "ui" and _all_valid(flat) else flat,
                             shapes=np.asarray(a["shapes"]).astype(np.int32), offsets=np.asarray(a["offsets"]).astype(np.int64),
                             lots=a.get("lots"), meta=meta)
     raise DataError(f"{source}: no maps found; expected 'maps' [N,H,W] or 'maps_flat'+'shapes'+'offsets'")
