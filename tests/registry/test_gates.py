@@ -1,0 +1,126 @@
+"""Unit tests of the pure gate functions."""
+
+import copy
+
+import pytest
+from wfreg_helpers import make_latency, make_metrics
+
+from waferflow.errors import ConfigError
+from waferflow.gates import (GateConfig, GateInputError, GateReport, check_gates, gate_accuracy, gate_int8_drop,
+                             gate_macro_f1, gate_p99_latency, gate_per_class_recall, gate_vs_champion)
+
+CFG = GateConfig()
+
+
+def cand(acc=0.95, int8_acc=0.945, p99=3.0, **kw):
+    return {"metrics": make_metrics(acc, **kw), "int8_metrics": make_metrics(int8_acc, seed=1),
+            "latency": make_latency(p99)}
+
+
+def test_defaults_match_design_card():
+    assert (CFG.min_accuracy, CFG.min_macro_f1, CFG.min_class_recall, CFG.max_int8_accuracy_drop,
+            CFG.max_p99_latency_ms, CFG.deployment_form) == (0.92, 0.85, 0.5, 0.01, 50.0, "onnx_int8")
+
+
+def test_accuracy_gate_boundary():
+    assert gate_accuracy(make_metrics(0.92), CFG).passed  # >= is inclusive
+    r = gate_accuracy(make_metrics(0.9), CFG)
+    assert not r.passed and r.value == pytest.approx(0.9) and r.threshold == 0.92 and r.op == ">="
+
+
+def test_macro_f1_gate():
+    assert gate_macro_f1(make_metrics(0.95), CFG).passed
+    assert not gate_macro_f1(make_metrics(0.8), CFG).passed
+
+
+def test_per_class_recall_names_the_weak_class():
+    m = make_metrics(0.95, weak_class="Donut", weak_recall=0.2)
+    r = gate_per_class_recall(m, CFG)
+    assert not r.passed and r.value == pytest.approx(0.2) and "Donut" in r.detail
+    assert gate_per_class_recall(make_metrics(0.95), CFG).passed
+
+
+def test_per_class_recall_ignores_unsupported_class_but_says_so():
+    m = make_metrics(0.95)
+    m["per_class"]["Donut"] = {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    r = gate_per_class_recall(m, CFG)
+    assert r.passed and "no test support: Donut" in r.detail
+
+
+def test_int8_drop_gate():
+    assert gate_int8_drop(make_metrics(0.95), make_metrics(0.945), CFG).passed
+    r = gate_int8_drop(make_metrics(0.95), make_metrics(0.93), CFG)
+    assert not r.passed and r.value == pytest.approx(0.02)
+    missing = gate_int8_drop(make_metrics(0.95), None, CFG)
+    assert missing is not None and not missing.passed and missing.value is None
+    assert gate_int8_drop(make_metrics(0.95), None, GateConfig(deployment_form="onnx_fp32")) is None
+
+
+def test_latency_gate_uses_deployment_form():
+    lat = make_latency(60.0)
+    lat["forms"]["onnx_fp32"]["p99_ms"] = 10.0
+    assert not gate_p99_latency(lat, CFG).passed
+    assert gate_p99_latency(lat, GateConfig(deployment_form="onnx_fp32")).passed
+    skipped = gate_p99_latency(make_latency(), GateConfig(deployment_form="tensorrt_fp16"))
+    assert not skipped.passed and "no CUDA device" in skipped.detail
+
+
+def test_vs_champion_tolerance():
+    ok = gate_vs_champion(make_metrics(0.952), make_metrics(0.955), CFG, "3")
+    assert all(r.passed for r in ok)  # 0.003 worse is within 0.005
+    bad = gate_vs_champion(make_metrics(0.94), make_metrics(0.96), CFG, "3")
+    assert [r.name for r in bad if not r.passed] == ["vs_champion_accuracy", "vs_champion_macro_f1"]
+    assert "champion v3" in bad[0].detail
+
+
+def test_all_pass_without_champion_only_absolute():
+    rep = check_gates(cand())
+    assert rep.passed and rep.violations == [] and rep.champion_version is None
+    assert [r.name for r in rep.results] == ["accuracy", "macro_f1", "per_class_recall", "int8_accuracy_drop",
+                                             "p99_latency_ms"]
+
+
+def test_returns_every_violation_at_once():
+    c = cand(acc=0.95, int8_acc=0.5, p99=80.0, weak_class="Center", weak_recall=0.1)
+    champ = {"metrics": make_metrics(0.97), "version": 7}
+    rep = check_gates(c, CFG, champion=champ)
+    names = {r.name for r in rep.violations}
+    assert names == {"accuracy", "per_class_recall", "int8_accuracy_drop", "p99_latency_ms",
+                     "vs_champion_accuracy", "vs_champion_macro_f1"} | ({"macro_f1"} if
+                                                                        rep.results[1].value < 0.85 else set())
+    assert not rep.passed and rep.champion_version == "7"
+    for r in rep.results:
+        assert {"name", "value", "threshold", "op", "passed"} <= set(r.__dict__)
+
+
+def test_report_roundtrip_and_table():
+    rep = check_gates(cand(p99=80.0), GateConfig(min_accuracy=0.9), {"metrics": make_metrics(0.95), "version": "2"})
+    back = GateReport.from_dict(copy.deepcopy(rep.to_dict()))
+    assert back == rep
+    table = rep.markdown_table()
+    assert "| p99_latency_ms | 80.0000 | <= 50 | **FAIL** |" in table
+
+
+def test_bad_input_is_a_clear_error():
+    with pytest.raises(GateInputError, match="overall.accuracy"):
+        check_gates({"metrics": {"overall": {}}, "latency": make_latency()})
+    with pytest.raises(GateInputError, match="'metrics'"):
+        check_gates({"latency": make_latency()})
+    with pytest.raises(GateInputError, match="champion"):
+        check_gates(cand(), CFG, champion={"nope": 1})
+
+
+@pytest.mark.parametrize("kw", [{"min_accuracy": 1.5}, {"max_p99_latency_ms": 0}, {"deployment_form": ""},
+                                {"champion_accuracy_tolerance": -0.1}])
+def test_config_is_validated(kw):
+    with pytest.raises(ConfigError):
+        GateConfig(**kw)
+
+
+def test_config_loads_from_yaml_overrides(tmp_path):
+    from waferflow.config import load_config
+
+    cfg = load_config(GateConfig, overrides=["max_p99_latency_ms=20", "deployment_form=onnx_fp32"])
+    assert cfg.max_p99_latency_ms == 20.0 and cfg.deployment_form == "onnx_fp32"
+    with pytest.raises(ConfigError, match="unknown config key"):
+        load_config(GateConfig, overrides=["max_p99=20"])
