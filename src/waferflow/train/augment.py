@@ -1,0 +1,103 @@
+"""Batched, label-preserving augmentation of uint8 wafer maps (values 0/1/2).
+
+Geometric transforms apply only where the taxonomy allows them (e.g. seed20 has
+vertical and horizontal scratch as different classes, so no rot90). Die noise
+flips a few pass<->fail dies and never touches off-wafer pixels. Scale jitter is a
+nearest-neighbour zoom, so values stay in {0, 1, 2}.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from waferflow.train.config import SYMMETRIES, parse_symmetries
+
+log = logging.getLogger(__name__)
+
+WM811K_CLASSES = frozenset(("Center", "Donut", "Edge-Loc", "Edge-Ring", "Loc", "Near-full", "Random", "Scratch", "none"))
+
+
+def resolve_symmetries(setting: str, taxonomy: str | None, class_names: Sequence[str]) -> tuple[str, ...]:
+    """The symmetries augmentation may use.
+
+    ``auto``: the taxonomy's ``allowed_symmetries`` when the taxonomy is known; all four for
+    user data whose class names are WM-811K's; otherwise none (a warning says how to set them).
+    """
+    explicit = parse_symmetries(setting)
+    if explicit is not None:
+        return explicit
+    if taxonomy:
+        try:
+            from waferflow.data.synth import TAXONOMIES
+        except ImportError:  # pragma: no cover
+            TAXONOMIES = {}
+        if taxonomy in TAXONOMIES:
+            return tuple(TAXONOMIES[taxonomy].allowed_symmetries)
+    if set(class_names) <= WM811K_CLASSES:
+        return SYMMETRIES
+    log.warning(
+        "no known symmetries for classes %s; geometric augmentation is off. Set symmetries=hflip,vflip,... "
+        "to the transforms that keep every label", list(class_names)[:5],
+    )
+    return ()
+
+
+class Augmenter:
+    """Callable on a uint8 tensor [B, S, S]; randomness comes from one ``torch.Generator``."""
+
+    def __init__(self, symmetries: Sequence[str], die_noise: float = 0.0, scale_jitter: float = 0.0,
+                 generator: torch.Generator | None = None):
+        bad = [s for s in symmetries if s not in SYMMETRIES]
+        if bad:
+            raise ValueError(f"unknown symmetries {bad}")
+        self.symmetries = tuple(symmetries)
+        self.die_noise = float(die_noise)
+        self.scale_jitter = float(scale_jitter)
+        self.g = generator if generator is not None else torch.Generator().manual_seed(0)
+        if "rot90" in self.symmetries:
+            self.rotations = (0, 1, 2, 3)
+        elif "rot180" in self.symmetries:
+            self.rotations = (0, 2)
+        else:
+            self.rotations = (0,)
+
+    def _rand(self, *shape) -> torch.Tensor:
+        return torch.rand(*shape, generator=self.g)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.uint8 or x.ndim != 3:
+            raise ValueError(f"Augmenter needs uint8 [B, S, S]; got {x.dtype} {tuple(x.shape)}")
+        x = x.clone()
+        b = x.shape[0]
+        if len(self.rotations) > 1:
+            k = torch.randint(0, len(self.rotations), (b,), generator=self.g)
+            for j, rot in enumerate(self.rotations):
+                sel = (k == j).nonzero().flatten()
+                if rot and len(sel) and x.shape[1] == x.shape[2]:
+                    x[sel] = torch.rot90(x[sel], rot, dims=(1, 2))
+        if "hflip" in self.symmetries:
+            sel = (self._rand(b) < 0.5).nonzero().flatten()
+            x[sel] = torch.flip(x[sel], dims=(2,))
+        if "vflip" in self.symmetries:
+            sel = (self._rand(b) < 0.5).nonzero().flatten()
+            x[sel] = torch.flip(x[sel], dims=(1,))
+        if self.scale_jitter > 0:
+            x = self._zoom(x)
+        if self.die_noise > 0:
+            flip = (self._rand(*x.shape) < self.die_noise) & (x > 0)
+            x = torch.where(flip, 3 - x, x)
+        return x
+
+    def _zoom(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        s = 1 + (self._rand(b) * 2 - 1) * self.scale_jitter
+        theta = torch.zeros(b, 2, 3)
+        theta[:, 0, 0] = 1 / s
+        theta[:, 1, 1] = 1 / s
+        grid = F.affine_grid(theta, (b, 1, x.shape[1], x.shape[2]), align_corners=False)
+        out = F.grid_sample(x[:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
+        return out[:, 0].round().to(torch.uint8)

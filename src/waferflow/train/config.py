@@ -1,0 +1,140 @@
+"""TrainConfig: the one frozen, validated config of the train stage.
+
+Defaults are the measured local-profile recipe (tf_efficientnet_lite0, offline
+ImageNet weights, 64 px, CPU). ``epochs``/``lr`` of 0 take the strategy's own
+default (see :mod:`waferflow.train.strategies`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from waferflow.errors import ConfigError
+
+LOSSES = ("ce", "focal")
+CLASS_WEIGHTS = ("none", "sqrt", "inverse")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training settings.
+
+    Attributes:
+        backbone: timm backbone name (see ``waferflow.models.BACKBONES``).
+        strategy: scratch | feature_extraction | full_finetune | gradual_unfreezing.
+        pretrained: Weights source: auto | hub | offline | none | FILE | DIR | URL | models:/... | runs:/...
+            (``scratch`` always starts from random init).
+        input_size: Square input size in px; 0 = the backbone's own pretrained size.
+        in_chans: 3 (replicate the map to RGB) or 1 (timm's stem adaptation).
+        epochs: Total epochs over all phases; 0 = the strategy's default.
+        batch_size: Maps per step.
+        lr: Peak learning rate of the head; 0 = the strategy's default. Lower groups get lr * lr_decay**depth.
+        lr_decay: Discriminative LR factor per layer group, from the head down.
+        optimizer: Any timm optimizer name (``create_optimizer_v2``), e.g. adamw, sgd.
+        weight_decay: Weight decay (not applied to biases and norm weights).
+        warmup_epochs: Linear warm-up length of each phase, in epochs (cosine decay after it).
+        min_lr_ratio: Final LR as a fraction of the peak.
+        loss: ce | focal.
+        focal_gamma: Focal loss gamma.
+        class_weights: none | sqrt | inverse (inverse class frequency, or its square root).
+        label_smoothing: Label smoothing of the loss.
+        balanced_sampler: Sample training maps with probability inverse to their class frequency.
+        drop_rate: Dropout before the classifier.
+        augment: Batched, label-preserving augmentation on/off.
+        symmetries: auto (from the taxonomy / WM-811K class names) | none | a comma list of
+            hflip,vflip,rot90,rot180.
+        die_noise: Fraction of wafer dies flipped pass<->fail per map.
+        scale_jitter: Max relative zoom (nearest) of the map, e.g. 0.1 = 0.9..1.1.
+        patience: Epochs without val macro-F1 gain before a phase ends early (0 = never).
+        feature_cache: Feature extraction computes backbone features once and trains the head on them.
+        adapt_bn: Re-estimate BN statistics on the training maps before training (pretrained strategies), so
+            frozen-BN features and later train-mode BN agree; None = the strategy's own setting.
+        seed: Seed of init, sampling and augmentation.
+        device: auto | cpu | cuda (cuda without a CUDA device is an error, never a silent CPU run).
+        amp: bf16 autocast on CUDA.
+        channels_last: channels-last memory format on CUDA.
+        num_threads: CPU threads for torch (0 = all cores).
+        val_fraction: Validation share when one file is given (stratified split).
+        eval_batch_size: Batch size for validation / feature caching.
+    """
+
+    backbone: str = "tf_efficientnet_lite0"
+    strategy: str = "gradual_unfreezing"
+    pretrained: str = "auto"
+    input_size: int = 64
+    in_chans: int = 3
+    epochs: int = 0
+    batch_size: int = 64
+    lr: float = 0.0
+    lr_decay: float = 0.7
+    optimizer: str = "adamw"
+    weight_decay: float = 0.01
+    warmup_epochs: float = 0.3
+    min_lr_ratio: float = 0.02
+    loss: str = "ce"
+    focal_gamma: float = 2.0
+    class_weights: str = "none"
+    label_smoothing: float = 0.0
+    balanced_sampler: bool = False
+    drop_rate: float = 0.2
+    augment: bool = True
+    symmetries: str = "auto"
+    die_noise: float = 0.01
+    scale_jitter: float = 0.05
+    patience: int = 4
+    feature_cache: bool = True
+    adapt_bn: bool | None = None
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    channels_last: bool = True
+    num_threads: int = 0
+    val_fraction: float = 0.15
+    eval_batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        from waferflow.models.backbones import check_backbone
+        from waferflow.train.strategies import STRATEGIES
+
+        check_backbone(self.backbone)
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"unknown strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}")
+        checks = [
+            (self.loss in LOSSES, f"loss must be one of {LOSSES}, got {self.loss!r}"),
+            (self.class_weights in CLASS_WEIGHTS, f"class_weights must be one of {CLASS_WEIGHTS}, got {self.class_weights!r}"),
+            (self.device in DEVICES, f"device must be one of {DEVICES}, got {self.device!r}"),
+            (self.in_chans in (1, 3), f"in_chans must be 1 or 3, got {self.in_chans}"),
+            (self.input_size == 0 or self.input_size >= 16, f"input_size must be 0 (pretrained size) or >= 16, got {self.input_size}"),
+            (self.epochs >= 0, f"epochs must be >= 0, got {self.epochs}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.lr >= 0, f"lr must be >= 0, got {self.lr}"),
+            (0 < self.lr_decay <= 1, f"lr_decay must be in (0, 1], got {self.lr_decay}"),
+            (0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}"),
+            (0 <= self.die_noise < 0.5, f"die_noise must be in [0, 0.5), got {self.die_noise}"),
+            (0 <= self.scale_jitter < 0.5, f"scale_jitter must be in [0, 0.5), got {self.scale_jitter}"),
+            (0 < self.val_fraction < 0.9, f"val_fraction must be in (0, 0.9), got {self.val_fraction}"),
+            (self.patience >= 0, f"patience must be >= 0, got {self.patience}"),
+            (self.num_threads >= 0, f"num_threads must be >= 0, got {self.num_threads}"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(msg)
+        parse_symmetries(self.symmetries)
+
+
+SYMMETRIES = ("hflip", "vflip", "rot90", "rot180")
+
+
+def parse_symmetries(s: str) -> tuple[str, ...] | None:
+    """``auto`` -> None (resolve from the data), ``none`` -> (), else a validated tuple."""
+    s = s.strip()
+    if s == "auto":
+        return None
+    if s in ("none", ""):
+        return ()
+    items = tuple(x.strip() for x in s.split(",") if x.strip())
+    bad = [x for x in items if x not in SYMMETRIES]
+    if bad:
+        raise ConfigError(f"symmetries: unknown {bad}; use auto, none, or a comma list of {','.join(SYMMETRIES)}")
+    return items

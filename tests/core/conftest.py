@@ -1,0 +1,46 @@
+"""Tiny fixtures for the core tests: hand-sized synthetic maps, tiny models."""
+
+import numpy as np
+import pytest
+
+from waferflow.data.contract import WaferDataset
+
+
+def disk_maps(n: int, size: int, seed: int = 0) -> np.ndarray:
+    """Round wafers (1 = pass) with a few random fails (2); 0 off-wafer."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    r = (size - 1) / 2
+    disk = (yy - r) ** 2 + (xx - r) ** 2 <= r ** 2
+    maps = np.where(disk, 1, 0).astype(np.uint8)[None].repeat(n, 0)
+    noise = (rng.random(maps.shape) < 0.05) & disk
+    maps[noise] = 2
+    return maps
+
+
+def line_dataset(n: int = 48, size: int = 16, seed: int = 0) -> WaferDataset:
+    """Two easy classes: a vertical or a horizontal fail line through the wafer."""
+    maps = disk_maps(n, size, seed)
+    labels = np.arange(n) % 2
+    c = size // 2
+    for i in range(n):
+        if labels[i] == 0:
+            maps[i, 2:-2, c] = 2
+        else:
+            maps[i, c, 2:-2] = 2
+    return WaferDataset(class_names=("vertical", "horizontal"), labels=labels, maps=maps, meta={})
+
+
+@pytest.fixture
+def tiny_ds():
+    return line_dataset()
+
+
+@pytest.fixture
+def make_disk():
+    return disk_maps
+
+
+@pytest.fixture
+def make_lines():
+    return line_dataset

@@ -1,0 +1,148 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from waferflow.cli import main
+from waferflow.config import load_config
+from waferflow.data.contract import save_dataset
+from waferflow.errors import ConfigError
+from waferflow.models import create_model, load_model_dir
+from waferflow.train import TrainConfig, train
+
+TINY = ["input_size=16", "batch_size=16", "eval_batch_size=64", "num_threads=1"]
+
+
+def _cfg(**kw):
+    return load_config(TrainConfig, overrides=[*TINY, *(f"{k}={v}" for k, v in kw.items())])
+
+
+@pytest.fixture
+def r18_file(tmp_path):
+    torch.manual_seed(0)
+    m, _ = create_model("resnet18", 10, pretrained="none")
+    f = tmp_path / "r18_source.pt"
+    torch.save(m.state_dict(), f)
+    return str(f)
+
+
+def test_train_writes_model_dir_and_checkpoints(tmp_path, make_lines):
+    tr, va = make_lines(48, seed=0), make_lines(16, seed=1)
+    r = train(_cfg(strategy="scratch", backbone="resnet18", epochs=2, pretrained="none"), tr, va, tmp_path / "m")
+    d = tmp_path / "m"
+    for f in ("model.json", "weights.pt", "config.yaml", "history.json", "checkpoints/last.pt", "checkpoints/best.pt"):
+        assert (d / f).is_file(), f
+    hist = json.loads((d / "history.json").read_text())
+    assert [h["epoch"] for h in hist] == [1, 2]
+    assert {"epoch", "phase", "train_loss", "val_loss", "val_accuracy", "val_macro_f1", "lr", "seconds"} <= set(hist[0])
+    ck = torch.load(d / "checkpoints/last.pt", weights_only=True)
+    assert ck["epoch"] == 2 and {"model", "optimizer", "scheduler", "rng_torch", "rng_gen"} <= set(ck)
+    model, spec = load_model_dir(d)
+    assert spec.strategy == "scratch" and spec.weights_source == "random" and spec.data_hash
+    assert r.trainable_params == r.total_params and r.throughput_maps_per_s > 0
+    assert r.best_val["macro_f1"] == max(h["val_macro_f1"] for h in hist)
+    with pytest.raises(ConfigError, match="--resume"):
+        train(_cfg(strategy="scratch", backbone="resnet18", epochs=2, pretrained="none"), tr, va, d)
+
+
+def test_feature_extraction_cached_trains_head_only(tmp_path, make_lines, r18_file):
+    tr, va = make_lines(48, seed=0), make_lines(16, seed=1)
+    r = train(_cfg(strategy="feature_extraction", backbone="resnet18", epochs=3, adapt_bn="true"), tr, va,
+              tmp_path / "fe",
+              weights=r18_file)
+    src = torch.load(r18_file, weights_only=True)
+    model, spec = load_model_dir(tmp_path / "fe")
+    assert spec.weights_source.startswith("file:")
+    # backbone weights untouched, only the head trained; BN statistics re-estimated on the train maps (adapt_bn)
+    for k, v in model.named_parameters():
+        if not k.startswith("fc."):
+            assert torch.equal(v, src[k]), k
+    assert not torch.equal(model.bn1.running_mean, src["bn1.running_mean"])
+    assert spec.extra["train"]["adapt_bn"]["n_maps"] == 48
+    assert r.trainable_params == 512 * 2 + 2
+    assert all(h["cached_features"] for h in r.history)
+
+
+def test_pretrained_strategy_refuses_random_and_cuda_is_never_faked(tmp_path, make_lines):
+    tr, va = make_lines(16), make_lines(8, seed=1)
+    with pytest.raises(ConfigError, match="scratch"):
+        train(_cfg(strategy="full_finetune", backbone="resnet18", pretrained="none"), tr, va, tmp_path / "a")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA"):
+            train(_cfg(strategy="scratch", backbone="resnet18", pretrained="none", device="cuda"), tr, va,
+                  tmp_path / "b")
+
+
+def test_resume_after_kill(tmp_path, make_lines, caplog):
+    data = tmp_path / "d.npz"
+    ds = make_lines(48)
+    save_dataset(ds, data)
+    out = tmp_path / "run"
+    args = ["train", "--data", str(data), "--strategy", "scratch", "--backbone", "resnet18", "--weights", "none",
+            "--epochs", "8", "--set", "patience=0", *sum([["--set", s] for s in TINY], []), "--out", str(out)]
+    env = {**os.environ, "WAFERFLOW_PROGRESS": "0"}
+    proc = subprocess.Popen([sys.executable, "-m", "waferflow", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = out / "checkpoints" / "last.pt"
+    t0 = time.time()
+    while not last.exists() and proc.poll() is None and time.time() - t0 < 240:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert last.exists(), "the run never wrote a checkpoint"
+    assert not (out / "model.json").exists(), "run finished before it could be killed"
+    killed_at = torch.load(last, weights_only=True)["epoch"]
+    assert 1 <= killed_at < 8
+    caplog.set_level("INFO", logger="waferflow.train.loop")
+    assert main([*args, "--resume"]) == 0
+    epochs_logged = [r.args[0] for r in caplog.records if r.msg.startswith("epoch %d")]
+    assert epochs_logged[0] == killed_at + 1 and epochs_logged[-1] == 8
+    hist = json.loads((out / "history.json").read_text())
+    assert [h["epoch"] for h in hist] == list(range(1, 9))
+    assert (out / "model.json").is_file()
+
+
+def test_cli_train_one_file_and_compare(tmp_path, make_lines, r18_file, capsys):
+    f = tmp_path / "all.npz"
+    save_dataset(make_lines(60), f)
+    tiny = sum([["--set", s] for s in TINY], [])
+    assert main(["train", "--data", str(f), "--strategy", "scratch", "--backbone", "resnet18", "--weights", "none",
+                 "--epochs", "1", *tiny, "--out", str(tmp_path / "m")]) == 0
+    assert (tmp_path / "m" / "model.json").is_file()
+    split = tmp_path / "split"
+    split.mkdir()
+    for name, seed, n in (("train", 0, 40), ("val", 1, 16), ("test", 2, 16)):
+        save_dataset(make_lines(n, seed=seed), split / f"{name}.npz")
+    capsys.readouterr()
+    assert main(["compare", "--data", str(split), "--strategies", "scratch,feature_extraction", "--backbones",
+                 "resnet18", "--epochs", "1", "--weights", r18_file, *tiny, "--out", str(tmp_path / "cmp")]) == 0
+    md = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert "resnet18__scratch" in md and "resnet18__feature_extraction" in md
+    js = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert {c["strategy"] for c in js["candidates"]} == {"scratch", "feature_extraction"}
+    assert (tmp_path / "cmp" / "candidates" / "resnet18__scratch" / "metrics.json").is_file()
+    # user errors exit 2 with a message
+    assert main(["train", "--data", str(tmp_path / "nope.npz"), "--out", str(tmp_path / "x")]) == 2
+    assert main(["train", "--data", str(f), "--set", "bogus=1", "--out", str(tmp_path / "x")]) == 2
+    assert "unknown config key" in capsys.readouterr().err
+
+
+def test_standardized_head_folds_exactly():
+    from torch import nn
+
+    from waferflow.train.loop import _StandardizedHead
+
+    torch.manual_seed(0)
+    clf = nn.Linear(6, 3)
+    feats = torch.randn(50, 6) * 40 + 7
+    sh = _StandardizedHead(clf, feats).eval()
+    torch.testing.assert_close(sh(feats), clf(feats), rtol=1e-4, atol=1e-3)  # starts equivalent
+    with torch.no_grad():
+        sh.lin.weight.add_(torch.randn_like(sh.lin.weight))
+    sh.fold_into_classifier()
+    torch.testing.assert_close(sh(feats), clf(feats), rtol=1e-4, atol=1e-3)
