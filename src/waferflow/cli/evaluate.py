@@ -1,0 +1,77 @@
+"""``waferflow evaluate``: one evaluator for every model form, plus its pictures."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+FORMS = ("torch", "onnx_fp32", "onnx_int8", "tensorrt_fp16", "tensorrt_int8")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``evaluate`` to the ``waferflow`` parser."""
+    p = sub.add_parser(
+        "evaluate", help="evaluate a model (any form) on labeled maps",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run the shared evaluator over a labeled dataset and write DIR/metrics.json (overall accuracy,\n"
+                    "balanced accuracy, macro-F1, ECE; per-class precision/recall/F1/support; confusion matrix),\n"
+                    "DIR/confusion.png, DIR/curves.png (when the model dir has history.json) and DIR/gradcam.png\n"
+                    "(PyTorch form). --form picks the model form; ONNX/TensorRT forms need --export / --trt.",
+        epilog="example: waferflow evaluate --model runs/m1 --data data/split/test.npz --out runs/m1/eval",
+    )
+    p.add_argument("--model", required=True, help="model dir (model.json + weights.pt)")
+    p.add_argument("--data", required=True, help="labeled dataset .npz with the model's class names")
+    p.add_argument("--out", required=True, help="output dir for metrics.json and the PNGs")
+    p.add_argument("--form", choices=FORMS, default="torch", help="model form to evaluate (default torch)")
+    p.add_argument("--export", help="export dir (model.onnx / model.int8.onnx) for the onnx_* forms")
+    p.add_argument("--trt", help="compile-trt output dir for the tensorrt_* forms")
+    p.add_argument("--batch-size", type=int, default=256, help="maps per predictor call (default 256)")
+    p.add_argument("--threads", type=int, default=None, help="torch / onnxruntime threads (default: library default)")
+    p.add_argument("--gradcam-per-class", type=int, default=3,
+                   help="maps per class in gradcam.png (default 3; 0 = no Grad-CAM)")
+    p.set_defaults(func=run_evaluate)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """Handler of ``waferflow evaluate``."""
+    import torch
+
+    from waferflow.config import atomic_write_json
+    from waferflow.data.contract import load_dataset
+    from waferflow.errors import ConfigError
+    from waferflow.evaluation import evaluate, onnx_predictor, tensorrt_predictor, torch_predictor
+    from waferflow.export.exporter import FP32_NAME, INT8_NAME, verify_export_dir
+    from waferflow.models import load_model_dir
+    from waferflow.plots import gradcam_overlays, plot_confusion, plot_history
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    ds = load_dataset(args.data, require_labels=True)
+    model, spec = load_model_dir(args.model)
+    if args.form == "torch":
+        predict = torch_predictor(model)
+    elif args.form.startswith("onnx"):
+        if not args.export:
+            raise ConfigError(f"--form {args.form} needs --export DIR (the output of `waferflow export`)")
+        verify_export_dir(args.export)
+        predict = onnx_predictor(Path(args.export) / (FP32_NAME if args.form == "onnx_fp32" else INT8_NAME),
+                                 threads=args.threads)
+    else:
+        if not args.trt:
+            raise ConfigError(f"--form {args.form} needs --trt DIR (the output of `waferflow compile-trt`)")
+        predict = tensorrt_predictor(Path(args.trt) / f"model.{args.form.split('_')[1]}.engine")
+    metrics = evaluate(predict, ds, spec, batch_size=args.batch_size, form=args.form)
+    metrics["model_dir"] = str(Path(args.model).resolve())
+    metrics["data"] = str(Path(args.data).resolve())
+    out.mkdir(parents=True, exist_ok=True)
+    plot_confusion(metrics, out / "confusion.png")
+    hist = Path(args.model) / "history.json"
+    if hist.is_file():
+        plot_history(json.loads(hist.read_text()), out / "curves.png")
+    if args.gradcam_per_class > 0 and args.form == "torch":
+        gradcam_overlays(model, spec, ds, out / "gradcam.png", per_class=args.gradcam_per_class)
+    atomic_write_json(out / "metrics.json", metrics)
+    print(json.dumps({"form": args.form, **metrics["overall"], "out": str(out)}))
+    return 0

@@ -1,0 +1,131 @@
+"""``waferflow export | bench latency | compile-trt``: the deployment artifacts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def _data_pair(data: str | None, calib: str | None) -> tuple[str | None, str | None]:
+    """``--data DIR`` (a split dir) means DIR/test.npz for parity and DIR/train.npz for calibration."""
+    if data and Path(data).is_dir():
+        d = Path(data)
+        return str(d / "test.npz"), calib or str(d / "train.npz")
+    return data, calib
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``export``, ``bench`` and ``compile-trt`` to the ``waferflow`` parser."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = sub.add_parser(
+        "export", help="export a model dir to ONNX FP32 (+ INT8) with a parity check", formatter_class=fmt,
+        description="Export to DIR/model.onnx (opset >= 17, dynamic batch, metadata), check parity against PyTorch\n"
+                    "on real maps (fails beyond tolerance), quantize to DIR/model.int8.onnx (static QDQ per-channel,\n"
+                    "calibrated on training maps; dynamic as a recorded fallback) and write DIR/export.json.",
+        epilog="example: waferflow export --model runs/m1 --data data/split --out runs/m1/export\n"
+               "         (a split dir means test.npz for parity and train.npz for calibration)",
+    )
+    p.add_argument("--model", required=True, help="model dir")
+    p.add_argument("--out", required=True, help="export dir to write (replaced when it exists)")
+    p.add_argument("--data", required=True, help="test maps .npz for parity (or a split dir with test/train.npz)")
+    p.add_argument("--calib", help="training-split maps .npz for INT8 calibration")
+    p.add_argument("--int8", action=argparse.BooleanOptionalAction, default=True,
+                   help="also write model.int8.onnx (default on)")
+    p.add_argument("--int8-method", choices=("static", "dynamic"), default="static")
+    p.add_argument("--calibration-maps", type=int, default=256, help="calibration maps (default 256)")
+    p.add_argument("--prune", type=float, default=None, help="L1 magnitude pruning amount in (0, 1) before export")
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--exporter", choices=("torchscript", "dynamo"), default="torchscript")
+    p.add_argument("--min-agreement", type=float, default=0.999, help="parity: min argmax agreement")
+    p.add_argument("--max-rel-diff", type=float, default=1e-3,
+                   help="parity: max |logit diff| / max(1, max |logit|) (default 1e-3)")
+    p.add_argument("--max-abs-diff", type=float, default=None, help="parity: optional bound on max |logit diff|")
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=run_export)
+
+    b = sub.add_parser("bench", help="benchmarks (latency)", formatter_class=fmt)
+    bsub = b.add_subparsers(dest="bench_command", metavar="BENCH")
+    bsub.required = True
+    lat = bsub.add_parser(
+        "latency", help="single-map p50/p95/p99 and batch throughput per model form", formatter_class=fmt,
+        description="Time PyTorch eager FP32, ONNX Runtime FP32 and INT8 (and TensorRT engines on CUDA) side by side\n"
+                    "in one run, iterations interleaved round-robin, with fixed thread counts. JSON on stdout;\n"
+                    "also written to EXPORT/latency.json (or --out).",
+        epilog="example: waferflow bench latency --model runs/m1 --export runs/m1/export --threads 2",
+    )
+    lat.add_argument("--model", required=True, help="model dir (the PyTorch baseline)")
+    lat.add_argument("--export", help="export dir with model.onnx / model.int8.onnx")
+    lat.add_argument("--trt", help="compile-trt output dir (timed only on CUDA)")
+    lat.add_argument("--threads", type=int, default=2)
+    lat.add_argument("--warmup", type=int, default=20)
+    lat.add_argument("--iters", type=int, default=200)
+    lat.add_argument("--batch", type=int, default=64)
+    lat.add_argument("--out", help="write the JSON here (default EXPORT/latency.json when --export is given)")
+    lat.set_defaults(func=run_bench_latency)
+
+    t = sub.add_parser(
+        "compile-trt", help="build TensorRT FP16/INT8 engines (skipped without CUDA)", formatter_class=fmt,
+        description="Build TensorRT engines from EXPORT/model.onnx (dynamic-batch profile; INT8 with an entropy\n"
+                    "calibrator whose cache OUT/calibration.cache is reused), then evaluate and time them. Without a\n"
+                    "CUDA device it records 'skipped: no CUDA device' in OUT/tensorrt.json, writes no engine, exits 0.",
+        epilog="example: waferflow compile-trt --export runs/m1/export --out runs/m1/trt --calib data/split/train.npz",
+    )
+    t.add_argument("--export", required=True, help="export dir (model.onnx)")
+    t.add_argument("--out", required=True, help="output dir for engines and tensorrt.json")
+    t.add_argument("--precision", choices=("fp16", "int8", "both"), default="both")
+    t.add_argument("--calib", help="training-split maps .npz for INT8 calibration")
+    t.add_argument("--data", help="labeled test maps .npz to evaluate the engines")
+    t.add_argument("--model", help="model dir, to time the engines against PyTorch and ONNX Runtime")
+    t.add_argument("--calibration-maps", type=int, default=512)
+    t.add_argument("--profile", default="1,32,256", help="min,opt,max batch of the optimization profile")
+    t.set_defaults(func=run_compile_trt)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """Handler of ``waferflow export``."""
+    from waferflow.data.contract import load_dataset
+    from waferflow.export import export_onnx
+
+    data, calib = _data_pair(args.data, args.calib)
+    parity_ds = load_dataset(data, require_labels=args.int8)
+    calib_ds = load_dataset(calib) if (calib and args.int8) else None
+    info = export_onnx(args.model, args.out, calib_ds=calib_ds, parity_ds=parity_ds, int8=args.int8,
+                       calibration_maps=args.calibration_maps, prune=args.prune, opset=args.opset,
+                       exporter=args.exporter, int8_method=args.int8_method, min_agreement=args.min_agreement,
+                       max_rel_diff=args.max_rel_diff, max_abs_diff=args.max_abs_diff, threads=args.threads)
+    print(json.dumps({k: info[k] for k in ("parity", "int8", "prune", "sizes", "metrics")}, indent=2))
+    return 0
+
+
+def run_bench_latency(args: argparse.Namespace) -> int:
+    """Handler of ``waferflow bench latency``."""
+    from waferflow.config import atomic_write_json
+    from waferflow.export import bench_latency
+
+    res = bench_latency(args.model, args.export, threads=args.threads, warmup=args.warmup, iters=args.iters,
+                        batch=args.batch, trt_dir=args.trt)
+    out = args.out or (str(Path(args.export) / "latency.json") if args.export else None)
+    if out:
+        atomic_write_json(out, res)
+    print(json.dumps(res, indent=2))
+    return 0
+
+
+def run_compile_trt(args: argparse.Namespace) -> int:
+    """Handler of ``waferflow compile-trt``."""
+    from waferflow.data.contract import load_dataset
+    from waferflow.errors import ConfigError
+    from waferflow.export import compile_trt
+
+    try:
+        profile = tuple(int(v) for v in args.profile.split(","))
+        assert len(profile) == 3
+    except (ValueError, AssertionError):
+        raise ConfigError(f"--profile must be three integers min,opt,max; got {args.profile!r}") from None
+    calib = load_dataset(args.calib) if args.calib else None
+    data = load_dataset(args.data, require_labels=True) if args.data else None
+    res = compile_trt(args.export, args.out, precision=args.precision, calib_ds=calib, eval_ds=data,
+                      calibration_maps=args.calibration_maps, profile=profile, model_dir=args.model)
+    print(json.dumps(res, indent=2))
+    return 0

@@ -1,0 +1,148 @@
+"""INT8 quantization with onnxruntime (static QDQ per-channel; dynamic as the recorded fallback) and pruning."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from waferflow.data.contract import WaferDataset
+from waferflow.errors import ConfigError, DataError
+from waferflow.evaluation import batches_for
+
+log = logging.getLogger(__name__)
+
+
+def calibration_indices(ds: WaferDataset, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` map indices for calibration, stratified by class when labeled (every class present is drawn).
+
+    Raises:
+        DataError: ``n`` < 1 or the dataset is empty.
+    """
+    if n < 1:
+        raise DataError(f"calibration_maps must be >= 1, got {n}")
+    if len(ds) == 0:
+        raise DataError("the calibration dataset is empty; pass maps from the training split")
+    rng = np.random.default_rng(seed)
+    n = min(n, len(ds))
+    if not ds.labeled:
+        return np.sort(rng.choice(len(ds), n, replace=False))
+    # proportional allocation with at least one per class present, then trim/fill at random
+    picked: list[int] = []
+    for c in np.unique(ds.labels):
+        members = np.flatnonzero(ds.labels == c)
+        k = max(1, int(round(n * len(members) / len(ds))))
+        picked.extend(rng.choice(members, min(k, len(members)), replace=False).tolist())
+    picked_arr = np.unique(np.asarray(picked))
+    if len(picked_arr) > n:
+        picked_arr = rng.choice(picked_arr, n, replace=False)
+    elif len(picked_arr) < n:
+        rest = np.setdiff1d(np.arange(len(ds)), picked_arr)
+        picked_arr = np.concatenate([picked_arr, rng.choice(rest, n - len(picked_arr), replace=False)])
+    return np.sort(picked_arr)
+
+
+def calibration_batches(ds: WaferDataset, spec: Any, n: int, batch_size: int = 32, seed: int = 0
+                        ) -> Iterator[np.ndarray]:
+    """Preprocessed float32 batches [B, C, S, S] of ``n`` calibration maps (the last batch may be smaller)."""
+    idx = calibration_indices(ds, n, seed)
+    for _, x in batches_for(ds, spec, batch_size, indices=idx):
+        yield x
+
+
+def _reader(batches: list[np.ndarray], input_name: str) -> Any:
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = iter(batches)
+
+        def get_next(self) -> dict | None:
+            x = next(self._it, None)
+            return None if x is None else {input_name: x}
+
+        def rewind(self) -> None:
+            self._it = iter(batches)
+
+    return _Reader()
+
+
+def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, calib: list[np.ndarray] | None,
+                  method: str = "static", input_name: str = "input") -> dict:
+    """Quantize an ONNX model to INT8.
+
+    ``static``: ``quant_pre_process`` then ``quantize_static`` (QDQ, per-channel QInt8 weights, symmetric QInt8
+    activations, MinMax calibration on ``calib``). If static quantization raises, dynamic quantization
+    (``quantize_dynamic``, per-channel) is used and the reason is recorded. ``dynamic`` asks for it directly.
+
+    Returns:
+        ``{"method": "static_qdq_per_channel" | "dynamic_per_channel", "fallback_reason": str | None,
+        "calibration_batches": int}``. Metadata of the FP32 model is copied to the INT8 model.
+
+    Raises:
+        ConfigError: unknown method. DataError: static without calibration data.
+    """
+    import onnx
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    out_path = Path(out_path)
+    if method not in ("static", "dynamic"):
+        raise ConfigError(f"int8 method must be 'static' or 'dynamic', got {method!r}")
+    reason = None
+    used = None
+    with tempfile.TemporaryDirectory(prefix="wf-quant-") as td:
+        if method == "static":
+            if not calib:
+                raise DataError("static INT8 quantization needs calibration maps from the training split")
+            pre = Path(td) / "pre.onnx"
+            try:
+                quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=False)
+                # symmetric signed INT8 activations: with asymmetric QUInt8 activations the BN-folded
+                # EfficientNet-Lite0 lost 60+ accuracy points on real maps (77.5% -> 14.4%); s8s8 kept it
+                quantize_static(str(pre), str(out_path), _reader(calib, input_name), quant_format=QuantFormat.QDQ,
+                                per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                                extra_options={"ActivationSymmetric": True})
+                used = "static_qdq_per_channel"
+            except Exception as e:  # record why, then use the documented fallback
+                reason = f"static quantization failed ({type(e).__name__}: {str(e)[:300]})"
+                log.warning("%s; falling back to dynamic quantization", reason)
+        if used is None:
+            quantize_dynamic(str(fp32_path), str(out_path), per_channel=True, weight_type=QuantType.QInt8)
+            used = "dynamic_per_channel"
+    # keep the deployment metadata with the INT8 file too
+    src = onnx.load(str(fp32_path))
+    q = onnx.load(str(out_path))
+    del q.metadata_props[:]
+    props = {p.key: p.value for p in src.metadata_props}
+    props["quantization"] = used
+    onnx.helper.set_model_props(q, props)
+    onnx.save(q, str(out_path))
+    return {"method": used, "fallback_reason": reason, "calibration_batches": len(calib or [])}
+
+
+def prune_model(model: Any, amount: float) -> dict:
+    """Magnitude pruning in place: ``l1_unstructured`` on every Conv/Linear weight, then ``prune.remove``.
+
+    Returns:
+        ``{"amount", "pruned_params", "total_params", "sparsity"}`` (sparsity over the pruned tensors).
+    """
+    import torch
+    from torch.nn.utils import prune
+
+    if not 0.0 < amount < 1.0:
+        raise ConfigError(f"prune amount must be in (0, 1), got {amount}")
+    zeros = total = 0
+    for mod in model.modules():
+        if isinstance(mod, (torch.nn.Conv2d, torch.nn.Linear)):
+            prune.l1_unstructured(mod, name="weight", amount=amount)
+            prune.remove(mod, "weight")
+            zeros += int((mod.weight == 0).sum())
+            total += mod.weight.numel()
+    if total == 0:
+        raise ConfigError("prune: the model has no Conv2d/Linear weights to prune")
+    return {"amount": float(amount), "pruned_params": zeros, "total_params": total, "sparsity": zeros / total}
