@@ -1,0 +1,64 @@
+"""The drift-monitor pipeline (wiring only): check new maps; on drift, start the training pipeline.
+
+check-drift (evidently HTML report + Metrics + decision) -> dsl.If(drift_detected == True) -> start-training.
+Scheduled as a recurring run (``waferflow schedule``); its service account needs the RBAC in ``manifests/`` to
+create training runs. Both tasks read MLflow credentials from the cluster Secret.
+"""
+
+from kfp import dsl, kubernetes
+
+from waferflow.components.drift_check import check_drift, start_training
+from waferflow.drift.config import DriftConfig
+from waferflow.profiles import ClusterOptions
+
+PIPELINE_NAME = "waferflow-drift-monitor"
+
+
+def build_pipeline(cluster: ClusterOptions | None = None):
+    """Build the drift-monitor pipeline (call it under kfp.local, or compile it).
+
+    Args:
+        cluster: Cluster options (Secret name and keys); defaults to :class:`ClusterOptions`.
+    """
+    c = cluster or ClusterOptions()
+    d = DriftConfig()
+
+    @dsl.pipeline(
+        name=PIPELINE_NAME,
+        description="waferflow: evidently drift check of new wafer maps against the champion; retrain on drift.",
+    )
+    def drift_monitor(
+        current: str,
+        model: str = "",
+        share_threshold: float = d.share_threshold,
+        feature_threshold: float = d.feature_threshold,
+        embedding_threshold: float = d.embedding_threshold,
+        prediction_threshold: float = d.prediction_threshold,
+        train_data: str = "",
+        tracking_uri: str = "",
+        registered_model_name: str = "wafer-defect-classifier",
+        training_host: str = "",
+        namespace: str = "",
+        training_profile: str = "local",
+        training_overrides: list = [],
+        workdir: str = "waferflow_runs",
+    ):
+        check = check_drift(
+            current=current, model=model, share_threshold=share_threshold, feature_threshold=feature_threshold,
+            embedding_threshold=embedding_threshold, prediction_threshold=prediction_threshold,
+            train_data=train_data, tracking_uri=tracking_uri, registered_model_name=registered_model_name,
+        ).set_display_name("drift-check")
+        check.set_caching_options(enable_caching=False)
+        kubernetes.use_secret_as_env(check, secret_name=c.secret_name, secret_key_to_env=dict(c.secret_env))
+        with dsl.If(check.outputs["drift_detected"] == True, name="drift-detected"):  # noqa: E712
+            train = start_training(
+                decision=check.outputs["decision"], host=training_host, namespace=namespace,
+                profile=training_profile, overrides=training_overrides, workdir=workdir,
+            ).set_display_name("start-training")
+            train.set_caching_options(enable_caching=False)
+            kubernetes.use_secret_as_env(train, secret_name=c.secret_name, secret_key_to_env=dict(c.secret_env))
+
+    return drift_monitor
+
+
+drift_monitor = build_pipeline()

@@ -1,0 +1,159 @@
+"""From a drift decision to a training run: the new maps' way into the next model.
+
+* Labeled new maps join the training data (``retrain_data.npz``: the base training data, when given, plus the
+  new maps).
+* Unlabeled new maps go to adaptive BN: the champion's BN statistics are re-estimated on them and the adapted
+  champion (``adapted_champion/``) becomes the retrain's pretrained source. They are also listed "to label".
+
+The launch itself is done by a callable (the kfp.local launcher ``waferflow.orchestration.local.run_local`` or a
+kfp.Client submitter), so this module never imports kfp.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from waferflow.data.contract import WaferDataset, load_dataset, save_dataset
+from waferflow.errors import DataError
+
+
+@dataclass
+class Batch:
+    """A batch of new maps split by whether they carry labels."""
+
+    labeled: WaferDataset | None
+    unlabeled: WaferDataset | None
+    source: str
+
+    @property
+    def all_maps(self) -> WaferDataset:
+        """Every map (labels dropped when only part of the batch has them)."""
+        parts = [d for d in (self.labeled, self.unlabeled) if d is not None and len(d)]
+        if not parts:
+            raise DataError(f"{self.source} holds no wafer maps; pass a file with at least one map")
+        if len(parts) == 1:
+            return parts[0]
+        return concat_datasets([_unlabeled(p) for p in parts])
+
+
+def _unlabeled(ds: WaferDataset) -> WaferDataset:
+    return WaferDataset(class_names=ds.class_names, labels=None, maps=ds.maps, maps_flat=ds.maps_flat,
+                        shapes=ds.shapes, offsets=ds.offsets, lots=ds.lots, meta=dict(ds.meta))
+
+
+def load_batch(path: str | os.PathLike) -> Batch:
+    """Read new maps: a dataset ``.npz`` (either layout, labeled or not) or a WM-811K ``LSWMD.pkl`` (read safely).
+
+    Raises:
+        DataError: a missing, unreadable or invalid file.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"--current {p} does not exist; give a .npz of wafer maps or an LSWMD.pkl")
+    if p.suffix == ".pkl":
+        from waferflow.data.ingest import ingest_lswmd
+
+        res = ingest_lswmd(p)
+        main = res.dataset
+        if main.labeled:
+            return Batch(labeled=main, unlabeled=res.unlabeled, source=str(p))
+        return Batch(labeled=None, unlabeled=main, source=str(p))
+    if p.suffix != ".npz":
+        raise DataError(f"--current {p}: unsupported file type {p.suffix!r}; give a .npz or an LSWMD.pkl")
+    _refuse_empty_npz(p)
+    ds = load_dataset(p)
+    return Batch(labeled=ds if ds.labeled else None, unlabeled=None if ds.labeled else ds, source=str(p))
+
+
+def _refuse_empty_npz(p: Path) -> None:
+    # An empty batch gets its own clear message (before the contract's validation trips on the empty shape).
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            key = "maps" if "maps" in z.files else "shapes" if "shapes" in z.files else None
+            n = None if key is None else z[key].shape[0]
+    except Exception:  # unreadable: load_dataset says why
+        return
+    if n == 0:
+        raise DataError(f"--current {p} holds no wafer maps; pass a file with at least one map")
+
+
+def concat_datasets(parts: list[WaferDataset]) -> WaferDataset:
+    """Concatenate datasets with the same class names (variable layout unless all share one fixed shape).
+
+    Raises:
+        DataError: different class names, or labels on only some parts.
+    """
+    names = parts[0].class_names
+    for d in parts[1:]:
+        if d.class_names != names:
+            raise DataError(f"cannot join datasets with classes {list(names)} and {list(d.class_names)}; "
+                            "the new maps must use the champion's class names")
+    labeled = [d.labeled for d in parts]
+    if any(labeled) and not all(labeled):
+        raise DataError("cannot join labeled and unlabeled maps into one training set")
+    labels = np.concatenate([d.labels for d in parts]) if all(labeled) else None
+    shapes = [tuple(d.map_shapes()[0]) if d.fixed_size and len(d) else None for d in parts]
+    if all(s is not None for s in shapes) and len(set(shapes)) == 1:
+        return WaferDataset(class_names=names, labels=labels, maps=np.concatenate([d.maps for d in parts]))
+    maps = [m.ravel() for d in parts for m in d]
+    shp = np.concatenate([d.map_shapes() for d in parts]).astype(np.int32)
+    offsets = np.r_[0, np.cumsum([m.size for m in maps])].astype(np.int64)
+    return WaferDataset(class_names=names, labels=labels, maps_flat=np.concatenate(maps).astype(np.uint8),
+                        shapes=shp, offsets=offsets)
+
+
+@dataclass
+class RetrainPlan:
+    """What the retrain gets: its data (\"\" = the profile's default) and its pretrained source (\"\" = default)."""
+
+    data: str = ""
+    pretrained: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+def plan_retrain(batch: Batch, model: Any, spec: Any, out_dir: str | os.PathLike,
+                 train_data: str | os.PathLike | None = None) -> RetrainPlan:
+    """Write the retrain's inputs under ``out_dir`` and say what they are.
+
+    Args:
+        batch: The new maps.
+        model: The champion (BN-adapted in a copy when there are unlabeled maps).
+        spec: Its spec.
+        out_dir: The drift output folder.
+        train_data: The base training data (``.npz``) the labeled new maps join; None = the new maps alone.
+    """
+    import copy
+
+    from waferflow.models import save_model_dir
+    from waferflow.train.adapt import adapt_bn
+
+    out = Path(out_dir)
+    plan = RetrainPlan()
+    if batch.labeled is not None and len(batch.labeled):
+        parts = []
+        if train_data:
+            parts.append(load_dataset(train_data, require_labels=True))
+        parts.append(batch.labeled)
+        joined = concat_datasets(parts) if len(parts) > 1 else parts[0]
+        path = out / "retrain_data.npz"
+        save_dataset(joined, path, source=f"drift retrain: {train_data or ''} + {batch.source}")
+        plan.data = str(path)
+        plan.notes.append(f"{len(batch.labeled)} labeled new maps join the training data ({len(joined)} maps) -> {path}")
+    elif train_data:
+        plan.data = str(Path(train_data).resolve())
+    if batch.unlabeled is not None and len(batch.unlabeled):
+        adapted = copy.deepcopy(model)
+        maps = batch.unlabeled.resized(int(spec.input_size))
+        rep = adapt_bn(adapted, spec, maps)
+        adir = out / "adapted_champion"
+        save_model_dir(adapted, spec, adir)
+        plan.pretrained = str(adir)
+        plan.notes.append(f"{len(batch.unlabeled)} unlabeled new maps re-estimated the champion's BN statistics "
+                          f"({rep['n_layers']} layers) -> {adir}, the retrain's starting weights; they are listed "
+                          "to label in to_label.csv")
+    return plan
