@@ -1,0 +1,68 @@
+"""Data stage: generate synthetic wafer maps, or ingest the user's own."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Output
+
+from waferflow.components._images import CPU_IMAGE
+
+
+@dsl.component(base_image=CPU_IMAGE)
+def prepare_data(
+    source: str,
+    source_fingerprint: str,
+    n_maps: int,
+    map_size: int,
+    taxonomy: str,
+    seed: int,
+    dataset: Output[Dataset],
+    unlabeled: Output[Dataset],
+):
+    """Write the labeled maps (and any unlabeled ones) as Dataset folders holding ``data.npz`` + manifest.
+
+    Args:
+        source: "" for synthetic maps, else a path the task can read (``.npz``, ``LSWMD.pkl``, PNG folder).
+        source_fingerprint: Content hash of ``source`` (the launcher computes it) so the cache key follows the
+            content, not the path.
+        n_maps: Synthetic maps to generate.
+        map_size: Synthetic map size; for ingest, the size maps are resized to (0 keeps their own sizes).
+        taxonomy: Synthetic taxonomy.
+        seed: Generation seed.
+    """
+    import os
+
+    from waferflow.data.contract import save_dataset
+    from waferflow.orchestration.runtime import dataset_file, stage, versions
+
+    with stage("data", source=source or "synthetic") as rec:
+        n_unlabeled = 0
+        if source:
+            from waferflow.data.ingest import ingest
+
+            result = ingest(source, size=map_size or None)
+            labeled_ds, unlabeled_ds = result.dataset, result.unlabeled
+            src = f"ingest:{source}"
+        else:
+            from waferflow.data.synth import generate
+
+            labeled_ds = generate(n=n_maps, size=map_size, seed=seed, taxonomy=taxonomy)
+            unlabeled_ds = None
+            src = f"synthetic:{taxonomy}:n={n_maps}:size={map_size}:seed={seed}"
+        # Folders only once the maps exist: a failed read leaves no half-made artifact.
+        os.makedirs(dataset.path, exist_ok=True)
+        os.makedirs(unlabeled.path, exist_ok=True)
+        manifest = save_dataset(labeled_ds, dataset_file(dataset.path), source=src)
+        if unlabeled_ds is not None and len(unlabeled_ds):
+            save_dataset(unlabeled_ds, dataset_file(unlabeled.path), source=src + ":unlabeled")
+            n_unlabeled = len(unlabeled_ds)
+        rec.update(n=len(labeled_ds), n_unlabeled=n_unlabeled)
+        dataset.metadata.update(
+            {
+                "source": src,
+                "source_fingerprint": source_fingerprint,
+                "data_hash": manifest["content_sha256"],
+                "n": len(labeled_ds),
+                "class_names": list(labeled_ds.class_names),
+                "versions": versions(),
+            }
+        )
+        unlabeled.metadata.update({"source": src, "n": n_unlabeled})

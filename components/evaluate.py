@@ -1,0 +1,67 @@
+"""Evaluate stage: the one evaluator on a model folder, with KFP UI metrics."""
+
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
+
+from waferflow.components._images import CPU_IMAGE
+
+
+@dsl.component(base_image=CPU_IMAGE)
+def evaluate_model(
+    model: Input[Model],
+    data: Input[Dataset],
+    split: str,
+    form: str,
+    metrics_json: Output[Artifact],
+    metrics: Output[Metrics],
+    confusion: Output[ClassificationMetrics],
+) -> NamedTuple("EvalResult", [("accuracy", float), ("macro_f1", float)]):
+    """Evaluate ``model`` (PyTorch form) on ``data``; ``metrics_json`` is the evaluator's dict as ``metrics.json``.
+
+    Args:
+        model: A model folder (form "torch") or an export dir (forms "onnx_fp32", "onnx_int8").
+        data: A Dataset folder.
+        split: Name of the split (recorded).
+        form: Which form of the model to run.
+    """
+    import json
+    import os
+    from collections import namedtuple
+
+    from waferflow.config import atomic_write_json
+    from waferflow.data.contract import load_dataset
+    from waferflow.errors import ConfigError
+    from waferflow.evaluation import evaluate, onnx_predictor, torch_predictor
+    from waferflow.export.onnx_export import read_onnx_metadata
+    from waferflow.models import ModelSpec, load_model_dir
+    from waferflow.orchestration.runtime import dataset_file, stage, versions
+
+    name = model.metadata.get("candidate", "model")
+    files = {"onnx_fp32": "model.onnx", "onnx_int8": "model.int8.onnx"}
+    with stage("evaluate", model=name, split=split, form=form) as rec:
+        ds = load_dataset(dataset_file(data.path), require_labels=True)
+        if form == "torch":
+            net, spec = load_model_dir(model.path)
+            predict = torch_predictor(net)
+        elif form in files:
+            path = os.path.join(model.path, files[form])
+            meta = read_onnx_metadata(path)  # the export's own preprocessing record
+            spec = ModelSpec.from_dict({**meta, "num_classes": len(meta["class_names"])})
+            predict = onnx_predictor(path)
+        else:
+            raise ConfigError(f"form must be torch, onnx_fp32 or onnx_int8, got {form!r}")
+        m = evaluate(predict, ds, spec, form=form)
+        m["split"], m["candidate"] = split, name
+        os.makedirs(metrics_json.path, exist_ok=True)
+        atomic_write_json(os.path.join(metrics_json.path, "metrics.json"), m)
+        ov = m["overall"]
+        for k in ("accuracy", "balanced_accuracy", "macro_f1", "ece"):
+            metrics.log_metric(f"{split}_{form}_{k}", float(ov[k]))
+        confusion.log_confusion_matrix(list(m["class_names"]), [[int(v) for v in row] for row in m["confusion_matrix"]])
+        meta = {"candidate": name, "split": split, "form": form, "data_hash": data.metadata.get("data_hash", ""),
+                "overall": ov, "versions": versions()}
+        metrics_json.metadata.update(meta)
+        rec.update(accuracy=ov["accuracy"], macro_f1=ov["macro_f1"])
+    return namedtuple("EvalResult", ["accuracy", "macro_f1"])(float(ov["accuracy"]), float(ov["macro_f1"]))

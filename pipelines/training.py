@@ -1,0 +1,216 @@
+"""The training pipeline (wiring only).
+
+start MLflow run -> ExitHandler[ data -> split -> adaptive BN -> ParallelFor(candidates: train -> evaluate on
+val) -> Collected fan-in: select best on validation -> evaluate on test -> export (ONNX FP32/INT8 + latency) ->
+evaluate INT8 -> TensorRT compile -> log to MLflow -> gates + register (the version's tags and model card carry
+every verdict, so the gates run just before the version is created) -> report; dsl.If(gates passed) -> promote
+(inside a small sub-pipeline, see below) ]
+-> exit task: close the MLflow run, or record it FAILED with the failing task and error.
+
+One DAG definition serves both places: kfp.local runs it as is (kfp 2.17's local orchestrator runs
+ParallelFor, Collected, dsl.If, ExitHandler, retries and caching), and the compiled YAML adds what only a
+cluster honours (images, GPU node pool, Secret-backed env). kfp.local drops the kfp-kubernetes settings, so the
+local launcher (waferflow.orchestration.local) passes the same settings through the environment instead.
+"""
+
+
+from kfp import dsl, kubernetes
+from kfp.dsl import Artifact, Input
+
+from waferflow.components.adapt_bn import adapt_batchnorm
+from waferflow.components.compile_trt import compile_tensorrt
+from waferflow.components.data import prepare_data
+from waferflow.components.evaluate import evaluate_model
+from waferflow.components.export import export_model
+from waferflow.components.register import finish_run, log_to_mlflow, promote_model, register_model, start_run
+from waferflow.components.report import build_report
+from waferflow.components.select_best import select_best
+from waferflow.components.split import split_data
+from waferflow.components.train import train_candidate
+from waferflow.profiles import ClusterOptions, Profile, get_profile
+
+PIPELINE_NAME = "waferflow-training"
+
+
+def candidates_of(profile: Profile, strategies=None) -> list:
+    """The candidate list (strategy x backbone) for a profile; an empty ``profile.strategies`` means every
+    strategy that ``waferflow.train`` defines (passed in as ``strategies`` by the caller that resolved it)."""
+    names = list(profile.strategies) or list(strategies or [])
+    if not names:
+        from waferflow.train.strategies import STRATEGIES
+
+        names = list(STRATEGIES)
+    return [{"strategy": s, "backbone": b} for b in profile.backbones for s in names]
+
+
+def _on_gpu_pool(task: dsl.PipelineTask, c: ClusterOptions) -> None:
+    task.set_container_image(c.image("gpu"))
+    for k, v in c.gpu_node_selector.items():
+        kubernetes.add_node_selector(task, label_key=k, label_value=v)
+    if c.gpu_toleration_key:
+        kubernetes.add_toleration(task, key=c.gpu_toleration_key, operator="Exists", effect=c.gpu_toleration_effect)
+    task.set_accelerator_type(c.accelerator_type).set_accelerator_limit(c.gpu_limit)
+
+
+def _with_secret(task: dsl.PipelineTask, c: ClusterOptions) -> None:
+    kubernetes.use_secret_as_env(task, secret_name=c.secret_name, secret_key_to_env=dict(c.secret_env))
+
+
+def _flaky(task: dsl.PipelineTask, c: ClusterOptions) -> None:
+    """Registry/network steps: retried with backoff, never cached (they change MLflow state)."""
+    task.set_retry(num_retries=c.retries, backoff_duration="5s", backoff_factor=2.0, backoff_max_duration="120s")
+    task.set_caching_options(enable_caching=False)
+
+
+def build_pipeline(profile: Profile | None = None):
+    """Build the training pipeline with ``profile``'s values as parameter defaults and its cluster options.
+
+    Args:
+        profile: Defaults to the ``local`` profile.
+
+    Returns:
+        The ``@dsl.pipeline`` (a kfp GraphComponent): call it under ``kfp.local`` or compile it.
+    """
+    p = profile or get_profile("local")
+    c = p.cluster
+    default_candidates = candidates_of(p)
+    gpu_train = p.device == "cuda"
+
+    # The dsl.If lives in a small sub-pipeline whose condition reads its own input: kfp.local 2.17 cannot resolve
+    # a sibling task's output inside an If condition (it looks it up as a parent input and skips the branch),
+    # while a sub-DAG input resolves in both places, so one DAG serves the laptop and the cluster.
+    @dsl.pipeline(name="promote-when-passed")
+    def promote_when_passed(passed: bool, verdicts: Input[Artifact], registered_model_name: str, tracking_uri: str):
+        with dsl.If(passed == True, name="gates-passed"):  # noqa: E712 (KFP condition)
+            promote = promote_model(
+                verdicts=verdicts, registered_model_name=registered_model_name, tracking_uri=tracking_uri,
+            ).set_display_name("promote").set_container_image(c.image("cpu"))
+            _with_secret(promote, c)
+            _flaky(promote, c)
+
+    @dsl.pipeline(
+        name=PIPELINE_NAME,
+        description="waferflow: transfer-learning factory for wafer-map defect classifiers "
+        "(train candidates, select, evaluate, export, gate, promote).",
+    )
+    def training_pipeline(
+        data_source: str = p.data,
+        data_fingerprint: str = "",
+        n_maps: int = p.n_maps,
+        map_size: int = p.map_size,
+        taxonomy: str = p.taxonomy,
+        seed: int = p.seed,
+        labels_per_class: int = p.labels_per_class,
+        backbones: list = list(p.backbones),
+        candidates: list = default_candidates,
+        input_size: int = p.input_size,
+        pretrained: str = p.pretrained,
+        train_config: dict = dict(p.train),
+        epochs: dict = dict(p.epochs),
+        device: str = p.device,
+        int8: bool = p.int8,
+        trt_precision: str = "fp16",
+        bench_iters: int = p.bench_iters,
+        export_options: dict = dict(p.export),
+        gates: dict = dict(p.gates),
+        registered_model_name: str = p.registered_model_name,
+        experiment: str = p.experiment,
+        tracking_uri: str = "",
+    ):
+        on_exit = finish_run(
+            pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, experiment=experiment, tracking_uri=tracking_uri
+        ).set_display_name("finish-mlflow-run").set_container_image(c.image("cpu"))
+        _with_secret(on_exit, c)
+        _flaky(on_exit, c)
+
+        with dsl.ExitHandler(on_exit, name="waferflow-training-run"):
+            data = prepare_data(
+                source=data_source, source_fingerprint=data_fingerprint, n_maps=n_maps, map_size=map_size,
+                taxonomy=taxonomy, seed=seed,
+            ).set_display_name("data").set_container_image(c.image("cpu"))
+            started = start_run(
+                experiment=experiment, pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, data=data.outputs["dataset"],
+                candidates=candidates, train_config=train_config, epochs=epochs, gates=gates,
+                data_source=data_source, n_maps=n_maps, map_size=map_size, taxonomy=taxonomy, seed=seed,
+                input_size=input_size, pretrained=pretrained, device=device,
+                tracking_uri=tracking_uri,
+            ).set_display_name("start-mlflow-run").set_container_image(c.image("cpu"))
+            _with_secret(started, c)
+            _flaky(started, c)
+            split = split_data(
+                dataset=data.outputs["dataset"], labels_per_class=labels_per_class, seed=seed
+            ).set_display_name("split").set_container_image(c.image("cpu"))
+            adapt = adapt_batchnorm(
+                train=split.outputs["train"], unlabeled=data.outputs["unlabeled"], backbones=backbones,
+                input_size=input_size, pretrained=pretrained, seed=seed,
+            ).set_display_name("adapt-bn").set_container_image(c.image("cpu"))
+            _with_secret(adapt, c)  # an MLflow model URI may be the pretrained source
+
+            with dsl.ParallelFor(items=candidates, parallelism=p.parallelism, name="candidates") as cand:
+                trained = train_candidate(
+                    train=split.outputs["train"], val=split.outputs["val"], adapted=adapt.outputs["adapted"],
+                    candidate=cand, train_config=train_config, epochs=epochs, input_size=input_size,
+                    device=device, seed=seed,
+                ).set_display_name("train")
+                _with_secret(trained, c)
+                if gpu_train:
+                    _on_gpu_pool(trained, c)
+                else:
+                    trained.set_container_image(c.image("gpu"))  # the train image is the GPU one either way
+                trained.set_memory_request(c.memory_request).set_cpu_request(c.cpu_request)
+                val_eval = evaluate_model(
+                    model=trained.outputs["model"], data=split.outputs["val"], split="val", form="torch"
+                ).set_display_name("evaluate-val").set_container_image(c.image("cpu"))
+
+            best = select_best(
+                models=dsl.Collected(trained.outputs["model"]),
+                val_metrics=dsl.Collected(val_eval.outputs["metrics_json"]),
+            ).set_display_name("select-best").set_container_image(c.image("cpu"))
+            test_eval = evaluate_model(
+                model=best.outputs["best"], data=split.outputs["test"], split="test", form="torch"
+            ).set_display_name("evaluate-test").set_container_image(c.image("cpu"))
+            exported = export_model(
+                model=best.outputs["best"], calibration=split.outputs["train"], test=split.outputs["test"], int8=int8,
+                bench_iters=bench_iters, options=export_options,
+            ).set_display_name("export").set_container_image(c.image("cpu"))
+            int8_eval = evaluate_model(
+                model=exported.outputs["onnx"], data=split.outputs["test"], split="test", form="onnx_int8"
+            ).set_display_name("evaluate-int8").set_container_image(c.image("cpu"))
+            trt = compile_tensorrt(
+                onnx=exported.outputs["onnx"], model=best.outputs["best"], calibration=split.outputs["train"],
+                test=split.outputs["test"], precision=trt_precision,
+            ).set_display_name("compile-tensorrt")
+            _on_gpu_pool(trt, c)
+
+            logged = log_to_mlflow(
+                parent_run_id=started.output, model=best.outputs["best"], onnx=exported.outputs["onnx"],
+                test_metrics=test_eval.outputs["metrics_json"], int8_metrics=int8_eval.outputs["metrics_json"],
+                latency=exported.outputs["latency"], trt=trt.outputs["report"], candidates=best.outputs["candidates"],
+                test=split.outputs["test"], tracking_uri=tracking_uri,
+            ).set_display_name("log-mlflow").set_container_image(c.image("cpu"))
+            _with_secret(logged, c)
+            _flaky(logged, c)
+            reg = register_model(
+                run_id=logged.output, parent_run_id=started.output, test=split.outputs["test"],
+                test_metrics=test_eval.outputs["metrics_json"], int8_metrics=int8_eval.outputs["metrics_json"],
+                latency=exported.outputs["latency"], gates=gates, registered_model_name=registered_model_name,
+                tracking_uri=tracking_uri,
+            ).set_display_name("register-and-gate").set_container_image(c.image("cpu"))
+            _with_secret(reg, c)
+            _flaky(reg, c)
+            report = build_report(
+                candidates=best.outputs["candidates"], test_metrics=test_eval.outputs["metrics_json"],
+                latency=exported.outputs["latency"], trt=trt.outputs["report"], verdicts=reg.outputs["verdicts"],
+            ).set_display_name("report").set_container_image(c.image("cpu"))
+            report.set_caching_options(enable_caching=False)
+            gated = promote_when_passed(
+                passed=reg.outputs["passed"], verdicts=reg.outputs["verdicts"],
+                registered_model_name=registered_model_name, tracking_uri=tracking_uri,
+            ).set_display_name("promote-if-gates-passed")
+            gated.after(report)
+
+    return training_pipeline
+
+
+#: The pipeline with the ``local`` profile's defaults (what ``waferflow compile`` writes by default).
+training_pipeline = build_pipeline()

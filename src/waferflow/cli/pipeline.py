@@ -1,0 +1,153 @@
+"""``waferflow run | compile | submit | schedule``: the pipeline commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from waferflow.errors import ConfigError
+
+_RUN_EPILOG = """examples:
+  waferflow run                                   # local profile: 10,000 synthetic maps, every strategy, CPU
+  waferflow run --data my_maps.npz                # the same on your own maps (.npz, LSWMD.pkl, PNG folders)
+  waferflow run --profile tiny                    # seconds-long smoke run
+  waferflow run --set n_maps=4000 --set 'strategies=[full_finetune]' --set gates.min_accuracy=0.95
+"""
+
+
+def _add_profile_args(p: argparse.ArgumentParser, default: str) -> None:
+    from waferflow.profiles import PROFILE_NAMES
+
+    p.add_argument("--profile", default=default, choices=PROFILE_NAMES, help=f"run profile (default {default})")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="profile override, YAML value, dots for nesting (repeatable), e.g. epochs.full_finetune=3")
+
+
+def _add_remote_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default=os.environ.get("KF_PIPELINES_ENDPOINT", ""),
+                   help="Kubeflow Pipelines API URL (default $KF_PIPELINES_ENDPOINT); token from $KFP_TOKEN")
+    p.add_argument("--pipeline", default="training", choices=("training", "drift-monitor"), help="which pipeline")
+    p.add_argument("--param", dest="params", action="append", default=[], metavar="NAME=VALUE",
+                   help="pipeline argument (YAML value; repeatable)")
+    p.add_argument("--experiment", default=None, help="KFP experiment (default: the profile's)")
+    p.add_argument("--namespace", default=None, help="Kubeflow namespace (multi-user installs)")
+    p.add_argument("--service-account", default=None, help="Kubernetes service account of the run's pods")
+    p.add_argument("--registry", default=None, help="image registry prefix (overrides cluster.image_registry)")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "run", help="the main job: the whole training pipeline locally through kfp.local",
+        description="Run the whole training pipeline (data, split, adaptive BN, candidates, selection, "
+        "evaluation, export, TensorRT, registry, gates, promotion) on this machine through kfp.local, with "
+        "the embedded MLflow store under the workdir.",
+        epilog=_RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_profile_args(p, "local")
+    p.add_argument("--data", default=None, help="your own maps (.npz, LSWMD.pkl or a folder of PNGs per class) "
+                   "instead of synthetic ones")
+    p.add_argument("--workdir", default="waferflow_runs", help="outputs, kfp cache and MLflow store (default "
+                   "./waferflow_runs)")
+    p.add_argument("--no-cache", action="store_true", help="run every task even when its cached output is valid")
+    p.add_argument("--json", action="store_true", help="print the run record as JSON at the end")
+    p.set_defaults(func=cmd_run)
+
+    p = subparsers.add_parser("compile", help="write every pipeline's YAML (training, drift monitor)",
+                              description="Compile every pipeline in waferflow.pipelines to DIR/<name>.yaml "
+                              "with the profile's cluster options (images, GPU node pool, Secret).")
+    _add_profile_args(p, "full")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--registry", default=None, help="image registry prefix (overrides cluster.image_registry)")
+    p.set_defaults(func=cmd_compile)
+
+    p = subparsers.add_parser("submit", help="start a pipeline run on a Kubeflow host (kfp.Client)")
+    _add_profile_args(p, "full")
+    _add_remote_args(p)
+    p.add_argument("--run-name", default=None, help="display name of the run")
+    p.set_defaults(func=cmd_submit)
+
+    p = subparsers.add_parser("schedule", help="create a recurring pipeline run on a Kubeflow host (kfp.Client)")
+    _add_profile_args(p, "full")
+    _add_remote_args(p)
+    p.add_argument("--cron", required=True, help="KFP cron, seconds first: '0 0 3 * * 1' = 03:00 every Monday "
+                   "(5-field crons get seconds=0)")
+    p.add_argument("--name", default=None, help="recurring run name")
+    p.add_argument("--max-concurrency", type=int, default=1, help="runs allowed at once (default 1)")
+    p.set_defaults(func=cmd_schedule)
+
+
+def _profile(args, extra: dict | None = None):
+    from waferflow.profiles import get_profile
+
+    overrides = list(args.overrides)
+    # WAFERFLOW_SET (whitespace-separated key=value items) lets a ConfigMap carry cluster overrides.
+    env_set = os.environ.get("WAFERFLOW_SET", "").strip()
+    if env_set and args.func is not cmd_run:
+        import shlex
+
+        overrides = shlex.split(env_set) + overrides
+    if getattr(args, "registry", None):
+        overrides.append(f"cluster.image_registry={args.registry}")
+    if extra:
+        overrides += [f"{k}={v}" for k, v in extra.items()]
+    return get_profile(args.profile, overrides)
+
+
+def _params(items: list[str]) -> dict:
+    from waferflow.config import parse_override
+
+    out = {}
+    for it in items:
+        k, v = parse_override(it)
+        out[k] = v
+    return out
+
+
+def cmd_run(args) -> int:
+    from waferflow.orchestration.local import format_result, run_local
+
+    extra = {}
+    if args.data:
+        if not os.path.exists(args.data):
+            raise ConfigError(f"--data {args.data} does not exist; give a .npz, an LSWMD.pkl or a folder of PNGs")
+        extra["data"] = os.path.abspath(args.data)
+    profile = _profile(args, extra)
+    result = run_local(profile, workdir=args.workdir, cache=not args.no_cache)
+    print(format_result(result))
+    if args.json:
+        print(json.dumps({"wall_seconds": result.wall_seconds, "stages": result.stages, "cache_hits": result.cache_hits,
+                          "champion": result.champion, "run_dir": str(result.run_dir)}, indent=2))
+    return 0
+
+
+def cmd_compile(args) -> int:
+    from waferflow.orchestration.cluster import compile_all
+
+    written = compile_all(args.out, _profile(args))
+    for name, path in written.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def cmd_submit(args) -> int:
+    from waferflow.orchestration.cluster import submit
+
+    run_id = submit(args.host, _profile(args), pipeline=args.pipeline, arguments=_params(args.params),
+                    experiment=args.experiment, run_name=args.run_name, namespace=args.namespace,
+                    service_account=args.service_account)
+    print(f"started run {run_id} on {args.host}")
+    return 0
+
+
+def cmd_schedule(args) -> int:
+    from waferflow.orchestration.cluster import schedule
+
+    rid = schedule(args.host, _profile(args), cron=args.cron, pipeline=args.pipeline, name=args.name,
+                   arguments=_params(args.params), experiment=args.experiment, namespace=args.namespace,
+                   max_concurrency=args.max_concurrency, service_account=args.service_account)
+    print(f"created recurring run {rid} on {args.host} (cron '{args.cron}')")
+    return 0
+
+

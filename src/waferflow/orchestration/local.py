@@ -1,0 +1,304 @@
+"""Run the training pipeline on this machine through ``kfp.local`` (SubprocessRunner, current venv).
+
+kfp.local silently drops what only a cluster honours (kfp-kubernetes node selectors, tolerations, accelerator
+limits, Secret-backed env). This launcher does not depend on any of it: it sets the same configuration in the
+environment the task subprocesses inherit (``MLFLOW_TRACKING_URI`` and friends) and prints what it set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from waferflow.errors import ConfigError, DataError, WaferflowError
+from waferflow.orchestration.runtime import RUN_DIR_ENV, STAGE_LOG_ENV
+from waferflow.profiles import Profile
+
+#: Stages whose outputs are content-addressed by their inputs; a repeated run should hit the cache for them.
+DATA_STAGES = ("data", "split")
+
+
+@dataclass
+class RunResult:
+    """What a local run produced.
+
+    Attributes:
+        run_dir: Folder of this run's launcher records (stages.jsonl, summary.json, run.json).
+        summary: The report stage's summary (candidates, test metrics, latency, TensorRT, gates, version).
+        stages: Per-stage records (name, seconds, ...), in finishing order; cached stages have ``cached``.
+        cache_hits: Task names kfp.local served from its cache.
+        champion: The registry's champion version after the run (None when there is none).
+        wall_seconds: Wall time of the pipeline.
+        tracking_uri: MLflow tracking URI used.
+    """
+
+    run_dir: Path
+    summary: dict
+    stages: list[dict] = field(default_factory=list)
+    cache_hits: list[str] = field(default_factory=list)
+    champion: str | None = None
+    wall_seconds: float = 0.0
+    tracking_uri: str = ""
+
+
+def fingerprint(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, or of a folder's relative paths and file bytes (sorted), for cache keys.
+
+    Raises:
+        DataError: The path does not exist.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"--data {p} does not exist; give a .npz, an LSWMD.pkl or a folder of PNGs per class")
+    h = hashlib.sha256()
+    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
+    for f in files:
+        h.update(str(f.relative_to(p) if p.is_dir() else f.name).encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def embedded_tracking_uri(workdir: Path) -> str:
+    """The embedded MLflow store of a workdir (SQLite; artifacts under ``<workdir>/mlartifacts``)."""
+    return f"sqlite:///{(workdir / 'mlflow.db').resolve()}"
+
+
+class _CacheHitRecorder(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.hits: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        if " cache hit " in msg and msg.startswith("Task "):
+            self.hits.append(msg.split()[1])
+
+
+def pipeline_arguments(profile: Profile, candidates: list[dict]) -> dict[str, Any]:
+    """The training pipeline's arguments for ``profile`` (the data path made absolute and fingerprinted)."""
+    data = ""
+    fp = ""
+    if profile.data:
+        data = str(Path(profile.data).expanduser().resolve())
+        fp = fingerprint(data)
+    return {
+        "data_source": data,
+        "data_fingerprint": fp,
+        "n_maps": profile.n_maps,
+        "map_size": profile.map_size,
+        "taxonomy": profile.taxonomy,
+        "seed": profile.seed,
+        "labels_per_class": profile.labels_per_class,
+        "backbones": list(profile.backbones),
+        "candidates": candidates,
+        "input_size": profile.input_size,
+        "pretrained": profile.pretrained,
+        "train_config": dict(profile.train),
+        "epochs": dict(profile.epochs),
+        "device": profile.device,
+        "int8": profile.int8,
+        "bench_iters": profile.bench_iters,
+        "export_options": dict(profile.export),
+        "gates": dict(profile.gates),
+        "registered_model_name": profile.registered_model_name,
+        "experiment": profile.experiment,
+    }
+
+
+def run_local(profile: Profile, workdir: str | os.PathLike = "waferflow_runs", cache: bool = True,
+              out=None) -> RunResult:
+    """Run the whole training pipeline through ``kfp.local`` on this machine.
+
+    Args:
+        profile: The run's profile (``waferflow.profiles.get_profile``).
+        workdir: Folder for kfp outputs, the kfp cache, the embedded MLflow store and run records.
+        cache: Use kfp.local's task cache (data stages are keyed on their inputs and parameters).
+        out: Stream for progress lines (default stdout).
+
+    Returns:
+        A :class:`RunResult`.
+
+    Raises:
+        ConfigError: The profile asks for CUDA on a machine without it.
+        WaferflowError: A pipeline task failed (its log is above; the exit handler recorded the failure).
+    """
+    out = out or sys.stdout
+    wd = Path(workdir).expanduser().resolve()
+    wd.mkdir(parents=True, exist_ok=True)
+    if profile.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"profile {profile.name!r} trains on CUDA but this machine has no CUDA device; use --profile local "
+                "(CPU) or run it on a cluster (waferflow submit)"
+            )
+    run_id = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
+    run_dir = wd / "runs" / run_id
+    run_dir.mkdir(parents=True)
+
+    def say(msg: str) -> None:
+        print(f"[waferflow] {msg}", file=out, flush=True)
+
+    # What a cluster gets from the Secret / kfp-kubernetes, made explicit for the local subprocesses.
+    env: dict[str, str] = {}
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or embedded_tracking_uri(wd)
+    env["MLFLOW_TRACKING_URI"] = uri
+    env["WAFERFLOW_WORKDIR"] = str(wd)
+    env[STAGE_LOG_ENV] = str(run_dir / "stages.jsonl")
+    env[RUN_DIR_ENV] = str(run_dir)
+    env.setdefault("MPLBACKEND", os.environ.get("MPLBACKEND", "Agg"))
+    saved_env = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        return _run(profile, wd, run_dir, uri, env, cache, say)
+    finally:
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _run(profile: Profile, wd: Path, run_dir: Path, uri: str, env: dict, cache: bool, say) -> RunResult:
+    from kfp import local
+
+    from waferflow.pipelines.training import build_pipeline, candidates_of
+
+    say(f"profile {profile.name}; workdir {wd}")
+    say(
+        "kfp.local ignores kfp-kubernetes settings (Secret env, GPU node selector, tolerations, accelerator "
+        "limits); passing the configuration through the environment instead:"
+    )
+    for k in ("MLFLOW_TRACKING_URI", "WAFERFLOW_WORKDIR"):
+        say(f"  {k}={env[k]}" + ("  (from your environment)" if k == "MLFLOW_TRACKING_URI" and uri != embedded_tracking_uri(wd) else ""))
+    for k in ("MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        if os.environ.get(k):
+            say(f"  {k}=<set in your environment>")
+    say(f"  every task runs here on the CPU (device={profile.device}); candidates in parallel: "
+        f"{profile.parallelism or 'all'}")
+
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(wd / "kfp_outputs"),
+        enable_caching=cache,
+        cache_root=str(wd / "kfp_cache"),
+        raise_on_error=True,
+    )
+    candidates = candidates_of(profile)
+    args = pipeline_arguments(profile, candidates)
+    say(f"{len(candidates)} candidate(s): " + ", ".join(f"{c['strategy']}/{c['backbone']}" for c in candidates))
+    pipeline = build_pipeline(profile)
+    rec = _CacheHitRecorder()
+    root = logging.getLogger()
+    root.addHandler(rec)
+    old_level = root.level
+    if root.level > logging.INFO or root.level == logging.NOTSET:
+        root.setLevel(logging.INFO)
+    t0 = time.perf_counter()
+    try:
+        with warnings.catch_warnings():
+            # Said once above: kfp.local ignores cluster-only settings and runs the tasks in this venv.
+            warnings.filterwarnings("ignore", message=r"Task .* have no effect in the current local runner")
+            warnings.filterwarnings("ignore", message=r"You may be attemping to run a task that uses custom")
+            pipeline(**args)
+    except RuntimeError as e:
+        msg = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+        raise WaferflowError(
+            f"the training pipeline failed: {msg} The failing task's log is above; outputs so far are under "
+            f"{wd / 'kfp_outputs'}; the failure is recorded in MLflow ({uri})"
+        ) from None
+    finally:
+        root.removeHandler(rec)
+        root.setLevel(old_level)
+    wall = time.perf_counter() - t0
+
+    stages = _read_jsonl(run_dir / "stages.jsonl")
+    ran = {s["stage"] for s in stages}
+    hits = list(dict.fromkeys(rec.hits))
+    for h in hits:
+        stages.append({"stage": _stage_of_task(h), "task": h, "cached": True, "seconds": 0.0})
+    summary_path = run_dir / "summary.json"
+    if not summary_path.exists():
+        raise WaferflowError(f"the pipeline finished but wrote no {summary_path}; see the task logs above")
+    summary = json.loads(summary_path.read_text())
+    champion = _champion(profile.registered_model_name, uri)
+    result = RunResult(run_dir=run_dir, summary=summary, stages=stages, cache_hits=hits, champion=champion,
+                       wall_seconds=round(wall, 1), tracking_uri=uri)
+    from waferflow.config import atomic_write_json
+
+    atomic_write_json(run_dir / "run.json", {
+        "profile": profile.to_dict(), "wall_seconds": result.wall_seconds, "stages": stages,
+        "cache_hits": hits, "champion": champion, "tracking_uri": uri, "ran": sorted(ran),
+    })
+    return result
+
+
+_TASK_TO_STAGE = {
+    "prepare-data": "data", "split-data": "split", "adapt-batchnorm": "adapt_bn", "train-candidate": "train",
+    "evaluate-model": "evaluate", "select-best": "select_best", "export-model": "export",
+    "compile-tensorrt": "compile_trt", "start-run": "start_run", "log-to-mlflow": "log_mlflow",
+    "register-model": "register", "build-report": "report", "promote-model": "promote", "finish-run": "finish_run",
+}
+
+
+def _stage_of_task(task: str) -> str:
+    for prefix, stage in _TASK_TO_STAGE.items():
+        if task.startswith(prefix):
+            return stage
+    return task
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _champion(name: str, uri: str) -> str | None:
+    from waferflow.tracking import champion_version
+
+    v = champion_version(uri, name=name)
+    return None if v is None else str(v)
+
+
+def format_result(result: RunResult) -> str:
+    """The end-of-run text: stage times, comparison table, gates, champion, where things are."""
+    s = result.summary
+    lines = ["", "=" * 78, "waferflow run: done in %.1f s" % result.wall_seconds, "=" * 78, "", "Stage times:"]
+    for st in result.stages:
+        tag = " (cache hit)" if st.get("cached") else ""
+        label = st["stage"] + (f" [{st['candidate']}]" if st.get("candidate") else "")
+        lines.append(f"  {label:<48} {st.get('seconds', 0):8.1f} s{tag}")
+    if result.cache_hits:
+        lines.append(f"  cache hits: {', '.join(result.cache_hits)}")
+    lines += ["", s.get("comparison_markdown") or ""]
+    t = s.get("test", {}).get("overall", {})
+    if t:
+        lines.append(f"Selected {s.get('candidates', {}).get('best')} on test: accuracy {t['accuracy']:.4f}, "
+                     f"macro-F1 {t['macro_f1']:.4f}, balanced accuracy {t['balanced_accuracy']:.4f} (n={t['n']})")
+    lines.append("")
+    gates = s.get("gates", {})
+    champ_cmp = gates.get("champion_version")
+    lines.append(f"Gates for version {s.get('version')}: {'PASSED' if gates.get('passed') else 'FAILED'}"
+                 + (f" (compared with champion v{champ_cmp} on the same test set)" if champ_cmp else " (no champion yet)"))
+    for g in gates.get("results", []):
+        v = "n/a" if g.get("value") is None else f"{g['value']:.4f}"
+        lines.append(f"  [{'pass' if g['passed'] else 'FAIL'}] {g['name']}: {v} {g.get('op', '')} {g.get('threshold')}")
+    lines.append("")
+    lines.append(f"Champion: version {result.champion}" if result.champion else "Champion: none")
+    lines.append(f"Report:   {s.get('report_markdown')}  (HTML: {s.get('report_html')})")
+    lines.append(f"Run dir:  {result.run_dir}")
+    lines.append(f"MLflow:   {result.tracking_uri}   (mlflow ui --backend-store-uri {result.tracking_uri})")
+    return "\n".join(lines)

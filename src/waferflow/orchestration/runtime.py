@@ -1,0 +1,192 @@
+"""What every component does around its one library call: a stage banner, a timer,
+progress bars that stay visible through kfp.local's line-buffered log relay, and
+provenance for artifact metadata.
+
+No kfp import here: components import this inside their function bodies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from waferflow import __version__
+
+#: Environment variable the local launcher sets to collect per-stage timings (JSON lines).
+STAGE_LOG_ENV = "WAFERFLOW_STAGE_LOG"
+#: Environment variable the local launcher sets so the report stage also writes ``summary.json`` there.
+RUN_DIR_ENV = "WAFERFLOW_RUN_DIR"
+
+DATASET_FILE = "data.npz"
+
+
+class _CarriageReturnToNewline(io.TextIOBase):
+    """kfp.local relays a task's output line by line, so tqdm's ``\\r`` redraws would only show at the end;
+    turn them into newlines (tqdm's ``mininterval`` keeps the line count small)."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def write(self, s: str) -> int:
+        self._inner.write(s.replace("\r", "\n").replace("\n\n", "\n"))
+        self._inner.flush()
+        return len(s)
+
+    def flush(self) -> None:
+        self._inner.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self._inner, "encoding", "utf-8")
+
+
+@contextlib.contextmanager
+def stage(name: str, **info: Any) -> Iterator[dict]:
+    """Banner + timer around one component's work.
+
+    Yields a dict the caller may fill with facts to log; on exit it gains ``seconds`` and, when
+    ``$WAFERFLOW_STAGE_LOG`` is set (the local launcher sets it), one JSON line is appended there.
+    """
+    rec: dict[str, Any] = {"stage": name, **info}
+    detail = " ".join(f"{k}={v}" for k, v in info.items())
+    print(f"\n==> [waferflow] stage {name} {detail}".rstrip(), flush=True)
+    old_err = sys.stderr
+    if not old_err.isatty():
+        sys.stderr = _CarriageReturnToNewline(old_err)  # type: ignore[assignment]
+        os.environ.setdefault("TQDM_MININTERVAL", "10")
+    t0 = time.perf_counter()
+    ok = False
+    try:
+        yield rec
+        ok = True
+    finally:
+        sys.stderr = old_err
+        rec["seconds"] = round(time.perf_counter() - t0, 2)
+        rec["ok"] = ok
+        print(f"<== [waferflow] stage {name} {'done' if ok else 'FAILED'} in {rec['seconds']:.1f}s", flush=True)
+        log = os.environ.get(STAGE_LOG_ENV)
+        if log:
+            with open(log, "a", encoding="utf-8") as f:
+                f.write(json.dumps(rec, default=str) + "\n")
+
+
+def versions() -> dict[str, str]:
+    """Versions of the packages that decide a result (for artifact metadata)."""
+    out = {"waferflow": __version__, "python": platform.python_version()}
+    for mod in ("torch", "timm", "onnxruntime", "mlflow", "numpy"):
+        m = sys.modules.get(mod)
+        if m is not None:
+            out[mod] = getattr(m, "__version__", "?")
+    return out
+
+
+def dataset_file(artifact_path: str) -> Path:
+    """The ``.npz`` inside a Dataset artifact folder."""
+    return Path(artifact_path) / DATASET_FILE
+
+
+def tracking_uri(explicit: str = "") -> str:
+    """The MLflow tracking URI a component uses: the parameter, else ``$MLFLOW_TRACKING_URI``.
+
+    Raises:
+        RegistryError: Neither is set (on a cluster the Secret provides it; locally ``waferflow run`` sets it).
+    """
+    from waferflow.errors import RegistryError
+
+    uri = explicit or os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not uri:
+        raise RegistryError(
+            "no MLflow tracking URI: set MLFLOW_TRACKING_URI (the cluster Secret 'waferflow-credentials' "
+            "provides it; `waferflow run` sets it to the workdir's embedded store) or pass tracking_uri"
+        )
+    return uri
+
+
+def choose_best(rows: dict[str, dict], key: str = "macro_f1") -> tuple[str, list[str]]:
+    """Rank candidates by a validation metric (then accuracy, then name for a stable tie-break).
+
+    Args:
+        rows: candidate name -> evaluator metrics dict (``{"overall": {...}, ...}``).
+        key: The ``overall`` metric to rank by.
+
+    Returns:
+        ``(best_name, ranked_names)``.
+
+    Raises:
+        WaferflowError: ``rows`` is empty.
+    """
+    from waferflow.errors import WaferflowError
+
+    if not rows:
+        raise WaferflowError("no candidates to choose from: every train task failed or the candidate list is empty")
+    ranked = sorted(rows, key=lambda n: (-float(rows[n]["overall"][key]), -float(rows[n]["overall"]["accuracy"]), n))
+    return ranked[0], ranked
+
+
+def comparison_rows(candidates: dict) -> list[dict]:
+    rows = []
+    meta = candidates.get("model_metadata", {})
+    for name, m in candidates.get("candidates", {}).items():
+        md = meta.get(name, {})
+        rows.append({"candidate": name, "strategy": md.get("strategy"), "backbone": md.get("backbone"),
+                     "overall": m["overall"], "trainable_params": md.get("trainable_params"),
+                     "train_seconds": md.get("train_seconds"), "throughput_maps_per_s": md.get("throughput_maps_per_s")})
+    rows.sort(key=lambda r: -float(r["overall"]["macro_f1"]))
+    return rows
+
+
+def render_report(data: dict) -> tuple[str, str]:
+    """Markdown and HTML of a pipeline run: candidates on validation, the selected model on test, latency per
+    form, TensorRT status and every gate's value/threshold/verdict.
+
+    Args:
+        data: ``{"candidates": candidates.json, "test": metrics.json, "latency": latency.json,
+            "trt": tensorrt.json, "gates": gates.json, "version": str}``.
+
+    Returns:
+        ``(markdown, html)``; ``data`` gains ``comparison_markdown``.
+    """
+    import html as _html
+
+    from waferflow.plots import comparison_table
+
+    cands = data["candidates"]
+    table = comparison_table(comparison_rows(cands))
+    data["comparison_markdown"] = f"Candidates on validation (best: {cands.get('best')}):\n\n{table}"
+    t = data["test"]["overall"]
+    lines = [
+        "# waferflow training run", "",
+        f"Registered version: **{data.get('version')}**", "",
+        f"## Candidates on validation (best: **{cands.get('best')}**)", "", table, "",
+        f"## {cands.get('best')} on test", "",
+        "| accuracy | balanced accuracy | macro-F1 | ECE | n |", "|---:|---:|---:|---:|---:|",
+        f"| {t['accuracy']:.4f} | {t['balanced_accuracy']:.4f} | {t['macro_f1']:.4f} | {t['ece']:.4f} | {t['n']} |", "",
+        "## Latency (single map)", "", "| form | p50 ms | p99 ms | maps/s (batch) |", "|---|---:|---:|---:|",
+    ]
+    for form, v in data["latency"].get("forms", {}).items():
+        if "p99_ms" in v:
+            lines.append(f"| {form} | {v['p50_ms']:.2f} | {v['p99_ms']:.2f} | {v.get('throughput_maps_per_s', 0):.0f} |")
+        else:
+            lines.append(f"| {form} | {v.get('skipped', 'skipped')} | | |")
+    lines += ["", f"TensorRT: {data['trt'].get('status')}", "", "## Gates", ""]
+    g = data["gates"]
+    lines.append(f"Verdict: **{'PASSED' if g.get('passed') else 'FAILED'}**"
+                 + (f" (champion compared: v{g['champion_version']})" if g.get("champion_version") else " (no champion yet)"))
+    lines += ["", "| gate | value | rule | verdict |", "|---|---:|---|---|"]
+    for r in g.get("results", []):
+        v = "n/a" if r.get("value") is None else f"{r['value']:.4f}"
+        lines.append(f"| {r['name']} | {v} | {r['op']} {r['threshold']} | {'pass' if r['passed'] else '**FAIL**'} |")
+    md = "\n".join(lines) + "\n"
+    page = ("<!doctype html><html><head><meta charset='utf-8'><title>waferflow run</title></head><body><pre>"
+            + _html.escape(md) + "</pre></body></html>")
+    return md, page

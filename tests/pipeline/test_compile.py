@@ -1,0 +1,97 @@
+"""Every pipeline compiles, and the YAML puts GPU scheduling and secrets on the right tasks."""
+
+import yaml
+
+from waferflow import __version__
+from waferflow.cli import main
+
+GPU_EXECUTORS = {"exec-train-candidate", "exec-compile-tensorrt"}
+TRACKING_EXECUTORS = {"exec-start-run", "exec-log-to-mlflow", "exec-register-model", "exec-promote-model",
+                      "exec-finish-run"}
+
+
+def _load(path):
+    docs = list(yaml.safe_load_all(path.read_text()))
+    spec = docs[0]
+    platform = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"] if len(docs) > 1 else {}
+    return spec, platform
+
+
+def test_compile_writes_every_pipeline_with_gpu_pool_and_secrets(tmp_path, capsys):
+    rc = main(["compile", "--out", str(tmp_path), "--profile", "full", "--registry", "reg.example.com/wf",
+               "--set", "cluster.gpu_node_selector={pool: a100}", "--set", "cluster.gpu_limit=2",
+               "--set", "cluster.secret_name=wf-creds"])
+    assert rc == 0
+    files = sorted(p.name for p in tmp_path.glob("*.yaml"))
+    assert files == ["waferflow-drift-monitor.yaml", "waferflow-training.yaml"]
+
+    spec, platform = _load(tmp_path / "waferflow-training.yaml")
+    executors = spec["deploymentSpec"]["executors"]
+    for name, ex in executors.items():
+        image = ex["container"]["image"]
+        accel = (ex["container"].get("resources") or {}).get("accelerator")
+        node_sel = platform.get(name, {}).get("nodeSelector")
+        tol = platform.get(name, {}).get("tolerations")
+        if name in GPU_EXECUTORS:
+            assert image == f"reg.example.com/wf/waferflow-gpu:{__version__}", name
+            assert accel["resourceType"] == "nvidia.com/gpu" and accel["resourceCount"] == "2", name
+            assert node_sel == {"labels": {"pool": "a100"}}, name
+            assert tol == [{"effect": "NoSchedule", "key": "nvidia.com/gpu", "operator": "Exists"}], name
+        else:
+            assert image == f"reg.example.com/wf/waferflow-cpu:{__version__}", name
+            assert accel is None and node_sel is None and tol is None, name
+    for name in TRACKING_EXECUTORS | {"exec-train-candidate"}:
+        (sec,) = platform[name]["secretAsEnv"]
+        assert sec["secretName"] == "wf-creds"
+        envs = {k["envVar"] for k in sec["keyToEnv"]}
+        assert {"MLFLOW_TRACKING_URI", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= envs
+    # data-only tasks get no credentials
+    for name in ("exec-prepare-data", "exec-split-data", "exec-select-best", "exec-export-model"):
+        assert "secretAsEnv" not in platform.get(name, {}), name
+
+    # retries and no caching on the registry steps; caching on for the data steps
+    tasks = spec["root"]["dag"]["tasks"]["exit-handler-1"]
+    inner = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+    assert inner["register-model"]["retryPolicy"]["maxRetryCount"] == 3
+    assert inner["register-model"]["cachingOptions"] == {}
+    assert inner["prepare-data"]["cachingOptions"]["enableCache"] is True
+    assert inner["split-data"]["cachingOptions"]["enableCache"] is True
+    # control flow: ParallelFor over candidates, Collected fan-in, dsl.If around promote, an exit handler
+    assert "parameterIterator" in inner["for-loop-2"]
+    gated = spec["components"]["comp-promote-when-passed"]["dag"]["tasks"]
+    (cond,) = [t for t in gated.values() if t.get("triggerPolicy", {}).get("condition")]
+    assert cond["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--passed'] == true"
+    assert inner["promote-when-passed"]["dependentTasks"] == ["build-report", "register-model"] or \
+        set(inner["promote-when-passed"]["dependentTasks"]) == {"build-report", "register-model"}
+    assert tasks["componentRef"]["name"] == "comp-exit-handler-1"
+    assert spec["root"]["dag"]["tasks"]["finish-run"]["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    sel = spec["components"]["comp-select-best"]["inputDefinitions"]["artifacts"]["models"]
+    assert sel["isArtifactList"] is True
+
+    drift_spec, drift_platform = _load(tmp_path / "waferflow-drift-monitor.yaml")
+    assert drift_spec["pipelineInfo"]["name"] == "waferflow-drift-monitor"
+    assert any("secretAsEnv" in v for v in drift_platform.values())
+
+
+def test_local_profile_trains_on_cpu_but_tensorrt_still_needs_the_gpu_pool(tmp_path):
+    assert main(["compile", "--out", str(tmp_path), "--profile", "local"]) == 0
+    spec, platform = _load(tmp_path / "waferflow-training.yaml")
+    ex = spec["deploymentSpec"]["executors"]
+    assert "accelerator" not in (ex["exec-train-candidate"]["container"].get("resources") or {})
+    assert "nodeSelector" not in platform["exec-train-candidate"]
+    assert ex["exec-compile-tensorrt"]["container"]["resources"]["accelerator"]["resourceCount"] == "1"
+    assert "nodeSelector" in platform["exec-compile-tensorrt"]
+
+
+def test_compile_refuses_a_file_as_out(tmp_path, capsys):
+    f = tmp_path / "x.yaml"
+    f.write_text("keep me")
+    assert main(["compile", "--out", str(f)]) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert f.read_text() == "keep me"
+
+
+def test_unknown_profile_key_is_rejected(tmp_path, capsys):
+    assert main(["compile", "--out", str(tmp_path), "--set", "cluster.gpu_limt=2"]) == 2
+    assert "unknown config key" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*.yaml"))

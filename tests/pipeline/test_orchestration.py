@@ -1,0 +1,91 @@
+"""Launcher helpers: stage records, progress relay, fingerprints, profiles, candidate lists."""
+
+import io
+import json
+
+import pytest
+
+from waferflow.errors import ConfigError, DataError, WaferflowError
+from waferflow.orchestration import runtime
+from waferflow.orchestration.local import fingerprint, pipeline_arguments
+from waferflow.profiles import PROFILE_NAMES, get_profile
+
+
+def test_stage_writes_a_jsonl_record_and_marks_failures(tmp_path, monkeypatch, capsys):
+    log = tmp_path / "stages.jsonl"
+    monkeypatch.setenv(runtime.STAGE_LOG_ENV, str(log))
+    with runtime.stage("split", n=3) as rec:
+        rec["extra"] = 1
+    with pytest.raises(ValueError):
+        with runtime.stage("train", candidate="c"):
+            raise ValueError("boom")
+    rows = [json.loads(x) for x in log.read_text().splitlines()]
+    assert [(r["stage"], r["ok"]) for r in rows] == [("split", True), ("train", False)]
+    assert rows[0]["extra"] == 1 and rows[0]["seconds"] >= 0
+    out = capsys.readouterr().out
+    assert "==> [waferflow] stage split n=3" in out and "stage train FAILED" in out
+
+
+def test_progress_relay_turns_carriage_returns_into_lines():
+    buf = io.StringIO()
+    w = runtime._CarriageReturnToNewline(buf)
+    w.write("\r 10%|#  |\r 20%|## |")
+    assert buf.getvalue().count("\n") == 2 and "\r" not in buf.getvalue()
+
+
+def test_choose_best_ranks_by_macro_f1_then_accuracy():
+    rows = {"a": {"overall": {"macro_f1": 0.9, "accuracy": 0.91}}, "b": {"overall": {"macro_f1": 0.9, "accuracy": 0.95}},
+            "c": {"overall": {"macro_f1": 0.8, "accuracy": 0.99}}}
+    assert runtime.choose_best(rows) == ("b", ["b", "a", "c"])
+    with pytest.raises(WaferflowError):
+        runtime.choose_best({})
+
+
+def test_tracking_uri_needs_a_value(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(WaferflowError, match="MLFLOW_TRACKING_URI"):
+        runtime.tracking_uri("")
+    assert runtime.tracking_uri("sqlite:///x.db") == "sqlite:///x.db"
+
+
+def test_fingerprint_follows_content_not_path(tmp_path):
+    a = tmp_path / "a.npz"
+    a.write_bytes(b"abc")
+    f1 = fingerprint(a)
+    a.write_bytes(b"abd")
+    assert fingerprint(a) != f1
+    d = tmp_path / "pngs"
+    (d / "Center").mkdir(parents=True)
+    (d / "Center" / "1.png").write_bytes(b"x")
+    f2 = fingerprint(d)
+    (d / "Center" / "2.png").write_bytes(b"y")
+    assert fingerprint(d) != f2
+    with pytest.raises(DataError, match="does not exist"):
+        fingerprint(tmp_path / "nope")
+
+
+def test_profiles_validate_and_pipeline_arguments(tmp_path):
+    assert {"local", "full", "tiny"} <= set(PROFILE_NAMES)
+    local = get_profile("local")
+    assert local.n_maps == 10000 and local.map_size == 64 and local.backbones == ("tf_efficientnet_lite0",)
+    assert local.strategies == () and local.device == "cpu"  # every strategy, CPU
+    with pytest.raises(ConfigError, match="unknown profile"):
+        get_profile("huge")
+    with pytest.raises(ConfigError, match="unknown config key"):
+        get_profile("local", ["n_map=3"])
+    with pytest.raises(ConfigError, match="device"):
+        get_profile("local", ["device=tpu"])
+    src = tmp_path / "maps.npz"
+    src.write_bytes(b"123")
+    p = get_profile("tiny", [f"data={src}", "gates.min_accuracy=0.5"])
+    from waferflow.pipelines.training import candidates_of
+
+    cands = candidates_of(p)
+    assert cands == [{"strategy": "feature_extraction", "backbone": "tf_efficientnet_lite0"},
+                     {"strategy": "full_finetune", "backbone": "tf_efficientnet_lite0"}]
+    args = pipeline_arguments(p, cands)
+    assert args["data_source"] == str(src.resolve()) and len(args["data_fingerprint"]) == 64
+    assert args["gates"]["min_accuracy"] == 0.5
+    from waferflow.train.strategies import STRATEGIES
+
+    assert [c["strategy"] for c in candidates_of(get_profile("local"))] == list(STRATEGIES)
