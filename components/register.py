@@ -66,13 +66,19 @@ def log_to_mlflow(
     trt: Input[Artifact],
     candidates: Input[Artifact],
     test: Input[Dataset],
+    train: Input[Dataset],
     tracking_uri: str,
 ) -> str:
     """Log the selected candidate (params, history, test metrics FP32/INT8, latency, the model folder, the ONNX
-    models, the TensorRT record and every candidate's validation metrics) as a nested run; returns its id."""
+    models, the TensorRT record and every candidate's validation metrics) as a nested run, with the drift
+    reference built from its training maps (``drift_reference/``: the version's run carries it, so drift is
+    always judged against the champion's own reference); returns the run id."""
     import os
+    import tempfile
 
-    from waferflow.orchestration.runtime import stage, tracking_uri as resolve_uri
+    from waferflow.drift.reference import build_reference
+    from waferflow.drift.tracking import store_reference
+    from waferflow.orchestration.runtime import dataset_file, stage, tracking_uri as resolve_uri
     from waferflow.tracking import log_candidate
 
     with stage("log_mlflow", candidate=model.metadata.get("candidate")) as rec:
@@ -87,7 +93,10 @@ def log_to_mlflow(
             data_manifest=os.path.join(test.path, "data.json"),
             run_name=model.metadata.get("candidate"),
         )
-        rec.update(run_id=run_id)
+        with tempfile.TemporaryDirectory() as tmp:
+            ref = build_reference(model.path, dataset_file(train.path), os.path.join(tmp, "drift_reference"))
+            store_reference(resolve_uri(tracking_uri), run_id, ref)
+        rec.update(run_id=run_id, drift_reference="drift_reference/")
     return run_id
 
 

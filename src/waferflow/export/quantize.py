@@ -137,6 +137,8 @@ def prune_model(model: Any, amount: float) -> dict:
     if not 0.0 < amount < 1.0:
         raise ConfigError(f"prune amount must be in (0, 1), got {amount}")
     zeros = total = 0
+    # l1_unstructured flattens weights with .view(-1): needs contiguous (not channels-last) tensors
+    model.to(memory_format=torch.contiguous_format)
     for mod in model.modules():
         if isinstance(mod, (torch.nn.Conv2d, torch.nn.Linear)):
             prune.l1_unstructured(mod, name="weight", amount=amount)

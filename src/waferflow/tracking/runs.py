@@ -418,9 +418,12 @@ def log_candidate(
             _log_candidate_body(c, tracking_uri, run_id, md, spec, metrics_d, int8_d, latency_d, manifest, ed,
                                 artifacts or {}, log_models, retry)
     except BaseException as e:
+        # two separate best-effort steps: a failed tag write must not keep the run from being marked FAILED
         with contextlib.suppress(Exception):
             c.set_tag(run_id, "error", f"{type(e).__name__}: {e}"[:5000])
-            c.set_terminated(run_id, "FAILED")
+        with contextlib.suppress(Exception):
+            with_retries(lambda: c.set_terminated(run_id, "FAILED"), what="mark run failed", uri=tracking_uri,
+                         policy=retry)
         raise
     end_run(tracking_uri, run_id, "FINISHED", retry)
     return run_id
