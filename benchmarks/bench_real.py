@@ -19,6 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import emit  # noqa: E402
+
 import numpy as np
 
 DATA = Path("/work/shared/data/wm811k")
@@ -106,10 +109,7 @@ def main(argv=None) -> int:
         best = max(results.values(), key=lambda v: v["macro_f1"])
         out["best"] = {"strategy": best["strategy"], "accuracy": best["accuracy"], "macro_f1": best["macro_f1"],
                        "meets_target": best["accuracy"] >= 0.92 and best["macro_f1"] >= 0.80}
-    text = json.dumps(out, indent=2)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    print(text)
+    emit(out, args.out)
     return 0
 
 

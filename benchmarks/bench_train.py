@@ -19,6 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import emit  # noqa: E402
+
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -77,10 +80,7 @@ def main(argv=None) -> int:
         }
     if "gradual_unfreezing" in out["strategies"]:
         out["gradual_unfreezing_meets_97"] = out["strategies"]["gradual_unfreezing"]["test_accuracy"] >= 0.97
-    text = json.dumps(out, indent=2)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    print(text)
+    emit(out, args.out)
     return 0
 
 
