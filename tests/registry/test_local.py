@@ -284,3 +284,12 @@ def test_gate_report_dict_is_accepted_and_garbage_is_not(store):
         T.promote_if_passing(uri, v, {"passed": True}, name=name)
     with pytest.raises(RegistryError, match="no version 42"):
         T.promote_if_passing(uri, "42", rep, name=name)
+
+
+def test_system_metrics_are_logged_even_for_a_stage_shorter_than_one_interval(store):
+    c = client_for(store["uri"])
+    rid = c.create_run(c.get_run(store["parent"]).info.experiment_id, run_name="short").info.run_id
+    with T.track_system_metrics(store["uri"], rid, interval_s=60.0):
+        pass
+    m = c.get_run(rid).data.metrics
+    assert "system/cpu_utilization_percentage" in m and "system/system_memory_usage_megabytes" in m, sorted(m)

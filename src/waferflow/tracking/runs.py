@@ -318,6 +318,14 @@ def track_system_metrics(tracking_uri: str, run_id: str, interval_s: float = 5.0
         yield
     finally:
         mon.finish()
+        # The monitor drops the sample it was waiting on when it stops, so a body shorter than one interval would
+        # log nothing. Publish one closing sample so every measured stage has at least one point.
+        try:
+            mon.collect_metrics()
+            mon.publish_metrics(mon.aggregate_metrics())
+            mon.mlflow_logger.flush()
+        except Exception as e:  # noqa: BLE001 - metrics are best effort; the work itself already succeeded
+            log.warning("could not log the closing system-metrics sample: %s", e)
 
 
 def open_candidate_run(tracking_uri: str, parent_run_id: str, run_name: str,
