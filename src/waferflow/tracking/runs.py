@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from waferflow.errors import ModelFormatError, RegistryError
 from waferflow.tracking.retry import RetryPolicy, with_retries
@@ -427,14 +427,20 @@ def log_candidate(
                                 artifacts or {}, log_models, retry)
     except BaseException as e:
         # two separate best-effort steps: a failed tag write must not keep the run from being marked FAILED
-        with contextlib.suppress(Exception):
-            c.set_tag(run_id, "error", f"{type(e).__name__}: {e}"[:5000])
-        with contextlib.suppress(Exception):
-            with_retries(lambda: c.set_terminated(run_id, "FAILED"), what="mark run failed", uri=tracking_uri,
-                         policy=retry)
+        _best_effort(lambda: c.set_tag(run_id, "error", f"{type(e).__name__}: {e}"[:5000]), "tag run error",
+                     tracking_uri, retry)
+        _best_effort(lambda: c.set_terminated(run_id, "FAILED"), "mark run failed", tracking_uri, retry)
         raise
     end_run(tracking_uri, run_id, "FINISHED", retry)
     return run_id
+
+
+def _best_effort(call: Callable[[], Any], what: str, uri: str, retry: RetryPolicy | None) -> None:
+    """Retry ``call`` like any MLflow call, but only warn when it still fails (used while already failing)."""
+    try:
+        with_retries(call, what=what, uri=uri, policy=retry)
+    except Exception as e:  # noqa: BLE001 - the original error is the one to raise
+        log.warning("%s failed while recording a failure: %s", what, e)
 
 
 def _log_candidate_body(c, uri, run_id, md: Path, spec, metrics_d, int8_d, latency_d, manifest, ed, artifacts,
