@@ -30,7 +30,7 @@ import numpy as np
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wm811k" / "wm811k_val_data.npz"
 
 
-def train_champion(out: Path, n: int, seed: int) -> Path:
+def train_champion(out: Path, n: int, seed: int) -> tuple:
     from waferflow.data.split import split_dataset
     from waferflow.data.synth import generate
     from waferflow.train.config import TrainConfig
@@ -41,7 +41,7 @@ def train_champion(out: Path, n: int, seed: int) -> Path:
     cfg = TrainConfig(backbone="tf_efficientnet_lite0", strategy="feature_extraction", pretrained="offline",
                       input_size=64, epochs=4, device="cpu", seed=seed)
     res = train(cfg, sp.train, sp.val, out / "champion")
-    return Path(res.model_dir), sp.train, res.best_val
+    return Path(res.model_dir), sp.train, [sp.val, sp.test], res.best_val
 
 
 def ks_share(ref_df, cur_df, cols) -> float:
@@ -72,8 +72,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     os.environ.setdefault("WAFERFLOW_PROGRESS", "0")
 
-    from waferflow.data.contract import WaferDataset, load_dataset
-    from waferflow.data.synth import SynthConfig, TAXONOMIES, generate, generate_pattern
+    from waferflow.data.contract import WaferDataset, concat_datasets, load_dataset
+    from waferflow.data.synth import TAXONOMIES, default_config, generate, generate_pattern
     from waferflow.drift.detect import DriftConfig, check_drift, current_frame
     from waferflow.drift.features import READABLE_FEATURES
     from waferflow.drift.reference import build_reference_from_model, load_reference
@@ -86,14 +86,15 @@ def main(argv=None) -> int:
     if args.champion:
         mdir = Path(args.champion)
     else:
-        mdir, train_ds, best_val = train_champion(out, args.train_n, seed=7)
+        mdir, train_ds, held, best_val = train_champion(out, args.train_n, seed=7)
         info["champion_val"] = best_val
         info["champion_train_seconds"] = round(time.perf_counter() - t0, 1)
     model, spec = load_model_dir(mdir)
     ref_dir = mdir / "drift_reference"
     if not ref_dir.is_dir():
         t1 = time.perf_counter()
-        build_reference_from_model(model, spec, train_ds, ref_dir, model_ref=str(mdir))
+        build_reference_from_model(model, spec, train_ds, ref_dir, model_ref=str(mdir),
+                                   holdout_ds=concat_datasets(held))
         info["reference_seconds"] = round(time.perf_counter() - t1, 1)
     ref = load_reference(ref_dir)
     cfg = DriftConfig()
@@ -103,7 +104,7 @@ def main(argv=None) -> int:
     donut = tax.class_names.index("Donut")
     mix = freqs * (0.75 / (1 - freqs[donut]))
     mix[donut] = 0.25
-    bg = SynthConfig().background_fail_rate
+    bg = default_config("wm811k").background_fail_rate
     real = load_dataset(REAL) if REAL.exists() else None
 
     def batch(kind: str, s: int):
@@ -111,10 +112,11 @@ def main(argv=None) -> int:
         if kind == "clean":
             return generate(n, size=64, seed=1000 + s, taxonomy="wm811k")
         if kind == "class_mix":
-            return generate(n, size=64, seed=2000 + s, taxonomy="wm811k", config=SynthConfig(class_freqs=tuple(mix)))
+            return generate(n, size=64, seed=2000 + s, taxonomy="wm811k",
+                            config=default_config("wm811k", class_freqs=tuple(mix)))
         if kind == "background_x2":
             return generate(n, size=64, seed=3000 + s, taxonomy="wm811k",
-                            config=SynthConfig(background_fail_rate=(2 * bg[0], 2 * bg[1])))
+                            config=default_config("wm811k", background_fail_rate=(2 * bg[0], 2 * bg[1])))
         if kind.startswith("novel_"):
             k = int(round(args.novel_fraction * n))
             base = generate(n, size=64, seed=4000 + s, taxonomy="wm811k")

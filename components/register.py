@@ -67,12 +67,14 @@ def log_to_mlflow(
     candidates: Input[Artifact],
     test: Input[Dataset],
     train: Input[Dataset],
+    val: Input[Dataset],
     tracking_uri: str,
 ) -> str:
     """Log the selected candidate (params, history, test metrics FP32/INT8, latency, the model folder, the ONNX
     models, the TensorRT record and every candidate's validation metrics) as a nested run, with the drift
-    reference built from its training maps (``drift_reference/``: the version's run carries it, so drift is
-    always judged against the champion's own reference); returns the run id."""
+    reference built from its training data (``drift_reference/``: the version's run carries it, so drift is
+    always judged against the champion's own reference; its PCA is fitted on the train split and its rows are the
+    val and test maps, which the model was not fitted on); returns the run id."""
     import os
     import tempfile
 
@@ -94,7 +96,8 @@ def log_to_mlflow(
             run_name=model.metadata.get("candidate"),
         )
         with tempfile.TemporaryDirectory() as tmp:
-            ref = build_reference(model.path, dataset_file(train.path), os.path.join(tmp, "drift_reference"))
+            ref = build_reference(model.path, dataset_file(train.path), os.path.join(tmp, "drift_reference"),
+                                  holdout=[dataset_file(val.path), dataset_file(test.path)])
             store_reference(resolve_uri(tracking_uri), run_id, ref)
         rec.update(run_id=run_id, drift_reference="drift_reference/")
     return run_id

@@ -186,7 +186,8 @@ def build_pipeline(profile: Profile | None = None):
                 parent_run_id=started.output, model=best.outputs["best"], onnx=exported.outputs["onnx"],
                 test_metrics=test_eval.outputs["metrics_json"], int8_metrics=int8_eval.outputs["metrics_json"],
                 latency=exported.outputs["latency"], trt=trt.outputs["report"], candidates=best.outputs["candidates"],
-                test=split.outputs["test"], train=split.outputs["train"], tracking_uri=tracking_uri,
+                test=split.outputs["test"], train=split.outputs["train"], val=split.outputs["val"],
+                tracking_uri=tracking_uri,
             ).set_display_name("log-mlflow").set_container_image(c.image("cpu"))
             _with_secret(logged, c)
             _flaky(logged, c)

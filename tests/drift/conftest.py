@@ -30,12 +30,13 @@ def tiny_model(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_reference(tiny_model, tmp_path_factory):
-    """Reference folder built from 400 clean synthetic maps."""
+    """Reference folder: PCA on 400 clean synthetic maps, rows from 400 held-out ones."""
     from waferflow.drift.reference import build_reference_from_model
 
     d, m, s = tiny_model
     train = generate(400, size=32, seed=1, taxonomy=TAX)
-    return build_reference_from_model(m, s, train, d / "drift_reference", model_ref=str(d))
+    held = generate(400, size=32, seed=1, taxonomy=TAX, start=400)
+    return build_reference_from_model(m, s, train, d / "drift_reference", model_ref=str(d), holdout_ds=held)
 
 
 @pytest.fixture()

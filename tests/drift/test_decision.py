@@ -182,3 +182,18 @@ def test_mixed_batch_keeps_labeled_first_and_drops_labels_for_the_check():
     assert np.array_equal(allm.get(0), lab.maps[0]) and np.array_equal(allm.get(7), unl.maps[2])
     with pytest.raises(DataError, match="no wafer maps"):
         Batch(labeled=None, unlabeled=None, source="x").all_maps
+
+
+def test_reference_rows_come_from_held_out_maps_and_pca_from_training_maps(tiny_model, tmp_path):
+    """The model view of fitted maps is biased (over-confident, in-sample PCA): held-out maps are the rows."""
+    from waferflow.data.synth import generate
+    from waferflow.drift.reference import build_reference_from_model
+
+    d, m, s = tiny_model
+    train = generate(200, size=32, seed=11, taxonomy="wm811k")
+    held = generate(120, size=32, seed=12, taxonomy="wm811k")
+    ref = load_reference(build_reference_from_model(m, s, train, tmp_path / "with", holdout_ds=held))
+    assert len(ref.frame) == 120 and "held-out" in ref.summary["rows_source"]
+    assert ref.summary["pca_fitted_on"] == "200 training maps"
+    ref2 = load_reference(build_reference_from_model(m, s, train, tmp_path / "without"))
+    assert len(ref2.frame) == 100 and "other half" in ref2.summary["rows_source"]

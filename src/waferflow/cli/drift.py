@@ -83,11 +83,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser(
         "drift-reference", help="build a model's drift reference from its training data", formatter_class=fmt,
         description="Write the reference the drift check compares with: readable features and the model's view\n"
-                    "of (a sample of) its training maps, the PCA of its embeddings and a summary.",
-        epilog="example: waferflow drift-reference --model runs/model --data data/train.npz",
+                    "of (a sample of) its data, the PCA of its embeddings (fitted on --data) and a summary.\n"
+                    "Give --holdout with the val/test maps of the same data: the model is over-confident on\n"
+                    "maps it was fitted on, so those make a biased reference. Without --holdout the rows are\n"
+                    "the half of --data the PCA was not fitted on.",
+        epilog="example: waferflow drift-reference --model runs/model --data data/train.npz "
+               "--holdout data/val.npz data/test.npz",
     )
     r.add_argument("--model", required=True, help="model dir")
     r.add_argument("--data", required=True, help="the model's training data (.npz)")
+    r.add_argument("--holdout", nargs="+", default=None, metavar="NPZ",
+                   help="held-out maps of the same data (val/test .npz): the reference rows")
     r.add_argument("--out", default=None, help="reference folder (default <model>/drift_reference)")
     r.add_argument("--max-rows", type=int, default=5000, help="sample at most this many maps (default 5000)")
     r.add_argument("--store-run", default=None, metavar="RUN_ID",
@@ -193,7 +199,7 @@ def _print_decision(d: dict, out=None) -> None:
 def _cmd_reference(args) -> int:
     from waferflow.drift.reference import build_reference
 
-    out = build_reference(args.model, args.data, args.out, max_rows=args.max_rows)
+    out = build_reference(args.model, args.data, args.out, max_rows=args.max_rows, holdout=args.holdout)
     print(f"drift reference written to {out}")
     if args.store_run:
         from waferflow.drift.tracking import store_reference

@@ -277,6 +277,31 @@ class WaferDataset:
         return out
 
 
+def concat_datasets(parts: list[WaferDataset]) -> WaferDataset:
+    """Concatenate datasets with the same class names (variable layout unless all share one fixed shape).
+
+    Raises:
+        DataError: different class names, or labels on only some parts.
+    """
+    names = parts[0].class_names
+    for d in parts[1:]:
+        if d.class_names != names:
+            raise DataError(f"cannot join datasets with classes {list(names)} and {list(d.class_names)}; "
+                            "the new maps must use the champion's class names")
+    labeled = [d.labeled for d in parts]
+    if any(labeled) and not all(labeled):
+        raise DataError("cannot join labeled and unlabeled maps into one training set")
+    labels = np.concatenate([d.labels for d in parts]) if all(labeled) else None
+    shapes = [tuple(d.map_shapes()[0]) if d.fixed_size and len(d) else None for d in parts]
+    if all(s is not None for s in shapes) and len(set(shapes)) == 1:
+        return WaferDataset(class_names=names, labels=labels, maps=np.concatenate([d.maps for d in parts]))
+    maps = [m.ravel() for d in parts for m in d]
+    shp = np.concatenate([d.map_shapes() for d in parts]).astype(np.int32)
+    offsets = np.r_[0, np.cumsum([m.size for m in maps])].astype(np.int64)
+    return WaferDataset(class_names=names, labels=labels, maps_flat=np.concatenate(maps).astype(np.uint8),
+                        shapes=shp, offsets=offsets)
+
+
 def dataset_hash(ds: WaferDataset) -> str:
     """sha256 over the maps, shapes, labels, class names and lots (content, not file bytes)."""
     h = hashlib.sha256()

@@ -34,7 +34,7 @@ def run_demo(workdir: str | os.PathLike = "waferflow_demo_drift", n: int = 1000,
     import numpy as np
 
     from waferflow.data.contract import save_dataset
-    from waferflow.data.synth import TAXONOMIES, SynthConfig, generate
+    from waferflow.data.synth import TAXONOMIES, default_config, generate
     from waferflow.drift.check import drift_check
     from waferflow.drift.reference import REFERENCE_DIRNAME, build_reference
     from waferflow.drift.tracking import resolve_champion, store_reference
@@ -81,7 +81,8 @@ def run_demo(workdir: str | os.PathLike = "waferflow_demo_drift", n: int = 1000,
         say(f"{step_ref}: none stored with v{ch.version}; building it from its training distribution "
             f"({prof.n_maps} synthetic {taxonomy} maps, seed {prof.seed}) and storing it with the version")
         train = generate(prof.n_maps, size=size, seed=prof.seed, taxonomy=taxonomy)
-        ref_dir = build_reference(ch.model_dir, train, wd / "reference" / f"v{ch.version}")
+        held = generate(max(prof.n_maps // 3, 300), size=size, seed=prof.seed, taxonomy=taxonomy, start=prof.n_maps)
+        ref_dir = build_reference(ch.model_dir, train, wd / "reference" / f"v{ch.version}", holdout=[held])
         store_reference(uri, ch.run_id, ref_dir)
     else:
         ref_dir = ch.reference_dir
@@ -101,10 +102,10 @@ def run_demo(workdir: str | os.PathLike = "waferflow_demo_drift", n: int = 1000,
     k = int(np.argmin(np.abs(freqs - 0.05)))  # a defect class near 5%
     freqs = freqs * (0.75 / (1 - freqs[k]))
     freqs[k] = 0.25
-    d0 = SynthConfig()
-    shift = SynthConfig(class_freqs=tuple(freqs), background_fail_rate=(2 * d0.background_fail_rate[0],
-                                                                        2 * d0.background_fail_rate[1]),
-                        grid_range=(d0.grid_range[1] + 10, d0.grid_range[1] + 60))
+    d0 = default_config(taxonomy)
+    shift = default_config(taxonomy, class_freqs=tuple(freqs),
+                           background_fail_rate=(2 * d0.background_fail_rate[0], 2 * d0.background_fail_rate[1]),
+                           grid_range=(d0.grid_range[1] + 10, d0.grid_range[1] + 60))
     say(f"step 4/4: a shifted batch: {tax.class_names[k]} {tax.default_freqs[k]:.0%} -> 25%, background fail rate "
         f"{d0.background_fail_rate} -> {shift.background_fail_rate}, die grid {d0.grid_range} -> {shift.grid_range}")
     shifted = generate(n, size=size, seed=seed + 202, taxonomy=taxonomy, config=shift)

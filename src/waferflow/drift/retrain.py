@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from waferflow.data.contract import WaferDataset, load_dataset, save_dataset
+from waferflow.data.contract import WaferDataset, concat_datasets, load_dataset, save_dataset
 from waferflow.errors import DataError
 
 
@@ -80,31 +80,6 @@ def _refuse_empty_npz(p: Path) -> None:
         return
     if n == 0:
         raise DataError(f"--current {p} holds no wafer maps; pass a file with at least one map")
-
-
-def concat_datasets(parts: list[WaferDataset]) -> WaferDataset:
-    """Concatenate datasets with the same class names (variable layout unless all share one fixed shape).
-
-    Raises:
-        DataError: different class names, or labels on only some parts.
-    """
-    names = parts[0].class_names
-    for d in parts[1:]:
-        if d.class_names != names:
-            raise DataError(f"cannot join datasets with classes {list(names)} and {list(d.class_names)}; "
-                            "the new maps must use the champion's class names")
-    labeled = [d.labeled for d in parts]
-    if any(labeled) and not all(labeled):
-        raise DataError("cannot join labeled and unlabeled maps into one training set")
-    labels = np.concatenate([d.labels for d in parts]) if all(labeled) else None
-    shapes = [tuple(d.map_shapes()[0]) if d.fixed_size and len(d) else None for d in parts]
-    if all(s is not None for s in shapes) and len(set(shapes)) == 1:
-        return WaferDataset(class_names=names, labels=labels, maps=np.concatenate([d.maps for d in parts]))
-    maps = [m.ravel() for d in parts for m in d]
-    shp = np.concatenate([d.map_shapes() for d in parts]).astype(np.int32)
-    offsets = np.r_[0, np.cumsum([m.size for m in maps])].astype(np.int64)
-    return WaferDataset(class_names=names, labels=labels, maps_flat=np.concatenate(maps).astype(np.uint8),
-                        shapes=shp, offsets=offsets)
 
 
 @dataclass
