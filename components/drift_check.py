@@ -74,7 +74,7 @@ def check_drift(
 
     from waferflow.drift.check import drift_check
     from waferflow.drift.config import DriftConfig
-    from waferflow.orchestration.runtime import stage, tracking_uri as resolve_uri, versions
+    from waferflow.orchestration.runtime import persist_metadata, stage, tracking_uri as resolve_uri, versions
 
     with stage("drift_check", current=current) as rec:
         uri = resolve_uri(tracking_uri)
@@ -88,6 +88,7 @@ def check_drift(
         for k in ("share", "embedding_score", "prediction_js", "n_current", "to_label"):
             metrics.log_metric(k, float(d[k]))
         metrics.log_metric("drift_detected", float(d["drift_detected"]))
+        persist_metadata(metrics)
         decision.metadata.update({"drift_detected": d["drift_detected"], "reasons": d["reasons"],
                                   "model": d.get("model"), "versions": versions()})
         rec.update(drift_detected=d["drift_detected"], share=d["share"], embedding_score=d["embedding_score"])

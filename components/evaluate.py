@@ -36,7 +36,7 @@ def evaluate_model(
     from waferflow.evaluation import evaluate, onnx_predictor, torch_predictor
     from waferflow.export.onnx_export import read_onnx_metadata
     from waferflow.models import ModelSpec, load_model_dir
-    from waferflow.orchestration.runtime import dataset_file, stage, versions
+    from waferflow.orchestration.runtime import dataset_file, persist_metadata, stage, versions
 
     name = model.metadata.get("candidate", "model")
     files = {"onnx_fp32": "model.onnx", "onnx_int8": "model.int8.onnx"}
@@ -60,6 +60,7 @@ def evaluate_model(
         for k in ("accuracy", "balanced_accuracy", "macro_f1", "ece"):
             metrics.log_metric(f"{split}_{form}_{k}", float(ov[k]))
         confusion.log_confusion_matrix(list(m["class_names"]), [[int(v) for v in row] for row in m["confusion_matrix"]])
+        persist_metadata(metrics, confusion)
         meta = {"candidate": name, "split": split, "form": form, "data_hash": data.metadata.get("data_hash", ""),
                 "overall": ov, "versions": versions()}
         metrics_json.metadata.update(meta)

@@ -122,3 +122,26 @@ def test_deployment_doc_embeds_the_tested_example():
     doc = (REPO / "docs" / "DEPLOYMENT.md").read_text()
     block = doc.split("```python\n", 1)[1].split("\n```", 1)[0]
     assert block.strip() == (REPO / "scripts" / "onnx_standalone_example.py").read_text().strip()
+
+
+@pytest.mark.parametrize("calibration", ["percentile", "entropy"])
+def test_calibration_methods_quantize_and_are_recorded(tiny, tmp_path, calibration):
+    from waferflow.export.quantize import calibration_batches, quantize_int8
+
+    spec = read_spec(tiny["model_dir"])
+    calib = list(calibration_batches(tiny["train"], spec, 64))
+    res = quantize_int8(tiny["export_dir"] / "model.onnx", tmp_path / "m.int8.onnx", calib, calibration=calibration)
+    assert res["method"] == "static_qdq_per_channel" and res["calibration"] == calibration
+    fp32 = onnx_predictor(tiny["export_dir"] / "model.onnx")(calib[0])
+    int8 = onnx_predictor(tmp_path / "m.int8.onnx")(calib[0])
+    assert (fp32.argmax(1) == int8.argmax(1)).mean() >= 0.9
+
+
+def test_unknown_calibration_method_is_a_config_error(tiny, tmp_path):
+    from waferflow.errors import ConfigError
+    from waferflow.export.quantize import quantize_int8
+
+    with pytest.raises(ConfigError, match="calibration must be one of"):
+        quantize_int8(tiny["export_dir"] / "model.onnx", tmp_path / "m.int8.onnx",
+                      [np.zeros((1, 3, 32, 32), np.float32)], calibration="median")
+    assert not (tmp_path / "m.int8.onnx").exists()

@@ -40,6 +40,8 @@ def test_tiny_pipeline_promotes_then_a_failing_gate_keeps_the_champion(tmp_path)
     r2 = run_local(failing, workdir=tmp_path / "wd")
     cached = {s["stage"] for s in r2.stages if s.get("cached")}
     assert {"data", "split"} <= cached, r2.cache_hits
+    # metrics artifacts are written to disk, so the candidates' evaluations come from the cache too
+    assert "train-candidate" in r2.cache_hits and "evaluate-model" in r2.cache_hits, r2.cache_hits
     ran2 = {s["stage"] for s in r2.stages if not s.get("cached")}
     assert "promote" not in ran2 and "register" in ran2
     assert r2.summary["gates"]["passed"] is False and r2.summary["version"] == "2"

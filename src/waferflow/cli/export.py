@@ -33,6 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--int8", action=argparse.BooleanOptionalAction, default=True,
                    help="also write model.int8.onnx (default on)")
     p.add_argument("--int8-method", choices=("static", "dynamic"), default="static")
+    p.add_argument("--calibration", choices=("minmax", "percentile", "entropy"), default="minmax",
+                   help="activation-range calibration of static INT8 (default minmax)")
     p.add_argument("--calibration-maps", type=int, default=256, help="calibration maps (default 256)")
     p.add_argument("--prune", type=float, default=None, help="L1 magnitude pruning amount in (0, 1) before export")
     p.add_argument("--opset", type=int, default=17)
@@ -92,7 +94,8 @@ def run_export(args: argparse.Namespace) -> int:
     calib_ds = load_dataset(calib) if (calib and args.int8) else None
     info = export_onnx(args.model, args.out, calib_ds=calib_ds, parity_ds=parity_ds, int8=args.int8,
                        calibration_maps=args.calibration_maps, prune=args.prune, opset=args.opset,
-                       exporter=args.exporter, int8_method=args.int8_method, min_agreement=args.min_agreement,
+                       exporter=args.exporter, int8_method=args.int8_method, calibration=args.calibration,
+                       min_agreement=args.min_agreement,
                        max_rel_diff=args.max_rel_diff, max_abs_diff=args.max_abs_diff, threads=args.threads)
     print(json.dumps({k: info[k] for k in ("parity", "int8", "prune", "sizes", "metrics")}, indent=2))
     return 0

@@ -63,7 +63,8 @@ def _drop(ref: dict | None, got: dict | None) -> dict:
 def export_onnx(model_dir: str | os.PathLike, out_dir: str | os.PathLike, calib_ds: WaferDataset | None = None,
                 parity_ds: WaferDataset | None = None, int8: bool = True, calibration_maps: int = 256,
                 prune: float | None = None, opset: int = MIN_OPSET, exporter: str = "torchscript",
-                int8_method: str = "static", min_agreement: float = 0.999, max_rel_diff: float = 1e-3,
+                int8_method: str = "static", calibration: str = "minmax", min_agreement: float = 0.999,
+                max_rel_diff: float = 1e-3,
                 max_abs_diff: float | None = None,
                 batch_size: int = 256, threads: int | None = None, seed: int = 0) -> dict:
     """Export a model dir to ONNX FP32 (+ INT8), check parity on real maps, write ``export.json``.
@@ -82,6 +83,7 @@ def export_onnx(model_dir: str | os.PathLike, out_dir: str | os.PathLike, calib_
         opset: ONNX opset (>= 17).
         exporter: ``torchscript`` (default) or ``dynamo``.
         int8_method: ``static`` (QDQ per-channel; dynamic fallback recorded) or ``dynamic``.
+        calibration: activation-range calibration of static INT8: ``minmax``, ``percentile`` or ``entropy``.
         min_agreement, max_rel_diff: parity tolerance (FP32 vs PyTorch): argmax agreement and
             max |logit diff| / max(1, max |logit|); ``max_abs_diff`` optionally bounds the absolute diff too;
             beyond them -> ModelFormatError.
@@ -137,7 +139,7 @@ def export_onnx(model_dir: str | os.PathLike, out_dir: str | os.PathLike, calib_
         int8_info = None
         if int8:
             calib = list(calibration_batches(calib_ds, spec, calibration_maps, batch_size=32, seed=seed))
-            q = quantize_int8(fp32, tmp / INT8_NAME, calib, method=int8_method)
+            q = quantize_int8(fp32, tmp / INT8_NAME, calib, method=int8_method, calibration=calibration)
             int8_logits = predict_dataset(onnx_predictor(tmp / INT8_NAME, threads), parity_ds, spec, batch_size,
                                           desc="onnx int8")
             int8_overall = _overall(parity_ds, int8_logits, spec)

@@ -90,6 +90,19 @@ def versions() -> dict[str, str]:
     return out
 
 
+def persist_metadata(*artifacts: Any) -> None:
+    """Write each metrics-style artifact's metadata as JSON to its own path.
+
+    ``Metrics`` and ``ClassificationMetrics`` live in metadata only; without a file at their path kfp.local's cache
+    treats the task's cache entry as missing an artifact and runs the task again on every run.
+    """
+    from waferflow.config import atomic_write_json
+
+    for a in artifacts:
+        Path(a.path).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(a.path, dict(a.metadata))
+
+
 def dataset_file(artifact_path: str) -> Path:
     """The ``.npz`` inside a Dataset artifact folder."""
     return Path(artifact_path) / DATASET_FILE
