@@ -117,3 +117,20 @@ def test_generate_same_seed_same_bytes(tmp_path, capsys):
     capsys.readouterr()
     assert main(["generate", "--n", "5", "--out", str(tmp_path / "x.txt")]) == 2
     assert not (tmp_path / "x.txt").exists()
+
+
+def test_generate_background_fail_rate_option(tmp_path, capsys):
+    """seed20 defaults to a small background; --background-fail-rate sets it; a bad range is a clear error."""
+    def fail_share(path):
+        m = load_dataset(path).maps
+        return float((m == 2).sum() / (m > 0).sum())
+
+    clean, noisy = tmp_path / "clean.npz", tmp_path / "noisy.npz"
+    assert main(["generate", "--n", "200", "--size", "32", "--out", str(clean)]) == 0
+    assert main(["generate", "--n", "200", "--size", "32", "--background-fail-rate", "0.3", "0.4",
+                 "--out", str(noisy)]) == 0
+    assert fail_share(noisy) > fail_share(clean) + 0.2
+    capsys.readouterr()
+    bad = tmp_path / "bad.npz"
+    assert main(["generate", "--n", "5", "--background-fail-rate", "0.5", "0.1", "--out", str(bad)]) == 2
+    assert "background_fail_rate" in capsys.readouterr().err and not bad.exists()
