@@ -57,6 +57,9 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-limit", type=int, default=0, help="evaluate on the first N val_data maps (0 = all)")
     ap.add_argument("--adapt-bn-target", action="store_true",
                     help="also report each model after adaptive BN on the (unlabeled) val_data maps")
+    ap.add_argument("--int8", action="store_true",
+                    help="also export each model to ONNX FP32 + INT8 (calibrated on train_1) and report the INT8 "
+                         "accuracy / macro-F1 drop on the evaluation maps, through the shared evaluator")
     ap.add_argument("--tag", default="")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -98,6 +101,16 @@ def main(argv=None) -> int:
                 row["after_adapt_bn"] = {"accuracy": m2["overall"]["accuracy"], "macro_f1": m2["overall"]["macro_f1"],
                                          "balanced_accuracy": m2["overall"]["balanced_accuracy"],
                                          "mean_abs_shift_running_mean": rep["mean_abs_shift_running_mean"]}
+            if args.int8:
+                from waferflow.export import export_onnx
+
+                info = export_onnx(Path(d) / "m", Path(d) / "export", calib_ds=train_ds, parity_ds=test_ds)
+                row["int8"] = {"fp32_accuracy": info["metrics"]["onnx_fp32"]["accuracy"],
+                               "int8_accuracy": info["int8"]["metrics"]["accuracy"],
+                               "accuracy_drop_points": round(100 * info["int8"]["accuracy_drop"], 3),
+                               "macro_f1_drop": info["int8"]["macro_f1_drop"],
+                               "argmax_agreement_vs_fp32": info["int8"]["argmax_agreement_vs_fp32"],
+                               "parity_argmax_agreement": info["parity"]["argmax_agreement"]}
             results[strat] = row
             print(json.dumps({"partial": row}), file=sys.stderr, flush=True)
     out = {"benchmark": "real_few_labels", "tag": args.tag, "train_maps": len(train_ds), "val_maps": len(val_ds),
