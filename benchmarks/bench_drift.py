@@ -10,8 +10,8 @@ Prints one JSON object. The champion is trained on synthetic maps (WM-811K taxon
 * ``real_wm811k``: 1,000 real maps sampled from ``wm811k_val_data.npz`` (variable size);
 
 each shift over ``--shift-seeds`` batches -> the detection rate. Baseline measured in the same run: the same
-decision rule with evidently's KS test per readable feature (p < 0.05) instead of the normed Wasserstein
-distance, on the same batches.
+share rule with scipy's two-sample KS test (scipy.stats.ks_2samp, p < 0.05) per readable feature instead of the
+normed Wasserstein distance, on the same batches.
 
     python benchmarks/bench_drift.py --out /tmp/bench_drift
 """

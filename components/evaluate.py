@@ -26,7 +26,6 @@ def evaluate_model(
         split: Name of the split (recorded).
         form: Which form of the model to run.
     """
-    import json
     import os
     from collections import namedtuple
 
@@ -34,8 +33,8 @@ def evaluate_model(
     from waferflow.data.contract import load_dataset
     from waferflow.errors import ConfigError
     from waferflow.evaluation import evaluate, onnx_predictor, torch_predictor
-    from waferflow.export.onnx_export import read_onnx_metadata
-    from waferflow.models import ModelSpec, load_model_dir
+    from waferflow.export.onnx_export import onnx_spec, read_onnx_metadata
+    from waferflow.models import load_model_dir
     from waferflow.orchestration.runtime import dataset_file, persist_metadata, stage, versions
 
     name = model.metadata.get("candidate", "model")
@@ -47,8 +46,7 @@ def evaluate_model(
             predict = torch_predictor(net)
         elif form in files:
             path = os.path.join(model.path, files[form])
-            meta = read_onnx_metadata(path)  # the export's own preprocessing record
-            spec = ModelSpec.from_dict({**meta, "num_classes": len(meta["class_names"])})
+            spec = onnx_spec(read_onnx_metadata(path))  # the export's own preprocessing record
             predict = onnx_predictor(path)
         else:
             raise ConfigError(f"form must be torch, onnx_fp32 or onnx_int8, got {form!r}")

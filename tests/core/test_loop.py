@@ -123,6 +123,7 @@ def test_cli_train_one_file_and_compare(tmp_path, make_lines, r18_file, capsys):
                  "resnet18", "--epochs", "1", "--weights", r18_file, *tiny, "--out", str(tmp_path / "cmp")]) == 0
     md = (tmp_path / "cmp" / "comparison.md").read_text()
     assert "resnet18__scratch" in md and "resnet18__feature_extraction" in md
+    assert "| balanced acc | macro-F1 |" in md  # the same table (plots.comparison_table) as the pipeline report
     js = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
     assert {c["strategy"] for c in js["candidates"]} == {"scratch", "feature_extraction"}
     assert (tmp_path / "cmp" / "candidates" / "resnet18__scratch" / "metrics.json").is_file()

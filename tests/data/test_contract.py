@@ -160,3 +160,20 @@ def test_npz_with_corrupted_member_bytes(tmp_path):
     (tmp_path / "crc.npz").write_bytes(bytes(data))
     with pytest.raises(DataError, match="truncated or corrupt"):
         load_dataset(tmp_path / "crc.npz")
+
+
+def test_concat_datasets_keeps_labels_and_lots_in_both_layouts():
+    from waferflow.data.contract import concat_datasets
+
+    names = ("a", "b")
+    a = WaferDataset(class_names=names, labels=np.array([0, 1]), lots=np.array(["L1", "L1"]),
+                     maps=np.ones((2, 4, 4), np.uint8))
+    b = WaferDataset(class_names=names, labels=np.array([1]), lots=np.array(["L2"]), maps=np.full((1, 4, 4), 2, np.uint8))
+    j = concat_datasets([a, b])
+    assert j.fixed_size and list(j.labels) == [0, 1, 1] and list(j.lots) == ["L1", "L1", "L2"]
+    c = WaferDataset(class_names=names, labels=np.array([0]), lots=np.array(["L3"]), maps=np.ones((1, 6, 6), np.uint8))
+    v = concat_datasets([a, c])
+    assert not v.fixed_size and list(v.lots) == ["L1", "L1", "L3"] and v.get(2).shape == (6, 6)
+    assert concat_datasets([a, WaferDataset(class_names=names, labels=np.array([0]), maps=b.maps)]).lots is None
+    with pytest.raises(DataError, match="cannot join"):
+        concat_datasets([a, WaferDataset(class_names=("x", "y"), labels=np.array([0]), maps=b.maps)])

@@ -69,6 +69,18 @@ def test_calibration_batches(tiny):
         trt.CalibrationBatches(ds, spec, n_maps=10, batch_size=32)
 
 
+def test_engine_spec_from_onnx_metadata_drives_calibration_like_the_model_spec(tiny):
+    """The CUDA path calibrates and evaluates engines with the spec read back from the ONNX file's metadata."""
+    from waferflow.export.onnx_export import onnx_spec, read_onnx_metadata
+
+    spec = onnx_spec(read_onnx_metadata(tiny["export_dir"] / "model.onnx"))
+    ref = read_spec(tiny["model_dir"])
+    assert list(spec.class_names) == list(ref.class_names) and spec.input_size == ref.input_size
+    a = np.concatenate(list(trt.CalibrationBatches(tiny["train"], spec, n_maps=64, batch_size=32)))
+    b = np.concatenate(list(trt.CalibrationBatches(tiny["train"], ref, n_maps=64, batch_size=32)))
+    np.testing.assert_array_equal(a, b)
+
+
 def test_calibration_cache_reuse(tmp_path):
     c = trt.CalibrationCache(tmp_path / "calibration.cache")
     assert c.read_calibration_cache() is None  # no file: TensorRT must calibrate
@@ -76,7 +88,7 @@ def test_calibration_cache_reuse(tmp_path):
     again = trt.CalibrationCache(tmp_path / "calibration.cache")
     assert again.read_calibration_cache() == b"TRT-8601-EntropyCalibration2\ninput: 3c010a14\n"
     (tmp_path / "calibration.cache").write_bytes(b"")
-    assert again.read_calibration_cache() is None  # an empty cache is not reused
+    assert again.read_calibration_cache() is None and not again.has_cache()  # an empty cache is not reused
 
 
 def test_int8_without_calibration_data_or_cache_is_an_error(tiny, tmp_path, monkeypatch):
@@ -87,6 +99,11 @@ def test_int8_without_calibration_data_or_cache_is_an_error(tiny, tmp_path, monk
     fake = types.ModuleType("waferflow.export.tensorrt_build")
     fake.build_engine = lambda *a, **k: pytest.fail("must not build without calibration data")
     monkeypatch.setitem(sys.modules, "waferflow.export.tensorrt_build", fake)
+    with pytest.raises(DataError, match="calibration"):
+        trt.compile_trt(tiny["export_dir"], tmp_path / "t", precision="int8", calib_ds=None, bench=False)
+    # an empty cache left by a crashed build is no cache: still an error, not an uncalibrated build
+    (tmp_path / "t").mkdir(exist_ok=True)
+    (tmp_path / "t" / trt.cache_name()).write_bytes(b"")
     with pytest.raises(DataError, match="calibration"):
         trt.compile_trt(tiny["export_dir"], tmp_path / "t", precision="int8", calib_ds=None, bench=False)
 

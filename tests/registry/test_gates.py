@@ -85,9 +85,9 @@ def test_returns_every_violation_at_once():
     champ = {"metrics": make_metrics(0.97), "version": 7}
     rep = check_gates(c, CFG, champion=champ)
     names = {r.name for r in rep.violations}
-    assert names == {"accuracy", "per_class_recall", "int8_accuracy_drop", "p99_latency_ms",
-                     "vs_champion_accuracy", "vs_champion_macro_f1"} | ({"macro_f1"} if
-                                                                        rep.results[1].value < 0.85 else set())
+    # the weak class pulls accuracy to ~0.74 and macro-F1 to ~0.69: both absolute gates fail too
+    assert names == {"accuracy", "macro_f1", "per_class_recall", "int8_accuracy_drop", "p99_latency_ms",
+                     "vs_champion_accuracy", "vs_champion_macro_f1"}
     assert not rep.passed and rep.champion_version == "7"
     for r in rep.results:
         assert {"name", "value", "threshold", "op", "passed"} <= set(r.__dict__)

@@ -51,6 +51,8 @@ def test_non_transient_errors_are_not_retried():
         with_retries(missing, what="x", uri="u", sleep=lambda s: None)
     assert len(calls) == 1
     assert not is_transient(ValueError("bad value"))
+    from waferflow.errors import ModelFormatError
+    assert not is_transient(ModelFormatError("model /tmp/tmpx503ab/model.onnx is unreadable"))  # ours: never retried
     assert is_transient(MlflowException("API request to http://h failed with exception Max retries exceeded"))
 
 

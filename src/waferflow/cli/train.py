@@ -146,17 +146,9 @@ def cmd_pretrain(args) -> int:
     return 0
 
 
-def _markdown_table(rows: list[dict]) -> str:
-    cols = list(rows[0]) if rows else []
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for r in rows:
-        lines.append("| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in r.values()) + " |")
-    return "\n".join(lines) + "\n"
-
-
 def cmd_compare(args) -> int:
-    from waferflow import evaluation
     from waferflow.config import atomic_write_json, atomic_write_text
+    from waferflow.plots import comparison_table
     from waferflow.train import STRATEGIES, train
 
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
@@ -188,8 +180,7 @@ def cmd_compare(args) -> int:
             rows.append(row)
             full.append({**row, "model_dir": str(r.model_dir), "weights_source": r.spec.weights_source,
                          "epoch_seconds": r.extra["epoch_seconds"], "best_val": r.best_val})
-    table_fn = getattr(evaluation, "comparison_table", None) or _markdown_table
-    atomic_write_text(out / "comparison.md", table_fn(rows))
+    atomic_write_text(out / "comparison.md", comparison_table(rows))
     best = max(full, key=lambda r: (r["macro_f1"], r["accuracy"]))
     atomic_write_json(out / "comparison.json", {"candidates": full, "best": best["candidate"]})
     print(json.dumps({"candidates": rows, "best": best["candidate"]}, indent=2))

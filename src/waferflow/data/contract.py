@@ -292,13 +292,15 @@ def concat_datasets(parts: list[WaferDataset]) -> WaferDataset:
     if any(labeled) and not all(labeled):
         raise DataError("cannot join labeled and unlabeled maps into one training set")
     labels = np.concatenate([d.labels for d in parts]) if all(labeled) else None
+    # lots keep the lot-aware split honest after a join; kept only when every part has them
+    lots = np.concatenate([d.lots for d in parts]) if all(d.lots is not None for d in parts) else None
     shapes = [tuple(d.map_shapes()[0]) if d.fixed_size and len(d) else None for d in parts]
     if all(s is not None for s in shapes) and len(set(shapes)) == 1:
-        return WaferDataset(class_names=names, labels=labels, maps=np.concatenate([d.maps for d in parts]))
+        return WaferDataset(class_names=names, labels=labels, lots=lots, maps=np.concatenate([d.maps for d in parts]))
     maps = [m.ravel() for d in parts for m in d]
     shp = np.concatenate([d.map_shapes() for d in parts]).astype(np.int32)
     offsets = np.r_[0, np.cumsum([m.size for m in maps])].astype(np.int64)
-    return WaferDataset(class_names=names, labels=labels, maps_flat=np.concatenate(maps).astype(np.uint8),
+    return WaferDataset(class_names=names, labels=labels, lots=lots, maps_flat=np.concatenate(maps).astype(np.uint8),
                         shapes=shp, offsets=offsets)
 
 
@@ -420,7 +422,7 @@ def dataset_from_arrays(arrays: dict[str, np.ndarray], source: str = "arrays") -
         if maps.ndim != 3:
             raise DataError(f"{source}: 'maps' must be [N, H, W]; got shape {maps.shape}")
         validate_maps(maps, where=f"{source}: maps")
-        return WaferDataset(class_names=class_names, labels=labels, maps=maps.astype(np.uint8),
+        return WaferDataset(class_names=class_names, labels=labels, maps=maps.astype(np.uint8, copy=False),
                             lots=a.get("lots"), meta=meta)
     if "maps_flat" in a:
         missing = [k for k in ("shapes", "offsets") if k not in a]

@@ -83,6 +83,13 @@ def read_onnx_metadata(path: str | os.PathLike) -> dict[str, Any]:
     return out
 
 
+def onnx_spec(meta: dict[str, Any]) -> Any:
+    """The :class:`~waferflow.models.ModelSpec` an exported model's metadata describes (its own preprocessing)."""
+    from waferflow.models import ModelSpec
+
+    return ModelSpec.from_dict({"backbone": "unknown", **meta, "num_classes": len(meta["class_names"])})
+
+
 def export_fp32(model: Any, spec: Any, path: str | os.PathLike, metadata: dict[str, str],
                 opset: int = MIN_OPSET, exporter: str = "torchscript") -> Path:
     """Export a torch module to ONNX (dynamic batch axis ``batch``) and store ``metadata`` in it.

@@ -78,7 +78,7 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, p
         cprof.set_shape(inp.name, *[(calib_batch, c, s, s)] * 3)
         config.set_calibration_profile(cprof)
         calibrator = EntropyCalibrator(batches, cache_path, calib_batch)
-        calib_mode = "cache" if calibrator.read_calibration_cache() is not None else "calibrated"
+        calib_mode = "cache" if calibrator.has_cache() else "calibrated"
         config.int8_calibrator = calibrator
     t0 = time.perf_counter()
     blob = builder.build_serialized_network(network, config)

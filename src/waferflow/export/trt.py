@@ -96,9 +96,13 @@ class CalibrationCache:
     def __init__(self, path: str | os.PathLike) -> None:
         self.cache_path = Path(path)
 
+    def has_cache(self) -> bool:
+        """A usable cache: the file exists and is non-empty (a crashed build can leave an empty one)."""
+        return self.cache_path.is_file() and self.cache_path.stat().st_size > 0
+
     def read_calibration_cache(self) -> bytes | None:
-        """The cached bytes when the file exists and is non-empty (TensorRT then skips calibration)."""
-        if self.cache_path.is_file() and self.cache_path.stat().st_size > 0:
+        """The cached bytes when :meth:`has_cache` (TensorRT then skips calibration)."""
+        if self.has_cache():
             log.info("reusing INT8 calibration cache %s", self.cache_path)
             return self.cache_path.read_bytes()
         return None
@@ -148,7 +152,7 @@ def compile_trt(export_dir: str | os.PathLike, out_dir: str | os.PathLike, preci
         The ``tensorrt.json`` dict: ``status``, ``engines`` {precision: metadata}, optional ``metrics`` and
         ``latency``.
     """
-    from waferflow.export.onnx_export import read_onnx_metadata
+    from waferflow.export.onnx_export import onnx_spec, read_onnx_metadata
 
     export_dir, out_dir = Path(export_dir), Path(out_dir)
     precisions = parse_precisions(precision)
@@ -168,14 +172,13 @@ def compile_trt(export_dir: str | os.PathLike, out_dir: str | os.PathLike, preci
     from waferflow.evaluation import evaluate, tensorrt_predictor
     from waferflow.export.tensorrt_build import build_engine
 
-    spec = {k: onnx_meta[k] for k in ("class_names", "input_size", "in_chans", "mean", "std")}
-    spec["backbone"] = onnx_meta.get("backbone", "unknown")
+    spec = onnx_spec(onnx_meta)
     engines: dict[str, dict] = {}
     metrics: dict[str, dict] = {}
     for p in precisions:
         batches = None
         cache = out_dir / cache_name()
-        if p == "int8" and not cache.is_file():
+        if p == "int8" and not CalibrationCache(cache).has_cache():
             if calib_ds is None:
                 raise DataError("INT8 engine needs calibration maps (--calib FILE.npz) or an existing "
                                 f"{cache}")

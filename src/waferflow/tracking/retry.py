@@ -52,6 +52,10 @@ class RetryPolicy:
 
 def is_transient(exc: BaseException) -> bool:
     """True for errors worth retrying: network failures and server-side (5xx / INTERNAL_ERROR) failures."""
+    from waferflow.errors import WaferflowError
+
+    if isinstance(exc, WaferflowError):  # our own errors say what is wrong; their text may hold "503" in a path
+        return False
     try:
         import requests
 
