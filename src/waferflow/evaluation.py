@@ -219,6 +219,57 @@ def torch_predictor(model: Any, device: str = "cpu") -> Predictor:
     return predict
 
 
+def tta_views(symmetries: Sequence[str]) -> list[tuple[int, bool, bool]]:
+    """Distinct label-preserving views ``(rot90 k, hflip, vflip)`` that ``symmetries`` allow (identity first).
+
+    ``rot90`` gives 4 rotations, ``rot180`` 2; with ``hflip``/``vflip`` the group is closed and duplicates
+    (e.g. vflip = rot180 + hflip) are dropped, so the dihedral group gives 8 views, not 16.
+    """
+    from waferflow.train.config import SYMMETRIES
+
+    bad = [s for s in symmetries if s not in SYMMETRIES]
+    if bad:
+        raise ConfigError(f"unknown symmetries {bad}; use {list(SYMMETRIES)}")
+    rots = (0, 1, 2, 3) if "rot90" in symmetries else (0, 2) if "rot180" in symmetries else (0,)
+    probe = np.arange(16).reshape(4, 4)
+    seen, views = set(), []
+    for k in rots:
+        for h in ((False, True) if "hflip" in symmetries else (False,)):
+            for v in ((False, True) if "vflip" in symmetries else (False,)):
+                key = _view(probe, (k, h, v)).tobytes()
+                if key not in seen:
+                    seen.add(key)
+                    views.append((k, h, v))
+    return views
+
+
+def _view(x: np.ndarray, view: tuple[int, bool, bool]) -> np.ndarray:
+    k, h, v = view
+    x = np.rot90(x, k, axes=(-2, -1)) if k else x
+    x = x[..., ::-1] if h else x
+    x = x[..., ::-1, :] if v else x
+    return np.ascontiguousarray(x)
+
+
+def tta_predictor(predict: Predictor, symmetries: Sequence[str]) -> Predictor:
+    """Test-time augmentation around any predictor: the mean softmax over ``tta_views(symmetries)``.
+
+    Returns log(mean probability) as logits, so argmax and softmax of the result are the averaged ones.
+    Only the transforms the taxonomy allows are used (seed20's vertical vs horizontal scratch forbid rot90).
+    """
+    views = tta_views(symmetries)
+
+    def predict_tta(x: np.ndarray) -> np.ndarray:
+        acc = None
+        for view in views:
+            p = _softmax(np.asarray(predict(_view(x, view)), dtype=np.float64))
+            acc = p if acc is None else acc + p
+        return np.log(np.maximum(acc / len(views), 1e-12)).astype(np.float32)
+
+    predict_tta.views = views  # type: ignore[attr-defined]
+    return predict_tta
+
+
 def onnx_session(path: str | os.PathLike, threads: int | None = None, device: str = "cpu") -> Any:
     """An onnxruntime InferenceSession with a clear error for a missing, corrupt or truncated file.
 

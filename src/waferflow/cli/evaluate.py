@@ -28,6 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trt", help="compile-trt output dir for the tensorrt_* forms")
     p.add_argument("--batch-size", type=int, default=256, help="maps per predictor call (default 256)")
     p.add_argument("--threads", type=int, default=None, help="torch / onnxruntime threads (default: library default)")
+    p.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: mean softmax over the flips/rotations the model was trained with "
+                        "(8 dihedral views for WM-811K classes, 4 for seed20); any form, 1 view = no change")
     p.add_argument("--gradcam-per-class", type=int, default=3,
                    help="maps per class in gradcam.png (default 3; 0 = no Grad-CAM)")
     p.set_defaults(func=run_evaluate)
@@ -62,7 +65,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
         if not args.trt:
             raise ConfigError(f"--form {args.form} needs --trt DIR (the output of `waferflow compile-trt`)")
         predict = tensorrt_predictor(Path(args.trt) / f"model.{args.form.split('_')[1]}.engine")
-    metrics = evaluate(predict, ds, spec, batch_size=args.batch_size, form=args.form)
+    form = args.form
+    if args.tta:
+        from waferflow.evaluation import tta_predictor
+        from waferflow.train.augment import model_symmetries
+
+        predict = tta_predictor(predict, model_symmetries(spec, ds.meta.get("taxonomy")))
+        form = f"{args.form}+tta{len(predict.views)}"
+    metrics = evaluate(predict, ds, spec, batch_size=args.batch_size, form=form)
     metrics["model_dir"] = str(Path(args.model).resolve())
     metrics["data"] = str(Path(args.data).resolve())
     out.mkdir(parents=True, exist_ok=True)
@@ -73,5 +83,5 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.gradcam_per_class > 0 and args.form == "torch":
         gradcam_overlays(model, spec, ds, out / "gradcam.png", per_class=args.gradcam_per_class)
     atomic_write_json(out / "metrics.json", metrics)
-    print(json.dumps({"form": args.form, **metrics["overall"], "out": str(out)}))
+    print(json.dumps({"form": form, **metrics["overall"], "out": str(out)}))
     return 0

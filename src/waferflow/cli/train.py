@@ -29,6 +29,15 @@ def register(sub) -> None:
                    help="weights source: auto | hub | offline | none | FILE.pt | MODEL_DIR | URL | models:/NAME@ALIAS")
     _common(p)
     p.add_argument("--resume", action="store_true", help="continue a killed run from OUT/checkpoints/last.pt")
+    p.add_argument("--unlabeled", default=None,
+                   help="unlabeled maps (.npz, any labels in it are ignored) for self-training: the trained model "
+                        "pseudo-labels them with test-time augmentation, then a student is fine-tuned from it on "
+                        "labels + confident pseudo-labels; OUT holds the student, OUT/teacher the first model")
+    p.add_argument("--self-train-rounds", type=int, default=1, help="pseudo-label/retrain rounds (default 1)")
+    p.add_argument("--pseudo-threshold", type=float, default=0.9,
+                   help="minimum averaged confidence of a pseudo-label (default 0.9)")
+    p.add_argument("--pseudo-cap", type=float, default=3.0,
+                   help="pseudo-labels per class at most this many times its labeled maps (default 3)")
     p.add_argument("--out", required=True, help="model dir to write")
     p.set_defaults(func=cmd_train)
 
@@ -120,7 +129,26 @@ def cmd_train(args) -> int:
     if weights is not None and weights in ("auto", "hub", "offline", "none", "imagenet"):
         cfg = _config(args, strategy=args.strategy, backbone=args.backbone, epochs=args.epochs, pretrained=weights)
         weights = None
-    r = train(cfg, tr, va, args.out, weights=weights, resume=args.resume)
+    unlabeled = None
+    if args.unlabeled:
+        from waferflow.data.contract import load_dataset
+
+        # read (and refuse) the unlabeled file before hours of training, not after
+        unlabeled = load_dataset(args.unlabeled)
+        if cfg.strategy in ("scratch", "feature_extraction"):
+            raise ConfigError(f"--unlabeled fine-tunes the trained model; strategy {cfg.strategy!r} cannot. "
+                              "Use full_finetune or gradual_unfreezing")
+    first = Path(args.out) / "teacher" if unlabeled is not None else Path(args.out)
+    r = train(cfg, tr, va, first, weights=weights, resume=args.resume)
+    if unlabeled is not None:
+        from dataclasses import replace
+
+        from waferflow.train.selftrain import self_train
+
+        # the student fine-tunes every layer from the teacher's weights
+        scfg = replace(cfg, strategy="full_finetune")
+        r = self_train(scfg, first, tr, va, unlabeled, args.out, rounds=args.self_train_rounds,
+                       threshold=args.pseudo_threshold, max_per_class_ratio=args.pseudo_cap)
     summary = r.to_dict()
     if te is not None:
         m = _evaluate_dir(Path(args.out), te)

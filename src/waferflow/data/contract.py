@@ -274,6 +274,10 @@ class WaferDataset:
             out["labels"] = self.labels.astype(np.int64)
         if self.lots is not None:
             out["lots"] = self.lots.astype(str)
+        if self.meta.get("taxonomy"):
+            # travels inside the file, so every later step (split, train, drift) knows which geometric
+            # transforms keep the labels; a plain unicode array, no pickle
+            out["taxonomy"] = np.asarray(str(self.meta["taxonomy"]))
         return out
 
 
@@ -294,13 +298,17 @@ def concat_datasets(parts: list[WaferDataset]) -> WaferDataset:
     labels = np.concatenate([d.labels for d in parts]) if all(labeled) else None
     # lots keep the lot-aware split honest after a join; kept only when every part has them
     lots = np.concatenate([d.lots for d in parts]) if all(d.lots is not None for d in parts) else None
+    taxonomies = {d.meta.get("taxonomy") for d in parts}
+    meta = {"taxonomy": taxonomies.pop()} if len(taxonomies) == 1 and None not in taxonomies else {}
     shapes = [tuple(d.map_shapes()[0]) if d.fixed_size and len(d) else None for d in parts]
     if all(s is not None for s in shapes) and len(set(shapes)) == 1:
-        return WaferDataset(class_names=names, labels=labels, lots=lots, maps=np.concatenate([d.maps for d in parts]))
+        return WaferDataset(class_names=names, labels=labels, lots=lots, meta=meta,
+                            maps=np.concatenate([d.maps for d in parts]))
     maps = [m.ravel() for d in parts for m in d]
     shp = np.concatenate([d.map_shapes() for d in parts]).astype(np.int32)
     offsets = np.r_[0, np.cumsum([m.size for m in maps])].astype(np.int64)
-    return WaferDataset(class_names=names, labels=labels, lots=lots, maps_flat=np.concatenate(maps).astype(np.uint8),
+    return WaferDataset(class_names=names, labels=labels, lots=lots, meta=meta,
+                        maps_flat=np.concatenate(maps).astype(np.uint8),
                         shapes=shp, offsets=offsets)
 
 
@@ -416,7 +424,13 @@ def dataset_from_arrays(arrays: dict[str, np.ndarray], source: str = "arrays") -
         class_names = tuple(str(i) for i in range(int(labels.max()) + 1))
     else:
         raise DataError(f"{source}: no 'class_names' array; add one with the name of each class index")
-    meta = {"source": source}
+    meta: dict[str, Any] = {"source": source}
+    if "taxonomy" in a:
+        tax = np.asarray(a["taxonomy"])
+        if tax.dtype.kind != "U" or tax.size != 1:
+            raise DataError(f"{source}: 'taxonomy' must be one string (e.g. 'wm811k'), got dtype {tax.dtype} "
+                            f"shape {tax.shape}")
+        meta["taxonomy"] = str(tax.reshape(()))
     if "maps" in a:
         maps = np.asarray(a["maps"])
         if maps.ndim != 3:

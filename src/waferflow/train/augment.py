@@ -46,6 +46,15 @@ def resolve_symmetries(setting: str, taxonomy: str | None, class_names: Sequence
     return ()
 
 
+def model_symmetries(spec, taxonomy: str | None = None) -> tuple[str, ...]:
+    """The symmetries a trained model was augmented with (recorded in its spec), so test-time augmentation uses
+    exactly the views it learned to treat alike; for older model dirs, resolved from its taxonomy / classes."""
+    recorded = (getattr(spec, "extra", None) or {}).get("train", {}).get("symmetries")
+    if recorded is not None:
+        return tuple(recorded)
+    return resolve_symmetries("auto", taxonomy or getattr(spec, "taxonomy", None), spec.class_names)
+
+
 class Augmenter:
     """Callable on a uint8 tensor [B, S, S]; randomness comes from one ``torch.Generator``."""
 

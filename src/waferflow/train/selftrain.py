@@ -1,0 +1,121 @@
+"""Self-training on unlabeled maps: a trained teacher pseudo-labels them, a student trains on labels + pseudo-labels.
+
+A new fab has a few hundred labeled maps and thousands of unlabeled ones. The teacher (any trained model dir)
+predicts every unlabeled map with test-time augmentation over the symmetries it was trained with; maps whose averaged
+confidence reaches ``threshold`` get the predicted class as a pseudo-label. Each class keeps at most
+``max_per_class_ratio`` times its labeled count (its most confident maps), so the majority class cannot flood the
+student. The student starts from the teacher's weights and trains with the normal loop on the union; validation
+(early stopping, best checkpoint) stays on real labels only.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from waferflow.data.contract import WaferDataset, concat_datasets
+from waferflow.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+
+def pseudo_label(teacher_dir: str | Path, unlabeled: WaferDataset, labeled: WaferDataset, threshold: float = 0.9,
+                 max_per_class_ratio: float = 3.0, tta: bool = True, batch_size: int = 256) -> tuple[WaferDataset, dict]:
+    """Pseudo-label ``unlabeled`` with the teacher model dir.
+
+    Returns:
+        ``(pseudo, report)``: the selected maps with their pseudo-labels (labels of ``unlabeled``, if any, are
+        never used), and a report with per-class kept counts, the threshold and the views used. When
+        ``unlabeled`` carries hidden labels (a benchmark), the report adds the pseudo-labels' accuracy.
+
+    Raises:
+        ConfigError: threshold outside (0, 1] or a non-positive cap. DataError: no unlabeled maps, or the
+        teacher's classes differ from the labeled data's.
+    """
+    from waferflow.evaluation import check_classes, predict_dataset, torch_predictor, tta_predictor
+    from waferflow.models import load_model_dir
+    from waferflow.train.augment import model_symmetries
+
+    if not 0.0 < threshold <= 1.0:
+        raise ConfigError(f"self-training threshold must be in (0, 1], got {threshold}")
+    if max_per_class_ratio <= 0:
+        raise ConfigError(f"max_per_class_ratio must be > 0, got {max_per_class_ratio}")
+    if len(unlabeled) == 0:
+        raise DataError("self-training needs unlabeled maps; the unlabeled dataset is empty")
+    model, spec = load_model_dir(teacher_dir)
+    check_classes(labeled, spec)
+    predict = torch_predictor(model)
+    views = [(0, False, False)]
+    if tta:
+        predict = tta_predictor(predict, model_symmetries(spec, labeled.meta.get("taxonomy")))
+        views = predict.views
+    # unlabeled maps may carry other class names (or none); only the maps are used
+    maps_only = replace(unlabeled, labels=None, class_names=tuple(spec.class_names))
+    logits = predict_dataset(predict, maps_only, spec, batch_size, desc="pseudo-label")
+    z = logits - logits.max(1, keepdims=True)
+    prob = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    conf, pred = prob.max(1), prob.argmax(1)
+    labeled_counts = np.bincount(labeled.labels, minlength=len(spec.class_names))
+    keep: list[np.ndarray] = []
+    per_class = {}
+    for c, name in enumerate(spec.class_names):
+        cand = np.flatnonzero((pred == c) & (conf >= threshold))
+        cap = int(np.ceil(max_per_class_ratio * max(labeled_counts[c], 1)))
+        chosen = cand[np.argsort(-conf[cand], kind="stable")[:cap]]
+        keep.append(chosen)
+        per_class[name] = {"confident": int(len(cand)), "kept": int(len(chosen)), "cap": cap}
+    idx = np.sort(np.concatenate(keep)) if keep else np.zeros(0, np.int64)
+    pseudo = replace(unlabeled.subset(idx), labels=pred[idx].astype(np.int64), class_names=tuple(spec.class_names),
+                     lots=None, meta=dict(labeled.meta))
+    report = {"unlabeled_maps": int(len(unlabeled)), "kept": int(len(idx)), "threshold": threshold,
+              "max_per_class_ratio": max_per_class_ratio, "tta_views": len(views), "per_class": per_class,
+              "mean_confidence_kept": float(conf[idx].mean()) if len(idx) else None}
+    if unlabeled.labeled and tuple(unlabeled.class_names) == tuple(spec.class_names) and len(idx):
+        report["pseudo_label_accuracy"] = float((pred[idx] == unlabeled.labels[idx]).mean())
+    return pseudo, report
+
+
+def self_train(cfg, teacher_dir: str | Path, train_ds: WaferDataset, val_ds: WaferDataset, unlabeled: WaferDataset,
+               out_dir: str | Path, rounds: int = 1, threshold: float = 0.9, max_per_class_ratio: float = 3.0,
+               tta: bool = True):
+    """``rounds`` of pseudo-label -> train a student from the previous model's weights.
+
+    The student of the last round is written to ``out_dir`` (earlier rounds to ``out_dir/rounds/r{i}``), with
+    ``self_training.json`` (every round's pseudo-label report and the student's best validation metrics).
+
+    Returns:
+        The last round's :class:`TrainResult`, its ``extra["self_training"]`` holding the rounds' reports.
+    """
+    import json
+
+    from waferflow.train.loop import train
+
+    if rounds < 1:
+        raise ConfigError(f"self-training rounds must be >= 1, got {rounds}")
+    if cfg.strategy in ("scratch", "feature_extraction"):
+        raise ConfigError(f"self-training fine-tunes the teacher's weights; strategy {cfg.strategy!r} cannot. "
+                          "Use full_finetune or gradual_unfreezing")
+    out = Path(out_dir)
+    teacher, reports, result = Path(teacher_dir), [], None
+    for r in range(rounds):
+        t0 = time.perf_counter()
+        pseudo, rep = pseudo_label(teacher, unlabeled, train_ds, threshold, max_per_class_ratio, tta,
+                                   cfg.eval_batch_size)
+        if rep["kept"] == 0:
+            raise DataError(f"no unlabeled map reached confidence {threshold}; lower the threshold or train a "
+                            "stronger teacher")
+        joined = concat_datasets([train_ds, pseudo])
+        student = out if r == rounds - 1 else out / "rounds" / f"r{r + 1}"
+        log.info("self-training round %d: %d labeled + %d pseudo-labeled maps", r + 1, len(train_ds), rep["kept"])
+        result = train(cfg, joined, val_ds, student, weights=str(teacher))
+        rep.update(round=r + 1, student=str(student), student_best_val=result.best_val,
+                   seconds=time.perf_counter() - t0)
+        reports.append(rep)
+        teacher = student
+    (out / "self_training.json").write_text(json.dumps({"teacher": str(teacher_dir), "rounds": reports}, indent=2))
+    result.extra["self_training"] = reports
+    return result

@@ -1,0 +1,135 @@
+"""Self-training on unlabeled maps and test-time augmentation (tiny models, CPU)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from dataclasses import replace
+
+from waferflow.config import load_config
+from waferflow.data.contract import WaferDataset
+from waferflow.errors import ConfigError, DataError
+from waferflow.evaluation import tta_predictor, tta_views
+from waferflow.train import TrainConfig, train
+from waferflow.train.selftrain import pseudo_label, self_train
+
+TINY = ["input_size=16", "batch_size=16", "eval_batch_size=64", "num_threads=1", "backbone=resnet18"]
+
+
+def _cfg(**kw):
+    return load_config(TrainConfig, overrides=[*TINY, *(f"{k}={v}" for k, v in kw.items())])
+
+
+@pytest.fixture
+def teacher(tmp_path, make_lines):
+    # lines are vertical vs horizontal: flips keep the label, rot90 would swap it
+    tr, va = make_lines(64, seed=0), make_lines(16, seed=1)
+    cfg = _cfg(strategy="scratch", pretrained="none", epochs=6, symmetries="hflip,vflip")
+    train(cfg, tr, va, tmp_path / "teacher")
+    return tmp_path / "teacher", tr, va
+
+
+def test_tta_views_follow_the_taxonomy_and_drop_duplicates():
+    assert len(tta_views(("hflip", "vflip", "rot90", "rot180"))) == 8  # the dihedral group, not 16
+    assert len(tta_views(("hflip", "vflip", "rot180"))) == 4  # seed20: no 90-degree turn
+    assert tta_views(()) == [(0, False, False)]
+    with pytest.raises(ConfigError, match="unknown symmetries"):
+        tta_views(("shear",))
+
+
+def test_tta_predictor_averages_probabilities_over_the_views():
+    seen = []
+
+    def predict(x):
+        seen.append(x.copy())
+        # class 0 score = value at the top-left pixel: depends on the view
+        return np.stack([x[:, 0, 0, 0], np.zeros(len(x))], 1).astype(np.float32)
+
+    x = np.zeros((1, 1, 4, 4), np.float32)
+    x[0, 0, 0, 0] = 5.0
+    out = tta_predictor(predict, ("hflip", "vflip"))(x)
+    assert len(seen) == 4
+    # only the identity view keeps the 5 at the top-left corner
+    p = np.exp(np.array([5.0, 0.0])) / np.exp(np.array([5.0, 0.0])).sum()
+    expect = (p + 3 * np.array([0.5, 0.5])) / 4
+    assert np.allclose(np.exp(out[0]), expect, atol=1e-6)
+
+
+def test_pseudo_labels_respect_threshold_cap_and_never_read_hidden_labels(teacher, make_lines):
+    tdir, tr, _ = teacher
+    pool = make_lines(40, seed=5)
+    lying = replace(pool, labels=1 - pool.labels)  # wrong hidden labels must change nothing but the report
+    a, rep_a = pseudo_label(tdir, pool, tr, threshold=0.6, max_per_class_ratio=0.25)
+    b, rep_b = pseudo_label(tdir, lying, tr, threshold=0.6, max_per_class_ratio=0.25)
+    assert np.array_equal(a.labels, b.labels) and rep_a["kept"] == rep_b["kept"] > 0
+    assert rep_a["pseudo_label_accuracy"] + rep_b["pseudo_label_accuracy"] == pytest.approx(1.0)
+    for c in rep_a["per_class"].values():
+        assert c["kept"] <= c["cap"] == 8  # 0.25 x 32 labeled maps per class
+    assert rep_a["tta_views"] == 4
+    none_kept, rep = pseudo_label(tdir, pool, tr, threshold=1.0)
+    assert rep["kept"] == len(none_kept)
+
+
+def test_self_train_student_trains_on_labels_plus_pseudo_labels(tmp_path, teacher, make_lines):
+    tdir, tr, va = teacher
+    pool = WaferDataset(class_names=("x",), maps=make_lines(40, seed=7).maps)  # unlabeled, other names
+    r = self_train(_cfg(strategy="full_finetune", epochs=2, symmetries="hflip,vflip"), tdir, tr, va, pool,
+                   tmp_path / "student", threshold=0.6)
+    rep = json.loads((tmp_path / "student" / "self_training.json").read_text())
+    assert rep["rounds"][0]["kept"] > 0 and (tmp_path / "student" / "weights.pt").is_file()
+    assert r.extra["self_training"][0]["student_best_val"]["macro_f1"] > 0
+    # the student started from the teacher's weights, not from ImageNet or random init
+    assert json.loads((tmp_path / "student" / "model.json").read_text())["weights_source"].endswith("teacher")
+
+
+def test_self_train_refuses_bad_settings(tmp_path, teacher, make_lines):
+    tdir, tr, va = teacher
+    pool = make_lines(8, seed=9)
+    with pytest.raises(ConfigError, match="threshold"):
+        pseudo_label(tdir, pool, tr, threshold=1.5)
+    with pytest.raises(ConfigError, match="full_finetune or gradual_unfreezing"):
+        self_train(_cfg(strategy="scratch"), tdir, tr, va, pool, tmp_path / "s")
+    with pytest.raises(DataError, match="empty"):
+        pseudo_label(tdir, pool.subset([]), tr)
+    with pytest.raises(DataError, match="differ from the model"):
+        pseudo_label(tdir, pool, replace(tr, class_names=("a", "b")))
+    assert not (tmp_path / "s").exists()
+
+
+
+def test_cli_train_with_unlabeled_maps_then_evaluate_with_tta(tmp_path, make_lines, capsys):
+    from waferflow.cli import main
+    from waferflow.data.contract import save_dataset
+    from waferflow.models import create_model
+
+    torch.manual_seed(0)
+    src = tmp_path / "r18.pt"
+    torch.save(create_model("resnet18", 10, pretrained="none")[0].state_dict(), src)
+    d = tmp_path / "data"
+    d.mkdir()
+    for name, seed, n in (("train", 0, 64), ("val", 1, 16), ("test", 2, 16)):
+        save_dataset(make_lines(n, seed=seed), d / f"{name}.npz")
+    save_dataset(WaferDataset(class_names=("x",), maps=make_lines(32, seed=3).maps), tmp_path / "pool.npz")
+    sets = sum((["--set", s] for s in [*TINY[:4], "symmetries=hflip,vflip"]), [])
+
+    def cli(strategy, unlabeled, out):
+        return main(["train", "--data", str(d), "--strategy", strategy, "--backbone", "resnet18", "--weights",
+                     str(src), "--epochs", "2", *sets, "--unlabeled", str(unlabeled), "--pseudo-threshold", "0.5",
+                     "--out", str(out)])
+
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    capsys.readouterr()
+    assert cli("full_finetune", tmp_path / "junk.npz", tmp_path / "bad") != 0  # refused before any training
+    assert "not a readable .npz" in capsys.readouterr().err
+    assert cli("feature_extraction", tmp_path / "pool.npz", tmp_path / "bad") != 0
+    assert "strategy 'feature_extraction' cannot" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+    assert cli("full_finetune", tmp_path / "pool.npz", tmp_path / "m") == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["self_training"][0]["kept"] > 0 and "test" in summary
+    assert (tmp_path / "m" / "teacher" / "weights.pt").is_file() and (tmp_path / "m" / "self_training.json").is_file()
+    assert main(["evaluate", "--model", str(tmp_path / "m"), "--data", str(d / "test.npz"), "--out",
+                 str(tmp_path / "ev"), "--tta", "--gradcam-per-class", "0"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["form"] == "torch+tta4" and 0 <= out["accuracy"] <= 1
