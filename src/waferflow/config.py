@@ -235,3 +235,11 @@ def _json_default(o: Any) -> Any:
     if dataclasses.is_dataclass(o):
         return to_dict(o)
     raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+def progress_enabled(explicit: bool | None = None) -> bool:
+    """Whether long work shows tqdm progress bars: ``explicit`` when given, else on unless the environment sets
+    ``WAFERFLOW_PROGRESS`` to 0/false/no (the tests and quiet CI logs do)."""
+    if explicit is not None:
+        return explicit
+    return os.environ.get("WAFERFLOW_PROGRESS", "1").strip().lower() not in ("0", "false", "no", "off")

@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from waferflow.config import progress_enabled
 from waferflow.data.contract import WaferDataset
 from waferflow.errors import ConfigError, DataError, ModelFormatError
 
@@ -101,11 +102,6 @@ def spec_field(spec: Any, key: str) -> Any:
     if not hasattr(spec, key):
         raise ModelFormatError(f"model spec has no '{key}'; re-save the model with save_model_dir")
     return getattr(spec, key)
-
-
-def progress_enabled() -> bool:
-    """False when env WAFERFLOW_PROGRESS=0 (tests set it)."""
-    return os.environ.get("WAFERFLOW_PROGRESS", "1") != "0"
 
 
 def _preprocess(maps: np.ndarray, spec: Any) -> np.ndarray:

@@ -69,3 +69,16 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
         atomic_write_json(target, {"a": object()})
     assert not target.exists()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_progress_bars_follow_one_switch(monkeypatch):
+    from waferflow.config import progress_enabled
+
+    for off in ("0", "false", "No", " off "):
+        monkeypatch.setenv("WAFERFLOW_PROGRESS", off)
+        assert progress_enabled() is False
+        assert progress_enabled(True) is True  # an explicit choice wins
+    monkeypatch.setenv("WAFERFLOW_PROGRESS", "1")
+    assert progress_enabled() is True and progress_enabled(False) is False
+    monkeypatch.delenv("WAFERFLOW_PROGRESS")
+    assert progress_enabled() is True

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 
+from waferflow.config import progress_enabled
 from waferflow.errors import RegistryError
 
 DEFAULT_NAME = "wafer-defect-classifier"
@@ -55,7 +56,7 @@ def _uri(args) -> str:
 
     # Our RetryPolicy bounds each call; mlflow's own HTTP retries would multiply it (7 tries, long backoff).
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    if os.environ.get("WAFERFLOW_PROGRESS") == "0":
+    if not progress_enabled():
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     uri = resolve_tracking_uri(args.tracking_uri, os.getcwd())
     if uri.startswith("sqlite:///") and not os.path.exists(uri[len("sqlite:///"):]):

@@ -16,7 +16,6 @@ Unlabeled rows of an LSWMD table become a separate, unlabeled dataset
 
 from __future__ import annotations
 
-import os
 import lzma
 import pickle
 import zipfile
@@ -34,6 +33,7 @@ from waferflow.data.contract import (
     resize_nearest,
     save_dataset,
 )
+from waferflow.config import progress_enabled
 from waferflow.errors import DataError
 
 # WM-811K's nine classes in the order the shared .npz files use (sorted names).
@@ -49,10 +49,6 @@ PNG_CODINGS: dict[str, dict[int, int]] = {
     "raw": {0: 0, 1: 1, 2: 2},
     "scaled": {0: 0, 127: 1, 128: 1, 255: 2},
 }
-
-
-def _progress_disabled() -> bool:
-    return os.environ.get("WAFERFLOW_PROGRESS", "1") == "0"
 
 
 # --------------------------------------------------------------------------- safe unpickling
@@ -333,7 +329,7 @@ def ingest_lswmd(path: str | Path, size: int | None = None) -> IngestResult:
 
     maps: list[np.ndarray] = []
     names: list[str | None] = []
-    for i in tqdm(range(len(df)), desc=f"ingest {p.name}", unit="map", disable=_progress_disabled()):
+    for i in tqdm(range(len(df)), desc=f"ingest {p.name}", unit="map", disable=not progress_enabled()):
         maps.append(_map_of(wafer_col[i], i, p.name))
         names.append(_label_of(label_col[i], i))
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from waferflow.config import atomic_write_json
+from waferflow.config import atomic_write_json, progress_enabled
 from waferflow.data.contract import WaferDataset, dataset_hash, save_dataset
 from waferflow.errors import DataError
 
@@ -53,7 +52,7 @@ def map_hashes(ds: WaferDataset) -> list[str]:
     from tqdm import tqdm
 
     out = []
-    for i in tqdm(range(len(ds)), desc="hash maps", unit="map", disable=os.environ.get("WAFERFLOW_PROGRESS") == "0"):
+    for i in tqdm(range(len(ds)), desc="hash maps", unit="map", disable=not progress_enabled()):
         m = np.ascontiguousarray(ds.get(i), dtype=np.uint8)
         out.append(hashlib.sha256(f"{m.shape}".encode() + m.tobytes()).hexdigest())
     return out

@@ -20,12 +20,12 @@ maps that share a grid size at once, then blown up to pixels with one gather.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
+from waferflow.config import progress_enabled
 from waferflow.data.contract import WaferDataset
 from waferflow.errors import ConfigError
 
@@ -446,7 +446,7 @@ def _render_window(
     density = np.float32(cfg.pattern_density_scale)
     from tqdm import tqdm
 
-    bar = tqdm(total=n, desc=desc, unit="map", disable=os.environ.get("WAFERFLOW_PROGRESS") == "0" or None,
+    bar = tqdm(total=n, desc=desc, unit="map", disable=not progress_enabled() or None,
                leave=False)
     grids: dict[int, _Grid] = {}
     rix: dict[int, np.ndarray] = {}

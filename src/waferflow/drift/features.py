@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from waferflow.config import progress_enabled
 from waferflow.data.contract import VALID_VALUES, WaferDataset
 from waferflow.errors import DataError
 
@@ -170,7 +171,7 @@ def map_features(ds: WaferDataset, progress: bool | None = None) -> pd.DataFrame
             idx = np.nonzero(inv == g)[0]
             groups.append((idx, None))
     it = groups
-    if _progress_on(progress) and len(groups) > 1:
+    if progress_enabled(progress) and len(groups) > 1:
         from tqdm.auto import tqdm
 
         it = tqdm(groups, desc="map features", unit="shape")
@@ -186,9 +187,3 @@ def map_features(ds: WaferDataset, progress: bool | None = None) -> pd.DataFrame
     return pd.DataFrame(cols, columns=list(READABLE_FEATURES))
 
 
-def _progress_on(progress: bool | None) -> bool:
-    import os
-
-    if progress is not None:
-        return progress
-    return os.environ.get("WAFERFLOW_PROGRESS", "1") != "0"

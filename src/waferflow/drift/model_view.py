@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from waferflow.config import atomic_write_bytes
+from waferflow.config import atomic_write_bytes, progress_enabled
 from waferflow.data.contract import WaferDataset
 from waferflow.errors import ModelFormatError
 
@@ -105,7 +105,7 @@ def embed(model: Any, spec: Any, ds: WaferDataset, batch_size: int = 256,
     n = len(ds)
     embs, probs = [], []
     starts = range(0, n, batch_size)
-    show = progress if progress is not None else os.environ.get("WAFERFLOW_PROGRESS", "1") != "0"
+    show = progress_enabled(progress)
     if show:
         from tqdm.auto import tqdm
 

@@ -11,7 +11,8 @@ from typing import Any, Callable
 import numpy as np
 
 from waferflow.errors import ConfigError
-from waferflow.evaluation import onnx_predictor, progress_enabled, spec_field, torch_predictor
+from waferflow.config import progress_enabled
+from waferflow.evaluation import onnx_predictor, spec_field, torch_predictor
 from waferflow.export.trt import SKIP_NO_CUDA
 
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from waferflow.config import atomic_write_bytes, atomic_write_json, to_dict
+from waferflow.config import atomic_write_bytes, atomic_write_json, progress_enabled, to_dict
 from waferflow.data.contract import WaferDataset, dataset_hash
 from waferflow.errors import ConfigError, DataError, ModelFormatError
 from waferflow.models import ModelSpec, create_model, preprocess_tensor, save_model_dir
@@ -58,10 +58,6 @@ class TrainResult:
             "train_seconds": self.train_seconds, "throughput_maps_per_s": self.throughput_maps_per_s,
             "epochs_run": len(self.history), **self.extra,
         }
-
-
-def progress_enabled() -> bool:
-    return os.environ.get("WAFERFLOW_PROGRESS", "1") not in ("0", "false", "False")
 
 
 def resolve_device(setting: str) -> str:

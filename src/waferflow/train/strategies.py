@@ -214,14 +214,6 @@ def set_train_mode(model: nn.Module, frozen_bn: list[str]) -> None:
         mods[name].eval()
 
 
-def count_trainable(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def head_module(model: nn.Module) -> nn.Module:
-    return model.get_classifier()
-
-
 def features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Pooled pre-logit features (what the classifier sees)."""
     return model.forward_head(model.forward_features(x), pre_logits=True)
