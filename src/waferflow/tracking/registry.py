@@ -233,16 +233,23 @@ def _test_hash(manifest: Mapping | None) -> str | None:
     return str(manifest["content_sha256"]) if manifest.get("content_sha256") else None
 
 
-def _read_run_json(uri: str, run_id: str, rel: str, retry) -> dict | None:
-    """A JSON artifact of a run, or None when the run has no such file."""
+def _read_run_jsons(uri: str, run_id: str, rels: list[str], retry) -> dict[str, dict | None]:
+    """JSON artifacts of a run by relative path (None where the run has no such file); each folder is listed
+    once, whatever the number of files read from it."""
     c = client_for(uri)
-    folder, _, fname = rel.rpartition("/")
-    listing = _r(uri, f"list {folder or 'artifacts'}", lambda: c.list_artifacts(run_id, folder or None), retry)
-    if not any(f.path == rel for f in listing):
-        return None
+    present: set[str] = set()
+    for folder in sorted({rel.rpartition("/")[0] for rel in rels}):
+        listing = _r(uri, f"list {folder or 'artifacts'}", lambda: c.list_artifacts(run_id, folder or None), retry)
+        present.update(f.path for f in listing)
+    out: dict[str, dict | None] = {}
     with tempfile.TemporaryDirectory() as td:
-        local = _r(uri, f"download {rel}", lambda: c.download_artifacts(run_id, rel, td), retry)
-        return json.loads(Path(local).read_text())
+        for rel in rels:
+            if rel not in present:
+                out[rel] = None
+                continue
+            local = _r(uri, f"download {rel}", lambda: c.download_artifacts(run_id, rel, td), retry)
+            out[rel] = json.loads(Path(local).read_text())
+    return out
 
 
 def register_candidate(
@@ -276,11 +283,13 @@ def register_candidate(
     if not model_id:
         raise RegistryError(f"run {run_id} has no logged ONNX model; call log_candidate with an export dir "
                             "(log_models=True) before register_candidate")
-    spec = _read_run_json(tracking_uri, run_id, f"{INFO_DIR}/model.json", retry) or {}
-    metrics = _read_run_json(tracking_uri, run_id, f"{INFO_DIR}/metrics.json", retry) or {}
-    int8 = _read_run_json(tracking_uri, run_id, f"{INFO_DIR}/int8_metrics.json", retry)
-    latency = _read_run_json(tracking_uri, run_id, f"{INFO_DIR}/latency.json", retry)
-    manifest = _read_run_json(tracking_uri, run_id, f"{INFO_DIR}/data_manifest.json", retry)
+    info = _read_run_jsons(tracking_uri, run_id, [f"{INFO_DIR}/{f}" for f in (
+        "model.json", "metrics.json", "int8_metrics.json", "latency.json", "data_manifest.json")], retry)
+    spec = info[f"{INFO_DIR}/model.json"] or {}
+    metrics = info[f"{INFO_DIR}/metrics.json"] or {}
+    int8 = info[f"{INFO_DIR}/int8_metrics.json"]
+    latency = info[f"{INFO_DIR}/latency.json"]
+    manifest = info[f"{INFO_DIR}/data_manifest.json"]
     pipeline_run_id = pipeline_run_id or rtags.get("mlflow.parentRunId")
     git = rtags.get("git_commit", "unknown")
     card = build_model_card(name=name, spec=spec, metrics=metrics, gate_report=gate_report, int8_metrics=int8,
@@ -603,7 +612,8 @@ def get_champion(tracking_uri: str, dest_dir: str | os.PathLike, *, name: str = 
         os.replace(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    metrics = _read_run_json(tracking_uri, run_id, f"{INFO_DIR}/metrics.json", retry) or {}
+    rel = f"{INFO_DIR}/metrics.json"
+    metrics = _read_run_jsons(tracking_uri, run_id, [rel], retry)[rel] or {}
     return ChampionInfo(version, run_id, dict(mv.tags), final / "model_dir", final / "export", metrics)
 
 
