@@ -115,7 +115,7 @@ def test_cli_train_with_unlabeled_maps_then_evaluate_with_tta(tmp_path, make_lin
 
     def cli(strategy, unlabeled, out):
         return main(["train", "--data", str(d), "--strategy", strategy, "--backbone", "resnet18", "--weights",
-                     str(src), "--epochs", "2", *sets, "--unlabeled", str(unlabeled), "--pseudo-threshold", "0.5",
+                     str(src), "--epochs", "2", *sets, "--unlabeled", str(unlabeled), "--pseudo-threshold", "0.5", "--student-epochs", "1",
                      "--out", str(out)])
 
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
@@ -128,6 +128,7 @@ def test_cli_train_with_unlabeled_maps_then_evaluate_with_tta(tmp_path, make_lin
     assert cli("full_finetune", tmp_path / "pool.npz", tmp_path / "m") == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["self_training"][0]["kept"] > 0 and "test" in summary
+    assert summary["epochs_run"] == 1  # --student-epochs
     assert (tmp_path / "m" / "teacher" / "weights.pt").is_file() and (tmp_path / "m" / "self_training.json").is_file()
     assert main(["evaluate", "--model", str(tmp_path / "m"), "--data", str(d / "test.npz"), "--out",
                  str(tmp_path / "ev"), "--tta", "--gradcam-per-class", "0"]) == 0

@@ -36,6 +36,8 @@ def register(sub) -> None:
     p.add_argument("--self-train-rounds", type=int, default=1, help="pseudo-label/retrain rounds (default 1)")
     p.add_argument("--pseudo-threshold", type=float, default=0.9,
                    help="minimum averaged confidence of a pseudo-label (default 0.9)")
+    p.add_argument("--student-epochs", type=int, default=0,
+                   help="epochs of each student (default: the teacher's); students see several times more maps")
     p.add_argument("--pseudo-cap", type=float, default=3.0,
                    help="pseudo-labels per class at most this many times its labeled maps (default 3)")
     p.add_argument("--out", required=True, help="model dir to write")
@@ -129,6 +131,8 @@ def cmd_train(args) -> int:
     if weights is not None and weights in ("auto", "hub", "offline", "none", "imagenet"):
         cfg = _config(args, strategy=args.strategy, backbone=args.backbone, epochs=args.epochs, pretrained=weights)
         weights = None
+    if args.student_epochs < 0 or args.self_train_rounds < 1:
+        raise ConfigError("--student-epochs must be >= 0 and --self-train-rounds >= 1")
     unlabeled = None
     if args.unlabeled:
         from waferflow.data.contract import load_dataset
@@ -146,7 +150,7 @@ def cmd_train(args) -> int:
         from waferflow.train.selftrain import self_train
 
         # the student fine-tunes every layer from the teacher's weights
-        scfg = replace(cfg, strategy="full_finetune")
+        scfg = replace(cfg, strategy="full_finetune", epochs=args.student_epochs or cfg.epochs)
         r = self_train(scfg, first, tr, va, unlabeled, args.out, rounds=args.self_train_rounds,
                        threshold=args.pseudo_threshold, max_per_class_ratio=args.pseudo_cap)
     summary = r.to_dict()
