@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from waferflow.data.contract import WaferDataset
 
@@ -44,3 +45,15 @@ def make_disk():
 @pytest.fixture
 def make_lines():
     return line_dataset
+
+
+@pytest.fixture
+def r18_file(tmp_path):
+    """A resnet18 state_dict with 10 classes, as a 'pretrained' weights file for the transfer strategies."""
+    from waferflow.models import create_model
+
+    torch.manual_seed(0)
+    m, _ = create_model("resnet18", 10, pretrained="none")
+    f = tmp_path / "r18_source.pt"
+    torch.save(m.state_dict(), f)
+    return str(f)

@@ -12,7 +12,7 @@ from waferflow.cli import main
 from waferflow.config import load_config
 from waferflow.data.contract import save_dataset
 from waferflow.errors import ConfigError
-from waferflow.models import create_model, load_model_dir
+from waferflow.models import load_model_dir
 from waferflow.train import TrainConfig, train
 
 TINY = ["input_size=16", "batch_size=16", "eval_batch_size=64", "num_threads=1"]
@@ -20,15 +20,6 @@ TINY = ["input_size=16", "batch_size=16", "eval_batch_size=64", "num_threads=1"]
 
 def _cfg(**kw):
     return load_config(TrainConfig, overrides=[*TINY, *(f"{k}={v}" for k, v in kw.items())])
-
-
-@pytest.fixture
-def r18_file(tmp_path):
-    torch.manual_seed(0)
-    m, _ = create_model("resnet18", 10, pretrained="none")
-    f = tmp_path / "r18_source.pt"
-    torch.save(m.state_dict(), f)
-    return str(f)
 
 
 def test_train_writes_model_dir_and_checkpoints(tmp_path, make_lines):

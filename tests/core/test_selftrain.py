@@ -14,11 +14,11 @@ from waferflow.evaluation import tta_predictor, tta_views
 from waferflow.train import TrainConfig, train
 from waferflow.train.selftrain import pseudo_label, self_train
 
-TINY = ["input_size=16", "batch_size=16", "eval_batch_size=64", "num_threads=1", "backbone=resnet18"]
+TINY = ["input_size=16", "batch_size=16", "eval_batch_size=64", "num_threads=1"]
 
 
 def _cfg(**kw):
-    return load_config(TrainConfig, overrides=[*TINY, *(f"{k}={v}" for k, v in kw.items())])
+    return load_config(TrainConfig, overrides=[*TINY, "backbone=resnet18", *(f"{k}={v}" for k, v in kw.items())])
 
 
 @pytest.fixture
@@ -67,20 +67,37 @@ def test_pseudo_labels_respect_threshold_cap_and_never_read_hidden_labels(teache
     for c in rep_a["per_class"].values():
         assert c["kept"] <= c["cap"] == 8  # 0.25 x 32 labeled maps per class
     assert rep_a["tta_views"] == 4
-    none_kept, rep = pseudo_label(tdir, pool, tr, threshold=1.0)
-    assert rep["kept"] == len(none_kept)
+    assert rep_a["mean_confidence_kept"] >= 0.6
+    # a stricter threshold keeps a subset, every kept map at least that confident
+    lax, rep_lax = pseudo_label(tdir, pool, tr, threshold=0.5, max_per_class_ratio=10)
+    strict, rep_strict = pseudo_label(tdir, pool, tr, threshold=0.95, max_per_class_ratio=10)
+    assert rep_lax["kept"] == len(pool)  # two classes: the top class is always >= 0.5
+    for name, c in rep_strict["per_class"].items():
+        assert c["confident"] <= rep_lax["per_class"][name]["confident"]
+    assert rep_strict["kept"] == 0 or rep_strict["mean_confidence_kept"] >= 0.95
+    # a class without labeled maps gets no pseudo-labels
+    only_vertical = tr.subset(np.flatnonzero(tr.labels == 0))
+    _, rep_one = pseudo_label(tdir, pool, only_vertical, threshold=0.5, max_per_class_ratio=10)
+    assert rep_one["per_class"]["horizontal"] == {**rep_one["per_class"]["horizontal"], "cap": 0, "kept": 0}
 
 
 def test_self_train_student_trains_on_labels_plus_pseudo_labels(tmp_path, teacher, make_lines):
     tdir, tr, va = teacher
     pool = WaferDataset(class_names=("x",), maps=make_lines(40, seed=7).maps)  # unlabeled, other names
-    r = self_train(_cfg(strategy="full_finetune", epochs=2, symmetries="hflip,vflip"), tdir, tr, va, pool,
-                   tmp_path / "student", threshold=0.6)
-    rep = json.loads((tmp_path / "student" / "self_training.json").read_text())
-    assert rep["rounds"][0]["kept"] > 0 and (tmp_path / "student" / "weights.pt").is_file()
-    assert r.extra["self_training"][0]["student_best_val"]["macro_f1"] > 0
-    # the student started from the teacher's weights, not from ImageNet or random init
-    assert json.loads((tmp_path / "student" / "model.json").read_text())["weights_source"].endswith("teacher")
+    out = tmp_path / "student"
+    r = self_train(_cfg(strategy="full_finetune", epochs=2, symmetries="hflip,vflip"), tdir, tr, va, pool, out,
+                   rounds=2, threshold=0.6)
+    rep = json.loads((out / "self_training.json").read_text())
+    assert [x["round"] for x in rep["rounds"]] == [1, 2] and all(x["kept"] > 0 for x in rep["rounds"])
+    assert r.extra["self_training"] == rep["rounds"] and (out / "weights.pt").is_file()
+    # round 1's student starts from the teacher, round 2's from round 1's student (not ImageNet, not random)
+    source = lambda d: json.loads((d / "model.json").read_text())["weights_source"]  # noqa: E731
+    assert source(out / "rounds" / "r1") == f"file:{tdir.resolve()}"
+    assert source(out) == f"file:{(out / 'rounds' / 'r1').resolve()}"
+    # and the student's weights really are trained from there: they differ from the teacher's
+    t_sd = torch.load(tdir / "weights.pt", weights_only=True)
+    s_sd = torch.load(out / "weights.pt", weights_only=True)
+    assert any(not torch.equal(t_sd[k], s_sd[k]) for k in t_sd if t_sd[k].is_floating_point())
 
 
 def test_self_train_refuses_bad_settings(tmp_path, teacher, make_lines):
@@ -98,20 +115,17 @@ def test_self_train_refuses_bad_settings(tmp_path, teacher, make_lines):
 
 
 
-def test_cli_train_with_unlabeled_maps_then_evaluate_with_tta(tmp_path, make_lines, capsys):
+def test_cli_train_with_unlabeled_maps_then_evaluate_with_tta(tmp_path, make_lines, r18_file, capsys):
     from waferflow.cli import main
     from waferflow.data.contract import save_dataset
-    from waferflow.models import create_model
 
-    torch.manual_seed(0)
-    src = tmp_path / "r18.pt"
-    torch.save(create_model("resnet18", 10, pretrained="none")[0].state_dict(), src)
+    src = r18_file
     d = tmp_path / "data"
     d.mkdir()
     for name, seed, n in (("train", 0, 64), ("val", 1, 16), ("test", 2, 16)):
         save_dataset(make_lines(n, seed=seed), d / f"{name}.npz")
     save_dataset(WaferDataset(class_names=("x",), maps=make_lines(32, seed=3).maps), tmp_path / "pool.npz")
-    sets = sum((["--set", s] for s in [*TINY[:4], "symmetries=hflip,vflip"]), [])
+    sets = sum((["--set", s] for s in [*TINY, "symmetries=hflip,vflip"]), [])
 
     def cli(strategy, unlabeled, out):
         return main(["train", "--data", str(d), "--strategy", strategy, "--backbone", "resnet18", "--weights",
@@ -122,8 +136,9 @@ def test_cli_train_with_unlabeled_maps_then_evaluate_with_tta(tmp_path, make_lin
     capsys.readouterr()
     assert cli("full_finetune", tmp_path / "junk.npz", tmp_path / "bad") != 0  # refused before any training
     assert "not a readable .npz" in capsys.readouterr().err
-    assert cli("feature_extraction", tmp_path / "pool.npz", tmp_path / "bad") != 0
-    assert "strategy 'feature_extraction' cannot" in capsys.readouterr().err
+    assert main(["train", "--data", str(d), "--weights", str(src), "--unlabeled", str(tmp_path / "pool.npz"),
+                 "--pseudo-threshold", "1.5", "--out", str(tmp_path / "bad")]) != 0
+    assert "threshold must be in (0, 1]" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
     assert cli("full_finetune", tmp_path / "pool.npz", tmp_path / "m") == 0
     summary = json.loads(capsys.readouterr().out)
@@ -133,4 +148,6 @@ def test_cli_train_with_unlabeled_maps_then_evaluate_with_tta(tmp_path, make_lin
     assert main(["evaluate", "--model", str(tmp_path / "m"), "--data", str(d / "test.npz"), "--out",
                  str(tmp_path / "ev"), "--tta", "--gradcam-per-class", "0"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["form"] == "torch+tta4" and 0 <= out["accuracy"] <= 1
+    assert out["form"] == "torch+tta4"
+    plain = json.loads((tmp_path / "m" / "metrics.json").read_text())["overall"]
+    assert out["n"] == plain["n"] == 16

@@ -131,17 +131,19 @@ def cmd_train(args) -> int:
     if weights is not None and weights in ("auto", "hub", "offline", "none", "imagenet"):
         cfg = _config(args, strategy=args.strategy, backbone=args.backbone, epochs=args.epochs, pretrained=weights)
         weights = None
-    if args.student_epochs < 0 or args.self_train_rounds < 1:
-        raise ConfigError("--student-epochs must be >= 0 and --self-train-rounds >= 1")
     unlabeled = None
     if args.unlabeled:
         from waferflow.data.contract import load_dataset
+        from waferflow.train.selftrain import check_settings
 
-        # read (and refuse) the unlabeled file before hours of training, not after
+        # refuse bad settings and an unreadable unlabeled file before hours of training, not after
+        check_settings(args.pseudo_threshold, args.pseudo_cap, args.self_train_rounds)
+        if args.student_epochs < 0:
+            raise ConfigError(f"--student-epochs must be >= 0, got {args.student_epochs}")
+        if args.resume:
+            raise ConfigError("--resume continues one training run; it cannot resume a self-training run. Resume "
+                              "the teacher alone (without --unlabeled), then run self-training from it")
         unlabeled = load_dataset(args.unlabeled)
-        if cfg.strategy in ("scratch", "feature_extraction"):
-            raise ConfigError(f"--unlabeled fine-tunes the trained model; strategy {cfg.strategy!r} cannot. "
-                              "Use full_finetune or gradual_unfreezing")
     first = Path(args.out) / "teacher" if unlabeled is not None else Path(args.out)
     r = train(cfg, tr, va, first, weights=weights, resume=args.resume)
     if unlabeled is not None:

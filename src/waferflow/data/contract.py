@@ -313,9 +313,15 @@ def concat_datasets(parts: list[WaferDataset]) -> WaferDataset:
 
 
 def dataset_hash(ds: WaferDataset) -> str:
-    """sha256 over the maps, shapes, labels, class names and lots (content, not file bytes)."""
+    """sha256 over the maps, shapes, labels, class names and lots (content, not file bytes).
+
+    The ``taxonomy`` entry is metadata, not content: the same maps keep the same hash with or without it, so
+    registry comparisons against champions hashed before it travelled in the file still match.
+    """
     h = hashlib.sha256()
     for k, v in sorted(ds.to_arrays().items()):
+        if k == "taxonomy":
+            continue
         h.update(k.encode())
         h.update(str(v.dtype).encode())
         h.update(str(v.shape).encode())

@@ -52,7 +52,7 @@ def model_symmetries(spec, taxonomy: str | None = None) -> tuple[str, ...]:
     recorded = (getattr(spec, "extra", None) or {}).get("train", {}).get("symmetries")
     if recorded is not None:
         return tuple(recorded)
-    return resolve_symmetries("auto", taxonomy or getattr(spec, "taxonomy", None), spec.class_names)
+    return resolve_symmetries("auto", getattr(spec, "taxonomy", None) or taxonomy, spec.class_names)
 
 
 class Augmenter:

@@ -36,47 +36,50 @@ def pseudo_label(teacher_dir: str | Path, unlabeled: WaferDataset, labeled: Wafe
         ConfigError: threshold outside (0, 1] or a non-positive cap. DataError: no unlabeled maps, or the
         teacher's classes differ from the labeled data's.
     """
-    from waferflow.evaluation import check_classes, predict_dataset, torch_predictor, tta_predictor
+    from waferflow.evaluation import _softmax, check_classes, predict_dataset, torch_predictor, tta_predictor
     from waferflow.models import load_model_dir
     from waferflow.train.augment import model_symmetries
 
-    if not 0.0 < threshold <= 1.0:
-        raise ConfigError(f"self-training threshold must be in (0, 1], got {threshold}")
-    if max_per_class_ratio <= 0:
-        raise ConfigError(f"max_per_class_ratio must be > 0, got {max_per_class_ratio}")
+    check_settings(threshold, max_per_class_ratio)
     if len(unlabeled) == 0:
         raise DataError("self-training needs unlabeled maps; the unlabeled dataset is empty")
     model, spec = load_model_dir(teacher_dir)
     check_classes(labeled, spec)
     predict = torch_predictor(model)
-    views = [(0, False, False)]
     if tta:
         predict = tta_predictor(predict, model_symmetries(spec, labeled.meta.get("taxonomy")))
-        views = predict.views
-    # unlabeled maps may carry other class names (or none); only the maps are used
-    maps_only = replace(unlabeled, labels=None, class_names=tuple(spec.class_names))
-    logits = predict_dataset(predict, maps_only, spec, batch_size, desc="pseudo-label")
-    z = logits - logits.max(1, keepdims=True)
-    prob = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    # only the maps are read: labels and class names of the unlabeled file play no part
+    prob = _softmax(predict_dataset(predict, unlabeled, spec, batch_size, desc="pseudo-label"))
     conf, pred = prob.max(1), prob.argmax(1)
     labeled_counts = np.bincount(labeled.labels, minlength=len(spec.class_names))
     keep: list[np.ndarray] = []
     per_class = {}
     for c, name in enumerate(spec.class_names):
         cand = np.flatnonzero((pred == c) & (conf >= threshold))
-        cap = int(np.ceil(max_per_class_ratio * max(labeled_counts[c], 1)))
+        # a class without labeled maps gets no pseudo-labels: the teacher never saw one
+        cap = int(np.ceil(max_per_class_ratio * labeled_counts[c]))
         chosen = cand[np.argsort(-conf[cand], kind="stable")[:cap]]
         keep.append(chosen)
         per_class[name] = {"confident": int(len(cand)), "kept": int(len(chosen)), "cap": cap}
-    idx = np.sort(np.concatenate(keep)) if keep else np.zeros(0, np.int64)
+    idx = np.sort(np.concatenate(keep))
     pseudo = replace(unlabeled.subset(idx), labels=pred[idx].astype(np.int64), class_names=tuple(spec.class_names),
                      lots=None, meta=dict(labeled.meta))
     report = {"unlabeled_maps": int(len(unlabeled)), "kept": int(len(idx)), "threshold": threshold,
-              "max_per_class_ratio": max_per_class_ratio, "tta_views": len(views), "per_class": per_class,
+              "max_per_class_ratio": max_per_class_ratio, "tta_views": len(getattr(predict, "views", [None])), "per_class": per_class,
               "mean_confidence_kept": float(conf[idx].mean()) if len(idx) else None}
     if unlabeled.labeled and tuple(unlabeled.class_names) == tuple(spec.class_names) and len(idx):
         report["pseudo_label_accuracy"] = float((pred[idx] == unlabeled.labels[idx]).mean())
     return pseudo, report
+
+
+def check_settings(threshold: float, max_per_class_ratio: float, rounds: int = 1) -> None:
+    """Raise ConfigError for settings self-training cannot use (callers check before any training starts)."""
+    if not 0.0 < threshold <= 1.0:
+        raise ConfigError(f"self-training threshold must be in (0, 1], got {threshold}")
+    if max_per_class_ratio <= 0:
+        raise ConfigError(f"max_per_class_ratio must be > 0, got {max_per_class_ratio}")
+    if rounds < 1:
+        raise ConfigError(f"self-training rounds must be >= 1, got {rounds}")
 
 
 def self_train(cfg, teacher_dir: str | Path, train_ds: WaferDataset, val_ds: WaferDataset, unlabeled: WaferDataset,
@@ -90,12 +93,10 @@ def self_train(cfg, teacher_dir: str | Path, train_ds: WaferDataset, val_ds: Waf
     Returns:
         The last round's :class:`TrainResult`, its ``extra["self_training"]`` holding the rounds' reports.
     """
-    import json
-
+    from waferflow.config import atomic_write_json
     from waferflow.train.loop import train
 
-    if rounds < 1:
-        raise ConfigError(f"self-training rounds must be >= 1, got {rounds}")
+    check_settings(threshold, max_per_class_ratio, rounds)
     if cfg.strategy in ("scratch", "feature_extraction"):
         raise ConfigError(f"self-training fine-tunes the teacher's weights; strategy {cfg.strategy!r} cannot. "
                           "Use full_finetune or gradual_unfreezing")
@@ -116,6 +117,6 @@ def self_train(cfg, teacher_dir: str | Path, train_ds: WaferDataset, val_ds: Waf
                    seconds=time.perf_counter() - t0)
         reports.append(rep)
         teacher = student
-    (out / "self_training.json").write_text(json.dumps({"teacher": str(teacher_dir), "rounds": reports}, indent=2))
+    atomic_write_json(out / "self_training.json", {"teacher": str(teacher_dir), "rounds": reports})
     result.extra["self_training"] = reports
     return result
