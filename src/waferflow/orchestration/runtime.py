@@ -125,27 +125,6 @@ def tracking_uri(explicit: str = "") -> str:
     return uri
 
 
-def choose_best(rows: dict[str, dict], key: str = "macro_f1") -> tuple[str, list[str]]:
-    """Rank candidates by a validation metric (then accuracy, then name for a stable tie-break).
-
-    Args:
-        rows: candidate name -> evaluator metrics dict (``{"overall": {...}, ...}``).
-        key: The ``overall`` metric to rank by.
-
-    Returns:
-        ``(best_name, ranked_names)``.
-
-    Raises:
-        WaferflowError: ``rows`` is empty.
-    """
-    from waferflow.errors import WaferflowError
-
-    if not rows:
-        raise WaferflowError("no candidates to choose from: every train task failed or the candidate list is empty")
-    ranked = sorted(rows, key=lambda n: (-float(rows[n]["overall"][key]), -float(rows[n]["overall"]["accuracy"]), n))
-    return ranked[0], ranked
-
-
 def comparison_rows(candidates: dict) -> list[dict]:
     rows = []
     meta = candidates.get("model_metadata", {})
