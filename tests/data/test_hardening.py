@@ -226,3 +226,29 @@ def test_written_dataset_round_trips(tmp_path, labeled):
     save_dataset(labeled, tmp_path / "x.npz")
     assert np.array_equal(load_dataset(tmp_path / "x.npz").maps, labeled.maps)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json", "x.npz"]
+
+
+def test_compressed_stream_is_counted_against_the_limit(tmp_path):
+    import lzma
+    import pickle
+
+    df = lswmd_frame(3)
+    df["lotName"] = [f"{i}" + "x" * 600_000 for i in range(3)]  # 1.7 MiB of strings, a few KiB compressed
+    src = tmp_path / "s.pkl.xz"
+    src.write_bytes(lzma.compress(pickle.dumps(df, protocol=5)))
+    assert src.stat().st_size < 10_000
+    with pytest.raises(DataError, match="decompressed pickle stream would pass the limit of 1 MiB"):
+        ingest(src, limits=DecodeLimits(max_decoded_mib=1))
+    assert len(ingest(src, limits=DecodeLimits(max_decoded_mib=8)).dataset) == 3
+
+
+@pytest.mark.parametrize("key,value,msg", [
+    ("class_names", np.zeros((2, 2, 2)), "'class_names' must be a 1-D array"),
+    ("labels", np.array([b"a"] * 6), "'labels' must be integers"),
+    ("maps", np.zeros((6, 4, 4), dtype="V1"), "not numeric"),
+])
+def test_npz_with_odd_arrays_is_one_clear_error_naming_the_file(tmp_path, key, value, msg):
+    src = tmp_path / "odd.npz"
+    src.write_bytes(npz_bytes({**valid_arrays(), key: value}))
+    with pytest.raises(DataError, match=f"odd.npz.*{msg}"):
+        load_dataset(src)

@@ -525,7 +525,15 @@ def load_dataset(path: str | Path, require_labels: bool = False, max_decoded_mib
         DataError: for a missing, truncated or corrupt file, a limit passed, or a contract violation.
     """
     arrays = read_npz_arrays(path, max_decoded_mib)
-    return dataset_from_arrays(arrays, source=str(path)).validate(require_labels=require_labels)
+    try:
+        return dataset_from_arrays(arrays, source=str(path)).validate(require_labels=require_labels)
+    except DataError as e:
+        if str(path) in str(e):
+            raise
+        raise DataError(f"{path}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - odd dtypes/shapes of a bad file end as one clear line
+        raise DataError(f"{path}: its arrays do not follow the data contract ({type(e).__name__}: {str(e)[:200]}); "
+                        "re-create the file with `waferflow ingest`") from None
 
 
 def dataset_from_arrays(arrays: dict[str, np.ndarray], source: str = "arrays") -> WaferDataset:
@@ -544,6 +552,9 @@ def dataset_from_arrays(arrays: dict[str, np.ndarray], source: str = "arrays") -
         elif labels.dtype.kind not in "iu":
             raise DataError(f"{source}: 'labels' must be integers, got dtype {labels.dtype}")
     if "class_names" in a:
+        if np.asarray(a["class_names"]).ndim != 1:
+            raise DataError(f"{source}: 'class_names' must be a 1-D array of names, got shape "
+                            f"{np.asarray(a['class_names']).shape}")
         class_names = tuple(str(c) for c in np.asarray(a["class_names"]).tolist())
     elif labels is not None and len(labels):
         class_names = tuple(str(i) for i in range(int(labels.max()) + 1))

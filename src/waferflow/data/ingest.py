@@ -23,6 +23,7 @@ Unlabeled rows of an LSWMD table become a separate, unlabeled dataset
 
 from __future__ import annotations
 
+import io
 import lzma
 import pickle
 import zipfile
@@ -209,25 +210,34 @@ class _GuardedUnpickler:
 
 
 class _BoundedReader:
-    """File wrapper that refuses any single read larger than the limit (a huge declared bytes object)."""
+    """File wrapper that refuses any single read larger than the limit (a huge declared bytes object).
 
-    def __init__(self, f: Any, budget: DecodeBudget) -> None:
-        self._f, self._budget = f, budget
+    For a compressed pickle it also counts every decompressed byte against ``stream`` (a small file must not
+    decompress into gigabytes of strings); a plain file's stream is bounded by its own size.
+    """
 
-    def _check(self, n: int) -> None:
+    def __init__(self, f: Any, budget: DecodeBudget, stream: DecodeBudget | None = None) -> None:
+        self._f, self._budget, self._stream = f, budget, stream
+
+    def _check(self, n: int | None) -> None:
         if n is not None and n > self._budget.limit:
             self._budget.charge(n, f"a {n}-byte object")
 
+    def _count(self, data: Any) -> Any:
+        if self._stream is not None:
+            self._stream.charge(data if isinstance(data, int) else len(data), "the decompressed pickle stream")
+        return data
+
     def read(self, n: int = -1) -> bytes:
         self._check(n if n >= 0 else None)
-        return self._f.read(n)
+        return self._count(self._f.read(n))
 
     def readinto(self, b: Any) -> int:
         self._check(len(b))
-        return self._f.readinto(b)
+        return self._count(self._f.readinto(b))
 
     def readline(self, limit: int = -1) -> bytes:
-        return self._f.readline(limit)
+        return self._count(self._f.readline(limit))
 
 
 def _charge_array_state(state: Any, budget: DecodeBudget, source: str) -> None:
@@ -312,7 +322,8 @@ def safe_load_dataframe(path: str | Path, limits: DecodeLimits | None = None) ->
     budget = (limits or DecodeLimits()).budget(p.name)
     try:
         with _open_pickle(p) as f:
-            obj = _GuardedUnpickler.make(_BoundedReader(f, budget), p.name, budget).load()
+            stream = None if isinstance(f, io.BufferedReader) else (limits or DecodeLimits()).budget(p.name)
+            obj = _GuardedUnpickler.make(_BoundedReader(f, budget, stream), p.name, budget).load()
     except DataError:
         raise
     except MemoryError:
