@@ -179,34 +179,31 @@ def _check_dtype(d: Any, source: str) -> np.dtype:
 _NDARRAY = object()  # what find_class gives for numpy.ndarray: usable only as _reconstruct's first argument
 
 
-class _GuardedUnpickler:
-    """Pure-Python unpickler (pandas' compat unpickler) with an allow-list, dtype checks and a byte budget.
+def _guarded_unpickler(file: Any, source: str, budget: DecodeBudget) -> Any:
+    """Pure-Python unpickler (pandas' compat unpickler) with the allow-list, dtype checks and the byte budget.
 
     Every BUILD of a numpy dtype is checked right after it is applied, before anything uses the dtype; every
     array that is built is charged to the budget before its memory is allocated.
     """
+    from pandas.compat import pickle_compat
 
-    @staticmethod
-    def make(file: Any, source: str, budget: DecodeBudget) -> Any:
-        from pandas.compat import pickle_compat
+    class _Guarded(pickle_compat.Unpickler):
+        dispatch = dict(pickle_compat.Unpickler.dispatch)
 
-        class _U(pickle_compat.Unpickler):
-            dispatch = dict(pickle_compat.Unpickler.dispatch)
+        def find_class(self, module: str, name: str) -> Any:
+            return _guarded_global(module, name, source, budget, super().find_class)
 
-            def find_class(self, module: str, name: str) -> Any:
-                return _guarded_global(module, name, source, budget, super().find_class)
+        def load_build(self) -> None:
+            inst, state = self.stack[-2], self.stack[-1]
+            if isinstance(inst, np.ndarray):
+                _charge_array_state(state, budget, source)
+            pickle_compat.Unpickler.load_build(self)
+            if isinstance(inst, np.dtype):
+                _check_dtype(inst, source)
 
-            def load_build(self) -> None:
-                inst, state = self.stack[-2], self.stack[-1]
-                if isinstance(inst, np.ndarray):
-                    _charge_array_state(state, budget, source)
-                pickle_compat.Unpickler.load_build(self)
-                if isinstance(inst, np.dtype):
-                    _check_dtype(inst, source)
+        dispatch[pickle.BUILD[0]] = load_build
 
-            dispatch[pickle.BUILD[0]] = load_build
-
-        return _U(file, encoding="latin1")
+    return _Guarded(file, encoding="latin1")
 
 
 class _BoundedReader:
@@ -323,7 +320,7 @@ def safe_load_dataframe(path: str | Path, limits: DecodeLimits | None = None) ->
     try:
         with _open_pickle(p) as f:
             stream = None if isinstance(f, io.BufferedReader) else (limits or DecodeLimits()).budget(p.name)
-            obj = _GuardedUnpickler.make(_BoundedReader(f, budget, stream), p.name, budget).load()
+            obj = _guarded_unpickler(_BoundedReader(f, budget, stream), p.name, budget).load()
     except DataError:
         raise
     except MemoryError:
