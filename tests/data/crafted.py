@@ -54,6 +54,16 @@ def forged_dtype_pickle(path: Path, pointer: bytes = b"AAAAAAAA") -> Path:
     return path
 
 
+def bad_block_placement_pickle(path: Path, locs: list[int]) -> Path:
+    """An LSWMD table whose one block claims the column positions ``locs`` (out of range, or repeated)."""
+    from pandas._libs.internals import BlockPlacement
+
+    df = lswmd_frame(3)
+    df._mgr.blocks[0]._mgr_locs = BlockPlacement(np.asarray(locs, dtype=np.intp))
+    path.write_bytes(pickle.dumps(df, protocol=5))
+    return path
+
+
 def memo_bomb_xz(path: Path, side: int = 1000, rows: int = 300) -> Path:
     """An xz pickle whose ``rows`` rows all refer to ONE side x side map through the pickle memo."""
     import pandas as pd

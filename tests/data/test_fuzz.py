@@ -26,7 +26,7 @@ def test_uncorrupted_seeds_are_read(seed_inputs, name, tmp_path):
     assert run_reader(data, suffix, tmp_path) == "ok"
 
 
-@settings(max_examples=120, deadline=None, database=None, derandomize=True,
+@settings(max_examples=300, deadline=None, database=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(name=st.sampled_from(["npz", "npz_compressed", "pickle_p5", "pickle_legacy", "pickle_xz", "png"]), ops=OPS)
 def test_corrupted_inputs_are_read_or_refused_never_crash(seed_inputs, name, ops):

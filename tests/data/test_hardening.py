@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from crafted import (forged_dtype_pickle, grey_png, lswmd_frame, memo_bomb_xz, npz_bytes, npz_declaring,
+from crafted import (bad_block_placement_pickle, forged_dtype_pickle, grey_png, lswmd_frame, memo_bomb_xz, npz_bytes, npz_declaring,
                      png_header_only, valid_arrays)
 
 from waferflow.cli import main
@@ -64,6 +64,13 @@ def test_decoded_size_limit_names_itself_and_how_to_raise_it(tmp_path, dump_pick
     err = _cli_err(capsys, ["ingest", str(src), "--out", str(tmp_path / "o.npz"), "--max-decoded-mib", "1"])
     assert "limit of 1 MiB (--max-decoded-mib)" in err and "raise" in err
     assert main(["ingest", str(src), "--out", str(tmp_path / "o.npz"), "--max-decoded-mib", "4"]) == 0
+
+
+@pytest.mark.parametrize("locs", [[10**6, 2, 1], [-10**6, 2, 1], [0, 0, 0]])
+def test_forged_block_placement_is_one_clear_error(tmp_path, capsys, locs):
+    src = bad_block_placement_pickle(tmp_path / "blocks.pkl", locs)
+    assert "blocks.pkl" in _cli_err(capsys, ["ingest", str(src), "--out", str(tmp_path / "o.npz")])
+    assert _files(tmp_path) == ["blocks.pkl"]
 
 
 @pytest.mark.parametrize("cell,msg", [
