@@ -191,9 +191,10 @@ def acquire(tracking_uri: str, name: str, *, owner: str, timeout_s: float = 60.0
     while True:
         epochs = _epochs(c, tracking_uri, name, retry)
         top = max(epochs, default=0)
-        now_ms = server_now_ms(c, tracking_uri, name, retry) if top else 0
-        if not top or _is_free(epochs[top], now_ms):
-            if top and epochs[top].tags.get(TAG_RELEASED) != "true":
+        released = not top or epochs[top].tags.get(TAG_RELEASED) == "true"
+        now_ms = 0 if released else server_now_ms(c, tracking_uri, name, retry)
+        if released or _is_free(epochs[top], now_ms):
+            if not released:
                 log.warning("breaking stale promotion lock %s%s%d of %s", name, LOCK_INFIX, top,
                             epochs[top].tags.get(TAG_OWNER, "?"))
             rm = _try_take(c, tracking_uri, name, top + 1, token, owner, lease_s, retry)
