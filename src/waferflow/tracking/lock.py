@@ -30,7 +30,6 @@ from typing import Any, Callable, Iterator
 
 from waferflow.errors import RegistryError
 from waferflow.tracking.retry import RetryPolicy, with_retries
-from waferflow.tracking.runs import client_for
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +41,13 @@ TAG_TOKEN, TAG_LEASE, TAG_OWNER, TAG_RELEASED = "lock.token", "lock.lease_s", "l
 
 def _r(uri: str, what: str, fn: Callable[[], Any], retry: RetryPolicy | None) -> Any:
     return with_retries(fn, what=what, uri=uri, policy=retry)
+
+
+def _client(uri: str) -> Any:
+    # not tracking.runs.client_for: runs imports registry, which imports this module (no import cycle)
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 def _code(e: Exception) -> str:
@@ -185,7 +191,7 @@ def acquire(tracking_uri: str, name: str, *, owner: str, timeout_s: float = 60.0
     margin_s = lease_s / 4.0 if margin_s is None else margin_s
     if lease_s <= 0 or not 0 < margin_s < lease_s:
         raise RegistryError(f"lease_s must be > 0 and 0 < margin_s < lease_s; got {lease_s}, {margin_s}")
-    c = client_for(tracking_uri)
+    c = _client(tracking_uri)
     token = uuid.uuid4().hex
     deadline = time.monotonic() + timeout_s
     while True:
