@@ -7,9 +7,9 @@ Design (see docs/REGISTRY.md):
 * Audit trail: one registered-model tag per entry, key ``audit.<utc ns, 20 digits>.<random>``, value a JSON
   object. Each writer adds its own key, so concurrent writers never read-modify-write a shared value and cannot
   lose each other's entries; sorting keys gives time order.
-* Promotion lock: the atomic primitive every MLflow backend has is "create registered model fails when the name
-  exists" (a unique key in the database). ``<name>.promotion-lock`` is created to take the lock and deleted to
-  release it; a lock older than its lease (a crashed holder) is broken.
+* Promotion lock: a fenced lock in :mod:`waferflow.tracking.lock` (epochs of ``<name>.promotion-lock.<n>``, a
+  token per holder, leases judged on the registry server's clock). Every alias move under the lock checks the
+  token first, so a holder whose lock was broken stops before it moves ``champion``.
 * Order of a promotion: tags, card and audit *intent* first; the alias move is the last and single step that
   changes ``champion``; then the audit entry is marked *applied*. A failure before or during the move leaves
   ``champion`` where it was.
@@ -31,11 +31,12 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
 from waferflow.errors import RegistryError
 from waferflow.gates import GateConfig, GateReport, gate_vs_champion
 from waferflow.tracking.card import build_model_card
+from waferflow.tracking.lock import LockHandle, promotion_lock
 from waferflow.tracking.retry import RetryPolicy, with_retries
 from waferflow.tracking.runs import (EXPORT_ARTIFACT, INFO_DIR, MODEL_DIR_ARTIFACT, TAG_LOGGED_MODEL, _fluent,
                                      client_for, download_run_artifacts)
@@ -46,7 +47,6 @@ DEFAULT_MODEL_NAME = "wafer-defect-classifier"
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 AUDIT_PREFIX = "audit."
-LOCK_SUFFIX = ".promotion-lock"
 
 
 @dataclass(frozen=True)
@@ -175,55 +175,6 @@ def _as_report(gate_report: GateReport | Mapping[str, Any]) -> GateReport:
                         "get one from waferflow.gates.check_gates")
 
 
-# ---------------------------------------------------------------- lock
-@contextlib.contextmanager
-def promotion_lock(tracking_uri: str, name: str = DEFAULT_MODEL_NAME, *, owner: str = "", timeout_s: float = 60.0,
-                   lease_s: float = 300.0, poll_s: float = 0.2, retry: RetryPolicy | None = None) -> Iterator[None]:
-    """Mutual exclusion for alias moves on ``name``, across threads, processes and machines.
-
-    Raises:
-        RegistryError: The lock stayed held for ``timeout_s``.
-    """
-    from mlflow.exceptions import MlflowException
-
-    c = client_for(tracking_uri)
-    lock = name + LOCK_SUFFIX
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            _r(tracking_uri, "take promotion lock", lambda: c.create_registered_model(
-                lock, description=f"waferflow promotion lock held by {owner or default_actor()} "
-                f"(pid {os.getpid()}) since {_now_iso()}; delete it only if that promotion crashed"), retry)
-            break
-        except MlflowException as e:
-            # on a name clash the sqlalchemy store re-reads the existing model for its message; when the holder
-            # released it in between, that read fails with RESOURCE_DOES_NOT_EXIST: contention either way
-            if e.error_code not in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"):
-                raise
-        try:
-            held = c.get_registered_model(lock)
-        except MlflowException:
-            continue  # released meanwhile
-        age_s = time.time() - held.creation_timestamp / 1000.0
-        if age_s > lease_s:
-            log.warning("breaking stale promotion lock %s (%.0fs old)", lock, age_s)
-            with contextlib.suppress(MlflowException):
-                c.delete_registered_model(lock)
-            continue
-        if time.monotonic() > deadline:
-            raise RegistryError(
-                f"another promotion of '{name}' holds the lock ({held.description}) for {age_s:.0f}s at "
-                f"{tracking_uri}; wait and retry, or, if that promotion crashed, delete registered model '{lock}'")
-        time.sleep(poll_s)
-    try:
-        yield
-    finally:
-        try:
-            _r(tracking_uri, "release promotion lock", lambda: c.delete_registered_model(lock), retry)
-        except Exception as e:  # noqa: BLE001 - the lease frees it; do not mask the body's error
-            log.warning("could not release promotion lock %s (it expires after %ss): %s", lock, lease_s, e)
-
-
 # ---------------------------------------------------------------- registration
 def _test_hash(manifest: Mapping | None) -> str | None:
     if not manifest:
@@ -340,9 +291,12 @@ def register_candidate(
 
 
 def _move_alias(c, uri: str, name: str, alias: str, version: str, *, action: str, actor: str, reason: str,
-                metrics: Mapping, retry, old: str | None = None, before_move: Callable[[], None] | None = None
-                ) -> str:
-    """Audit intent -> move alias (the single step that changes it) -> mark applied. Returns the audit key."""
+                metrics: Mapping, retry, old: str | None = None, before_move: Callable[[], None] | None = None,
+                fence: LockHandle | None = None) -> str:
+    """Audit intent -> (fence check) -> move alias (the single step that changes it) -> mark applied.
+
+    Returns the audit key. With ``fence``, the move happens only while that promotion lock is still held.
+    """
     old = old if old is not None else _alias_version(c, uri, name, alias, retry)
     entry = {"ts": _now_iso(), "action": action, "alias": alias, "old_version": old, "new_version": version,
              "actor": actor, "reason": reason, "metrics": dict(metrics), "status": "intent"}
@@ -350,6 +304,8 @@ def _move_alias(c, uri: str, name: str, alias: str, version: str, *, action: str
     try:
         if before_move is not None:
             before_move()
+        if fence is not None:
+            fence.check()
         _r(uri, f"set alias {alias}", lambda: c.set_registered_model_alias(name, alias, version), retry)
     except BaseException as e:
         with contextlib.suppress(Exception):
@@ -402,7 +358,8 @@ def promote_if_passing(
                                              "old_version": cur, "new_version": version, "actor": actor,
                                              "reason": why, "metrics": metrics, "status": "decision"}, retry)
         return PromotionResult(False, version, cur, cur, why, key)
-    with promotion_lock(tracking_uri, name, owner=f"{actor}:v{version}", timeout_s=lock_timeout_s, retry=retry):
+    with promotion_lock(tracking_uri, name, owner=f"{actor}:v{version}", timeout_s=lock_timeout_s,
+                        retry=retry) as lock:
         cur = _alias_version(c, tracking_uri, name, CHAMPION, retry)
         if cur == version:
             return PromotionResult(False, version, cur, cur, "already champion")
@@ -419,7 +376,7 @@ def promote_if_passing(
         if cur is not None and cur != gate_report.champion_version:
             reason += f"; re-checked against current champion v{cur}: not worse"
         key = _move_alias(c, tracking_uri, name, CHAMPION, version, action="promote", actor=actor, reason=reason,
-                          metrics=metrics, retry=retry, old=cur, before_move=_before_move)
+                          metrics=metrics, retry=retry, old=cur, before_move=_before_move, fence=lock)
     return PromotionResult(True, version, cur, version, reason, key)
 
 
@@ -455,7 +412,8 @@ def promote(tracking_uri: str, version: str, *, reason: str, actor: str | None =
     actor = actor or default_actor()
     c = client_for(tracking_uri)
     tags = _existing_version_tags(c, tracking_uri, name, version, retry)
-    with promotion_lock(tracking_uri, name, owner=f"{actor}:v{version}", timeout_s=lock_timeout_s, retry=retry):
+    with promotion_lock(tracking_uri, name, owner=f"{actor}:v{version}", timeout_s=lock_timeout_s,
+                        retry=retry) as lock:
         cur = _alias_version(c, tracking_uri, name, CHAMPION, retry)
         if cur == version:
             return PromotionResult(False, version, cur, cur, "already champion")
@@ -501,7 +459,8 @@ def rollback(tracking_uri: str, *, reason: str, actor: str | None = None, name: 
         raise RegistryError("a rollback needs --reason")
     actor = actor or default_actor()
     c = client_for(tracking_uri)
-    with promotion_lock(tracking_uri, name, owner=f"{actor}:rollback", timeout_s=lock_timeout_s, retry=retry):
+    with promotion_lock(tracking_uri, name, owner=f"{actor}:rollback", timeout_s=lock_timeout_s,
+                        retry=retry) as lock:
         cur = _alias_version(c, tracking_uri, name, CHAMPION, retry)
         stack = champion_stack(audit_history(tracking_uri, name=name, retry=retry))
         if not stack or cur is None:
@@ -514,7 +473,7 @@ def rollback(tracking_uri: str, *, reason: str, actor: str | None = None, name: 
         prev = stack[-2]
         tags = _version_tags(c, tracking_uri, name, prev, retry)
         key = _move_alias(c, tracking_uri, name, CHAMPION, prev, action="rollback", actor=actor,
-                          reason=reason.strip(), metrics=_summary_metrics(tags), retry=retry, old=cur)
+                          reason=reason.strip(), metrics=_summary_metrics(tags), retry=retry, old=cur, fence=lock)
     return PromotionResult(True, prev, cur, prev, reason.strip(), key)
 
 
