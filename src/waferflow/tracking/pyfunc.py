@@ -7,7 +7,8 @@ and then through the ONNX model of the deployment form. The ONNX FP32/INT8 forms
 
 Over HTTP: ``POST /invocations`` with ``{"inputs": [map, map, ...]}``, each map a list of rows of 0/1/2; the answer
 is ``{"predictions": ["Center", "none", ...]}``. Serving needs waferflow installed in the serving environment
-(``--env-manager local``, or the component image).
+(``--env-manager local``, or the component image). The model is logged as code (``_pyfunc_code.py``), so loading it
+unpickles nothing.
 """
 
 from __future__ import annotations
@@ -51,11 +52,6 @@ def _as_maps(model_input: Any) -> list:
 
 class WaferMapClassifier(mlflow.pyfunc.PythonModel):
     """Raw 0/1/2 maps of any size -> class names, through ``preprocess`` and the ONNX model."""
-
-    def __getstate__(self) -> dict:
-        # MLflow pickles the instance when logging, possibly after loading it to check the input example; the
-        # ONNX session is rebuilt from the artifacts by load_context.
-        return {}
 
     def load_context(self, context) -> None:
         import onnxruntime as ort
@@ -121,7 +117,8 @@ def log_pyfunc(tracking_uri: str, run_id: str, onnx_path: str | Path, spec_path:
     spec = json.loads(Path(spec_path).read_text())
     with _fluent(tracking_uri), mlflow.start_run(run_id=run_id, nested=True):
         info = mlflow.pyfunc.log_model(
-            name=name, python_model=WaferMapClassifier(), input_example=example_maps(spec),
+            # models from code: loading rebuilds the model from _pyfunc_code.py, nothing is unpickled
+            name=name, python_model=str(Path(__file__).with_name("_pyfunc_code.py")), input_example=example_maps(spec),
             artifacts={ONNX_ARTIFACT: str(onnx_path), SPEC_ARTIFACT: str(spec_path)},
             # explicit requirements: inferring them spawns a subprocess and costs seconds
             pip_requirements=[f"onnxruntime=={ort.__version__}", f"numpy=={np.__version__}",
