@@ -132,8 +132,9 @@ class GateResult:
         return f"{self.value:.4f}{ci}"
 
     def describe(self) -> str:
-        return f"{self.name}: {self.value_text()} {self.op} {self.threshold:.4g} -> " \
-            f"{'pass' if self.passed else 'FAIL'}" + (f" ({self.detail})" if self.detail else "")
+        rule = f"one-sided p >= {self.threshold:g}" if self.p_value is not None else f"{self.op} {self.threshold:.4g}"
+        return f"{self.name}: {self.value_text()} ({rule}) -> {'pass' if self.passed else 'FAIL'}" + (
+            f" ({self.detail})" if self.detail else "")
 
     def reason(self) -> str:
         """Why this gate failed, short: ``macro_f1 0.7100 [0.6200, 0.8000] < 0.85 (detail)``."""
