@@ -221,3 +221,20 @@ def test_registered_pyfunc_wraps_the_deployment_form(reviewed):
     sess = ort.InferenceSession(str(reviewed["ed"] / "model.onnx"), providers=["CPUExecutionProvider"])
     x = np.concatenate([preprocess(np.asarray(mp, np.uint8), spec) for mp in maps])
     assert got == [spec.class_names[k] for k in sess.run(None, {"input": x})[0].argmax(1)]
+
+
+def test_promotion_recheck_uses_the_kept_predictions(reviewed):
+    """Gates evaluated before v1 became champion: under the lock the candidate is re-checked against v1 with the
+    paired test on the kept per-map predictions (it loses 30 maps v1 gets right), and refused."""
+    uri, name = reviewed["uri"], reviewed["name"]
+    y = np.arange(400) % len(CLASSES)
+    worse = y.copy()
+    worse[100:150] = (y[100:150] + 1) % len(CLASSES)
+    m = reviewed["runs"]["v2"][1]
+    rep = check_gates({"metrics": m, "int8_metrics": m, "latency": make_latency()})  # no champion at gate time
+    assert rep.passed and rep.champion_version is None
+    v = T.register_candidate(uri, reviewed["runs"]["v2"][0], rep, name=name,
+                             predictions={"labels": y, "predictions": worse})
+    res = T.promote_if_passing(uri, v, rep, name=name)
+    assert not res.promoted and f"moved to v{reviewed['v1']}" in res.reason and "McNemar on 400 maps" in res.reason
+    assert T.champion_version(uri, name=name) == reviewed["v1"]
