@@ -150,3 +150,31 @@ def test_cli_queue_then_merge_writes_the_next_runs_data(model_dir, labeled, tmp_
                  str(tmp_path / "unl.npz"), "--data", str(tmp_path / "lab.npz"), "--out", str(out), "--remaining",
                  str(tmp_path / "rest.npz")]) == 0
     assert len(load_dataset(out, require_labels=True)) == 7 and len(load_dataset(tmp_path / "rest.npz")) == 19
+
+
+def _artifact(cls, tmp_path, name):
+    a = cls(name=name, uri=str(tmp_path / name), metadata={})
+    a.path = str(tmp_path / name)  # local path, as the KFP executor sets it
+    return a
+
+
+def test_pipeline_component_writes_the_queue_or_says_why_not(model_dir, tmp_path):
+    import json
+
+    from kfp import dsl
+
+    from waferflow.components.label_queue import build_label_queue
+
+    model = _artifact(dsl.Model, tmp_path, "model")
+    model.path = str(model_dir)
+    unl = _artifact(dsl.Dataset, tmp_path, "unl")
+    q = _artifact(dsl.Artifact, tmp_path, "q")
+    (tmp_path / "unl").mkdir()
+    build_label_queue.python_func(model=model, unlabeled=unl, n=5, queue=q)  # no unlabeled maps in the data
+    assert json.loads((tmp_path / "q" / "queue.json").read_text()) == {"skipped": "the data has no unlabeled maps"}
+    assert q.metadata["skipped"] and not (tmp_path / "q" / "queue.csv").exists()
+    save_dataset(variable_maps(25), tmp_path / "unl" / "data.npz")
+    q2 = _artifact(dsl.Artifact, tmp_path, "q2")
+    build_label_queue.python_func(model=model, unlabeled=unl, n=5, queue=q2)
+    assert q2.metadata["n"] == 5 and len((tmp_path / "q2" / "queue.csv").read_text().splitlines()) == 6
+    assert (tmp_path / "q2" / "queue.png").is_file()
