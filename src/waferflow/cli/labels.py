@@ -56,6 +56,8 @@ def _merge(args) -> int:
         p = getattr(args, flag)
         if p and not p.endswith(".npz"):
             raise ConfigError(f"--{flag} {p} must be a .npz file")
+        if p and not Path(p).resolve().parent.is_dir():
+            raise ConfigError(f"--{flag} {p}: folder {Path(p).resolve().parent} does not exist; create it first")
     merged, remaining, report = merge_labels(args.queue, load_dataset(args.unlabeled), load_dataset(args.data,
                                                                                                      require_labels=True))
     save_dataset(merged, args.out, source=f"{args.data} + labels from {args.queue}")

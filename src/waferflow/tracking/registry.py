@@ -48,6 +48,7 @@ CHALLENGER = "challenger"
 AUDIT_PREFIX = "audit."
 LOCK_SUFFIX = ".promotion-lock"
 PREDICTIONS_FILE = "test_predictions.json"
+CONFIG_ARTIFACT = "config/resolved_config.json"  # the candidate's training config, as log_candidate logs it
 
 
 @dataclass(frozen=True)
@@ -296,8 +297,8 @@ def register_candidate(
         raise RegistryError(f"run {run_id} has no logged ONNX model; call log_candidate with an export dir "
                             "(log_models=True) before register_candidate")
     info = _read_run_jsons(tracking_uri, run_id, [f"{INFO_DIR}/{f}" for f in (
-        "model.json", "metrics.json", "int8_metrics.json", "latency.json", "data_manifest.json", "config.json",
-        "self_training.json")], retry)
+        "model.json", "metrics.json", "int8_metrics.json", "latency.json", "data_manifest.json",
+        "self_training.json")] + [CONFIG_ARTIFACT], retry)
     spec = info[f"{INFO_DIR}/model.json"] or {}
     metrics = info[f"{INFO_DIR}/metrics.json"] or {}
     manifest = info[f"{INFO_DIR}/data_manifest.json"]
@@ -313,7 +314,7 @@ def register_candidate(
     card = build_model_card(name=name, spec=spec, metrics=metrics, gate_report=gate_report,
                             int8_metrics=info[f"{INFO_DIR}/int8_metrics.json"], latency=info[f"{INFO_DIR}/latency.json"],
                             manifest=manifest, run_id=run_id, pipeline_run_id=pipeline_run_id, git_commit=git,
-                            config=info[f"{INFO_DIR}/config.json"], self_training=info[f"{INFO_DIR}/self_training.json"],
+                            config=info[CONFIG_ARTIFACT], self_training=info[f"{INFO_DIR}/self_training.json"],
                             serving={"Registered model (raw maps -> class names)": f"models:/{pyfunc_id}",
                                      f"ONNX form inside it ({served})": f"models:/{model_id}"})
     tags = _version_tags_for(spec, rtags, manifest, gate_report, metrics, run_id, pipeline_run_id, git,

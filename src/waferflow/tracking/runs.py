@@ -533,8 +533,6 @@ def _log_candidate_body(c, uri, run_id, md: Path, spec, metrics_d, int8_d, laten
     if (md / "self_training.json").is_file():
         _log_json(c, run_id, _load_json(md / "self_training.json", "self_training.json"),
                   f"{INFO_DIR}/self_training.json", uri, retry)
-    if cfg is not None:
-        _log_json(c, run_id, cfg, f"{INFO_DIR}/config.json", uri, retry)
     for f in MODEL_DIR_FILES:
         if (md / f).is_file():
             _log_path(c, run_id, md / f, MODEL_DIR_ARTIFACT, uri, retry)
