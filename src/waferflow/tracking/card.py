@@ -92,6 +92,33 @@ def _data_section(manifest: Mapping[str, Any] | None) -> list[str]:
     return lines
 
 
+def _metrics_lines(metrics: Mapping[str, Any], int8_metrics: Mapping[str, Any] | None,
+                   gate_report: GateReport) -> list[str]:
+    """Test metrics FP32 vs INT8 (the gated ones with their interval) and per-class recall with its interval."""
+    ov = metrics.get("overall", {})
+    level = f"{gate_report.config.confidence:.0%}"
+    L: list[str] = []
+    i8 = (int8_metrics or {}).get("overall", {})
+    gated = {r.name: r for r in gate_report.results}
+    for k in ("accuracy", "balanced_accuracy", "macro_f1", "ece", "n"):
+        fp32 = gated[k].value_text() if k in gated and gated[k].value is not None else (
+            _f(ov.get(k)) if k != "n" else ov.get(k))
+        L.append(f"| {k} | {fp32} | {(_f(i8.get(k)) if k != 'n' else i8.get(k)) if i8 else 'not measured'} |")
+    L += ["", f"### Per class (FP32; recall with its {level} Wilson interval)",
+          "| class | recall | precision | F1 | support |", "|---|---|---|---|---|"]
+    floor = gate_report.config.min_class_recall
+    for cname, d in metrics.get("per_class", {}).items():
+        rec, sup = d.get("recall"), int(d.get("support", 0) or 0)
+        flag = " ⚠" if sup > 0 and isinstance(rec, (int, float)) and rec < floor else ""
+        ci = ""
+        if sup > 0 and isinstance(rec, (int, float)):
+            lo, hi = wilson_interval(int(round(rec * sup)), sup, gate_report.config.confidence)
+            ci = f" [{lo:.3f}, {hi:.3f}]"
+        L.append(f"| {cname} | {_f(rec, 3)}{ci}{flag} | {_f(d.get('precision'), 3)} | {_f(d.get('f1'), 3)} | "
+                 f"{d.get('support')} |")
+    return L
+
+
 def build_model_card(
     *,
     name: str,
@@ -125,7 +152,6 @@ def build_model_card(
         self_training: ``self_training.json`` of the model dir (rounds, pseudo-labels kept, their precision).
         serving: ``{"pyfunc": model URI, ...}``: the registered raw-map model and the ONNX forms.
     """
-    ov = metrics.get("overall", {})
     level = f"{gate_report.config.confidence:.0%}"
     L = [
         f"# Model card: {name} ({spec.get('strategy', '?')} × {spec.get('backbone', '?')})",
@@ -153,24 +179,7 @@ def build_model_card(
         "| metric | FP32 | INT8 |",
         "|---|---|---|",
     ]
-    i8 = (int8_metrics or {}).get("overall", {})
-    gated = {r.name: r for r in gate_report.results}
-    for k in ("accuracy", "balanced_accuracy", "macro_f1", "ece", "n"):
-        fp32 = gated[k].value_text() if k in gated and gated[k].value is not None else (
-            _f(ov.get(k)) if k != "n" else ov.get(k))
-        L.append(f"| {k} | {fp32} | {(_f(i8.get(k)) if k != 'n' else i8.get(k)) if i8 else 'not measured'} |")
-    L += ["", f"### Per class (FP32; recall with its {level} Wilson interval)",
-          "| class | recall | precision | F1 | support |", "|---|---|---|---|---|"]
-    floor = gate_report.config.min_class_recall
-    for cname, d in metrics.get("per_class", {}).items():
-        rec, sup = d.get("recall"), int(d.get("support", 0) or 0)
-        flag = " ⚠" if sup > 0 and isinstance(rec, (int, float)) and rec < floor else ""
-        ci = ""
-        if sup > 0 and isinstance(rec, (int, float)):
-            lo, hi = wilson_interval(int(round(rec * sup)), sup, gate_report.config.confidence)
-            ci = f" [{lo:.3f}, {hi:.3f}]"
-        L.append(f"| {cname} | {_f(rec, 3)}{ci}{flag} | {_f(d.get('precision'), 3)} | {_f(d.get('f1'), 3)} | "
-                 f"{d.get('support')} |")
+    L += _metrics_lines(metrics, int8_metrics, gate_report)
     L += ["", "## Latency (single map)", "| form | p50 ms | p95 ms | p99 ms | throughput maps/s |",
           "|---|---|---|---|---|"]
     for form, d in ((latency or {}).get("forms") or {}).items():
@@ -204,7 +213,7 @@ def build_model_card(
           "- Accuracy holds only for maps like the data above; new products, tools or fabs need the drift monitor "
           "and possibly retraining.",
           "- Classes with low test support have wide uncertainty in their recall; ⚠ marks recalls below the floor "
-          f"({floor}).",
+          f"({gate_report.config.min_class_recall}).",
           "- Probabilities are not calibrated beyond the ECE shown; do not use scores as defect rates.",
           "- Not a substitute for engineering review of an excursion."]
     return "\n".join(L) + "\n"
