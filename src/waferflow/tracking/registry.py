@@ -341,7 +341,7 @@ def register_candidate(
 
 def _log_raw_map_model(uri: str, run_id: str, onnx_model_id: str, spec: Mapping[str, Any]) -> str:
     """Download the logged ONNX model and log the raw-map pyfunc around it; returns the pyfunc's model id."""
-    from waferflow.tracking.pyfunc import log_pyfunc
+    from waferflow.tracking.runs import log_pyfunc
 
     with tempfile.TemporaryDirectory() as td:
         onnx_path = Path(td) / "model.onnx"

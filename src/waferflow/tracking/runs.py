@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from waferflow.errors import ModelFormatError, RegistryError
+from waferflow.tracking.manifest import split_manifests
 from waferflow.tracking.retry import RetryPolicy, with_retries
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,6 @@ INFO_DIR = "waferflow"
 MODEL_DIR_ARTIFACT = "model_dir"
 EXPORT_ARTIFACT = "export"
 MODEL_DIR_FILES = ("model.json", "weights.pt", "config.yaml", "history.json", "self_training.json")
-SPLITS = ("train", "val", "test", "unlabeled")
 EXPORT_FILES = ("export.json", "latency.json")
 TAG_LOGGED_MODEL = "waferflow.logged_model."  # + form -> model id
 TAG_PYFUNC_FORM = "waferflow.pyfunc_form"  # the ONNX form inside the raw-map pyfunc
@@ -294,17 +294,6 @@ def _log_onnx(uri: str, run_id: str, onnx_path: Path, form: str, spec: Mapping[s
     return info.model_id
 
 
-def split_manifests(manifest: Mapping[str, Any] | None) -> dict[str, dict]:
-    """``{split: manifest}`` of a combined manifest (train/val/test/unlabeled), or ``{"test": m}`` for a single
-    dataset manifest (what older runs logged)."""
-    if not manifest:
-        return {}
-    out = {k: dict(manifest[k]) for k in SPLITS if isinstance(manifest.get(k), Mapping)}
-    if not out and "content_sha256" in manifest:
-        out["test"] = dict(manifest)
-    return out
-
-
 def _dataset_source(origin: str):
     """An MLflow dataset source for a manifest's ``source``: a local file for a path, else the generator."""
     from mlflow.data.code_dataset_source import CodeDatasetSource
@@ -333,6 +322,31 @@ def log_datasets(tracking_uri: str, run_id: str, manifest: Mapping[str, Any]) ->
             mlflow.log_input(ds, context=name, tags={"n_maps": str(m.get("n_maps", "?")),
                                                      "content_sha256": str(m.get("content_sha256", "unknown"))})
     return list(splits)
+
+
+def log_pyfunc(tracking_uri: str, run_id: str, onnx_path: str | Path, spec_path: str | Path,
+               name: str = "pyfunc") -> str:
+    """Log the raw-map pyfunc (:class:`waferflow.tracking.pyfunc.WaferMapClassifier`) around ``onnx_path`` and ``model.json`` into ``run_id``; returns the model id.
+
+    The input example (two maps of different sizes) is checked by MLflow on logging, so a model that cannot
+    answer raw maps fails here, not in a reviewer's hands.
+    """
+    import mlflow
+    import numpy as np
+    import onnxruntime as ort
+
+    from waferflow.tracking.pyfunc import CODE_FILE, ONNX_ARTIFACT, SPEC_ARTIFACT, example_maps
+
+    spec = json.loads(Path(spec_path).read_text())
+    with _fluent(tracking_uri), mlflow.start_run(run_id=run_id, nested=True):
+        info = mlflow.pyfunc.log_model(
+            # models from code: loading rebuilds the model from _pyfunc_code.py, nothing is unpickled
+            name=name, python_model=str(CODE_FILE), input_example=example_maps(spec),
+            artifacts={ONNX_ARTIFACT: str(onnx_path), SPEC_ARTIFACT: str(spec_path)},
+            # explicit requirements: inferring them spawns a subprocess and costs seconds
+            pip_requirements=[f"onnxruntime=={ort.__version__}", f"numpy=={np.__version__}",
+                              f"mlflow=={mlflow.__version__}", "waferflow"])
+    return info.model_id
 
 
 @contextlib.contextmanager
@@ -558,8 +572,6 @@ def _log_candidate_body(c, uri, run_id, md: Path, spec, metrics_d, int8_d, laten
 def _log_serving_model(c, uri: str, run_id: str, spec_path: Path, forms: Mapping[str, Path], serve_form: str,
                        retry) -> None:
     """The raw-map pyfunc around ``forms[serve_form]`` (FP32 when that form was not exported), tagged."""
-    from waferflow.tracking.pyfunc import log_pyfunc
-
     form = serve_form if serve_form in forms else "onnx_fp32"
     mid = with_retries(lambda: log_pyfunc(uri, run_id, forms[form], spec_path), what="log raw-map pyfunc", uri=uri,
                        policy=retry)
