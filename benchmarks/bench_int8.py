@@ -2,7 +2,7 @@
 
 The FP32 ONNX model in the same run is the baseline; the target is an accuracy drop of at most 0.5 points and a
 macro-F1 drop of at most 0.01. ``--compare-previous`` also quantizes the same FP32 model the way exports did before
-(8-bit weights, every layer INT8) and scores it on the same maps, so the gain of 7-bit weights and the FP32 layers
+(S8S8, 8-bit weights, every layer INT8) and scores it on the same maps, so the gain of 7-bit weights and the FP32 layers
 chosen by sensitivity is measured in one run. Prints JSON (parity, metrics of every form, drops, FP32 layers, sizes).
 
 Usage: python benchmarks/bench_int8.py --model MODEL_DIR --train TRAIN.npz --test TEST.npz --out EXPORT_DIR
@@ -22,14 +22,17 @@ from _report import emit  # noqa: E402
 
 
 def previous_default(export_dir: Path, train, test, spec, maps: int, fp32_overall: dict, threads: int) -> dict:
-    """INT8 as exports made it before: S8S8 QDQ, 8-bit weights, no FP32 layers; scored on the same maps."""
+    """INT8 as exports made it before: S8S8 QDQ, 8-bit weights, no FP32 layers; scored on the same maps.
+
+    (Before, the ReLU6 Clip nodes were also removed when possible, which S8S8's symmetric ranges never allow.)
+    """
     from waferflow.evaluation import evaluate, onnx_predictor
     from waferflow.export.quantize import calibration_batches, quantize_int8
 
     calib = list(calibration_batches(train, spec, maps, batch_size=32, seed=0))
     with tempfile.TemporaryDirectory(prefix="wf-int8-prev-") as td:
         out = Path(td) / "prev.int8.onnx"
-        quantize_int8(export_dir / "model.onnx", out, calib, reduce_range=False)
+        quantize_int8(export_dir / "model.onnx", out, calib, reduce_range=False, int8_format="s8s8")
         m = evaluate(onnx_predictor(out, threads), test, spec, form="onnx_int8")["overall"]
     return {"metrics": m, "accuracy_drop_points": 100 * (fp32_overall["accuracy"] - m["accuracy"]),
             "macro_f1_drop": fp32_overall["macro_f1"] - m["macro_f1"]}
@@ -43,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="export dir to write")
     ap.add_argument("--calibration-maps", type=int, default=256)
     ap.add_argument("--fp32-layers", default="auto", help="auto | none | comma-separated node names")
+    ap.add_argument("--int8-format", choices=("s8s8", "u8s8"), default="s8s8")
     ap.add_argument("--max-drop", type=float, default=0.005)
     ap.add_argument("--max-f1-drop", type=float, default=0.01)
     ap.add_argument("--prune", type=float, default=None)
@@ -64,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     layers = args.fp32_layers if args.fp32_layers in ("auto", "none") else args.fp32_layers.split(",")
     t0 = time.perf_counter()
     info = export_onnx(args.model, args.out, calib_ds=train, parity_ds=test, int8=True, fp32_layers=layers,
+                       int8_format=args.int8_format,
                        calibration_maps=args.calibration_maps, prune=args.prune, threads=args.threads)
     q = info["int8"]
     out = {

@@ -54,10 +54,11 @@ def test_each_form_is_timed_alone_in_its_own_process(tiny):
     assert not forms["onnx_fp32"]["torch_imported"] and not forms["onnx_int8"]["torch_imported"]
 
 
-# Measured on the shared 2-core machine (tiny model, 1 thread, 200 iterations, 8 repeats under load): the
-# ONNX FP32 p50 of one isolated run differs from another's by at most ~25%, while timing the forms in one process
-# moved it by 2-6x on the real champions. A 1.6x band passes run-to-run noise and fails that interference.
-ISOLATION_TOLERANCE = 1.6
+# Measured on the shared 2-core machine (load average 11-12; this tiny model, 1 thread, 200 iterations, 6 repeats;
+# benchmarks/bench_latency_isolation.py 6): ONNX FP32 p50 beside the other forms / alone was 0.76-1.49, while timing
+# all forms in one process (isolate=False) made it 2.26-4.30x the isolated figure. A 2x band passes the noise and
+# fails the interference.
+ISOLATION_TOLERANCE = 2.0
 
 
 def test_a_forms_figure_does_not_change_when_others_are_measured_beside_it(tiny):

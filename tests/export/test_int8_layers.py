@@ -24,7 +24,7 @@ def _float_weight_nodes(path) -> set[str]:
 
 def test_int8_weights_are_7_bit_and_the_format_is_recorded(tiny):
     q = tiny["info"]["int8"]
-    assert q["reduce_range"] is True and q["format"].startswith("QDQ, U8S8")
+    assert q["reduce_range"] is True and q["format"].startswith("QDQ, S8S8")
     g = onnx.load(str(tiny["export_dir"] / "model.int8.onnx")).graph
     w8 = [numpy_helper.to_array(i) for i in g.initializer if i.data_type == onnx.TensorProto.INT8 and i.dims]
     assert w8 and max(int(np.abs(w.astype(np.int32)).max()) for w in w8) <= 64
@@ -103,3 +103,16 @@ def test_cli_export_fp32_layers_none(tiny, tmp_path):
     info = json.loads((tmp_path / "exp" / "export.json").read_text())
     assert info["int8"]["fp32_layers"] == {"mode": "none", "nodes": [], "selection": None}
     assert _float_weight_nodes(tmp_path / "exp" / "model.int8.onnx") == set()
+
+
+def test_u8s8_format_is_recorded_and_an_unknown_format_is_refused(tiny, tmp_path):
+    from waferflow.export.quantize import quantize_int8
+
+    calib = list(calibration_batches(tiny["train"], read_spec(tiny["model_dir"]), 64))
+    res = quantize_int8(tiny["export_dir"] / "model.onnx", tmp_path / "u8.onnx", calib, int8_format="u8s8")
+    assert res["format"].startswith("QDQ, U8S8") and res["method"] == "static_qdq_per_channel"
+    g = onnx.load(str(tmp_path / "u8.onnx")).graph
+    assert any(i.data_type == onnx.TensorProto.UINT8 for i in g.initializer)  # uint8 activation zero points
+    with pytest.raises(ConfigError, match=r"int8 format must be one of \['s8s8', 'u8s8'\]"):
+        quantize_int8(tiny["export_dir"] / "model.onnx", tmp_path / "s16.onnx", calib, int8_format="s16")
+    assert not (tmp_path / "s16.onnx").exists()

@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export", help="export a model dir to ONNX FP32 (+ INT8) with a parity check", formatter_class=fmt,
         description="Export to DIR/model.onnx (opset >= 17, dynamic batch, metadata), check parity against PyTorch\n"
-                    "on real maps (fails beyond tolerance), quantize to DIR/model.int8.onnx (static QDQ U8S8 per-channel,\n"
+                    "on real maps (fails beyond tolerance), quantize to DIR/model.int8.onnx (static QDQ S8S8 per-channel,\n"
                     "7-bit weights, calibrated on training maps, the most quantization-sensitive layers kept in FP32;\n"
                     "dynamic as a recorded fallback) and write DIR/export.json.",
         epilog="example: waferflow export --model runs/m1 --data data/split --out runs/m1/export\n"
@@ -42,6 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "or comma-separated node names (e.g. a previous export.json's int8.fp32_layers.nodes)")
     p.add_argument("--int8-target-agreement", type=float, default=0.995,
                    help="auto FP32 layers: stop when INT8 agrees with FP32 on this share of held-out training maps")
+    p.add_argument("--int8-format", choices=("s8s8", "u8s8"), default="s8s8",
+                   help="s8s8: symmetric int8 activations (default, the accurate one on real maps); u8s8: asymmetric "
+                        "uint8 activations, about 2x faster on x86 but less accurate")
     p.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=True,
                    help="7-bit INT8 weights, exact on x86 CPUs without VNNI (default on; --no-reduce-range for "
                         "VNNI/ARM targets)")
@@ -114,6 +117,7 @@ def run_export(args: argparse.Namespace) -> int:
                        fp32_layers=(args.fp32_layers if args.fp32_layers in ("auto", "none")
                                     else [n for n in args.fp32_layers.split(",") if n]),
                        reduce_range=args.reduce_range, int8_target_agreement=args.int8_target_agreement,
+                       int8_format=args.int8_format,
                        min_agreement=args.min_agreement,
                        max_rel_diff=args.max_rel_diff, max_abs_diff=args.max_abs_diff, threads=args.threads)
     print(json.dumps({k: info[k] for k in ("parity", "int8", "prune", "sizes", "metrics")}, indent=2))

@@ -69,7 +69,7 @@ def _drop(ref: dict | None, got: dict | None) -> dict:
 def choose_int8_layers(fp32: Path, calib: list[np.ndarray], calib_ds: WaferDataset, spec: Any,
                        fp32_layers: str | Sequence[str], calibration_maps: int, calibration: str = "minmax",
                        reduce_range: bool = True, target_agreement: float = 0.995, held_out_maps: int = 512,
-                       threads: int | None = None, seed: int = 0) -> dict:
+                       threads: int | None = None, seed: int = 0, int8_format: str = "s8s8") -> dict:
     """The FP32-layer choice recorded in ``export.json`` (``int8.fp32_layers``).
 
     ``fp32_layers``: ``auto`` (by measured sensitivity, :func:`waferflow.export.sensitivity.choose_fp32_nodes`,
@@ -96,7 +96,7 @@ def choose_int8_layers(fp32: Path, calib: list[np.ndarray], calib_ds: WaferDatas
             return {"mode": "given", "nodes": check_fp32_nodes(pre, list(fp32_layers)), "selection": None}
         held = list(held_out_batches(calib_ds, spec, calibration_maps, held_out_maps, seed=seed))
         nodes, report = choose_fp32_nodes(pre, fp32, calib, held or calib, calibration, reduce_range,
-                                          target_agreement, threads=threads)
+                                          target_agreement, threads=threads, int8_format=int8_format)
     report["agreement_maps"] = "held-out training maps" if held else "calibration maps (no other training maps)"
     return {"mode": "auto", "nodes": nodes, "selection": report}
 
@@ -105,7 +105,8 @@ def export_onnx(model_dir: str | os.PathLike, out_dir: str | os.PathLike, calib_
                 parity_ds: WaferDataset | None = None, int8: bool = True, calibration_maps: int = 256,
                 prune: float | None = None, opset: int = MIN_OPSET, exporter: str = "torchscript",
                 int8_method: str = "static", calibration: str = "minmax", fp32_layers: str | Sequence[str] = "auto",
-                reduce_range: bool = True, int8_target_agreement: float = 0.995, min_agreement: float = 0.999,
+                reduce_range: bool = True, int8_target_agreement: float = 0.995, int8_format: str = "s8s8",
+                min_agreement: float = 0.999,
                 max_rel_diff: float = 1e-3,
                 max_abs_diff: float | None = None,
                 batch_size: int = 256, threads: int | None = None, seed: int = 0) -> dict:
@@ -130,6 +131,8 @@ def export_onnx(model_dir: str | os.PathLike, out_dir: str | os.PathLike, calib_
             agreement with FP32 on held-out training maps reaches ``int8_target_agreement``), ``none``, or node
             names (a previous ``export.json``'s ``int8.fp32_layers.nodes``); see :func:`choose_int8_layers`.
         reduce_range: 7-bit INT8 weights, so x86 CPUs without VNNI compute the INT8 model exactly (default on).
+        int8_format: ``s8s8`` (symmetric int8 activations, the accurate default) or ``u8s8`` (asymmetric uint8,
+            faster on x86, less accurate on real maps); see :func:`waferflow.export.quantize.static_qdq`.
         min_agreement, max_rel_diff: parity tolerance (FP32 vs PyTorch): argmax agreement and
             max |logit diff| / max(1, max |logit|); ``max_abs_diff`` optionally bounds the absolute diff too;
             beyond them -> ModelFormatError.
@@ -186,10 +189,11 @@ def export_onnx(model_dir: str | os.PathLike, out_dir: str | os.PathLike, calib_
         if int8:
             calib = list(calibration_batches(calib_ds, spec, calibration_maps, batch_size=32, seed=seed))
             layers = (choose_int8_layers(fp32, calib, calib_ds, spec, fp32_layers, calibration_maps, calibration,
-                                         reduce_range, int8_target_agreement, threads=threads, seed=seed)
+                                         reduce_range, int8_target_agreement, threads=threads, seed=seed,
+                                         int8_format=int8_format)
                       if int8_method == "static" else {"mode": "none", "nodes": [], "selection": None})
             q = quantize_int8(fp32, tmp / INT8_NAME, calib, method=int8_method, calibration=calibration,
-                              reduce_range=reduce_range, fp32_nodes=layers["nodes"])
+                              reduce_range=reduce_range, fp32_nodes=layers["nodes"], int8_format=int8_format)
             layers["nodes"] = q.pop("fp32_nodes")  # what was applied ([] after a dynamic fallback)
             q["fp32_layers"] = layers
             int8_logits = predict_dataset(onnx_predictor(tmp / INT8_NAME, threads), parity_ds, spec, batch_size,

@@ -51,14 +51,14 @@ def layer_sqnr(pre_path: Path, int8_path: Path, batches: Sequence[np.ndarray], w
 def choose_fp32_nodes(pre_path: str | os.PathLike, fp32_path: str | os.PathLike, calib: list[np.ndarray],
                       held_out: list[np.ndarray], calibration: str = "minmax", reduce_range: bool = True,
                       target_agreement: float = 0.995, max_fp32_params: float = 0.05,
-                      threads: int | None = None) -> tuple[list[str], dict]:
+                      threads: int | None = None, int8_format: str = "s8s8") -> tuple[list[str], dict]:
     """Keep the least-SQNR layers in FP32 until agreement with FP32 on ``held_out`` reaches the target.
 
     Args:
         pre_path: the ``quant_pre_process``-ed model (node names refer to it).
         fp32_path: the FP32 model (the reference of the agreement).
         calib: calibration batches; held_out: other training maps (preprocessed batches) for the agreement.
-        calibration, reduce_range: as in :func:`waferflow.export.quantize.static_qdq`.
+        calibration, reduce_range, int8_format: as in :func:`waferflow.export.quantize.static_qdq`.
         target_agreement: stop at the first trial whose top-1 agreement with FP32 reaches this.
         max_fp32_params: FP32 weights allowed, as a fraction of all Conv/Gemm weights (larger layers are skipped).
         threads: onnxruntime intra-op threads.
@@ -76,7 +76,7 @@ def choose_fp32_nodes(pre_path: str | os.PathLike, fp32_path: str | os.PathLike,
     ref = _top1(fp32_path, held_out, threads)
     with tempfile.TemporaryDirectory(prefix="wf-sensitivity-") as td:
         work = Path(td)
-        static_qdq(pre_path, work / "all.onnx", calib, calibration, reduce_range)
+        static_qdq(pre_path, work / "all.onnx", calib, calibration, reduce_range, int8_format=int8_format)
         trials = [{"fp32_nodes": [], "agreement": float((_top1(work / "all.onnx", held_out, threads) == ref).mean())}]
         sqnr = layer_sqnr(pre_path, work / "all.onnx", calib[:2], work) if trials[0]["agreement"] < target_agreement \
             else {}
@@ -87,7 +87,8 @@ def choose_fp32_nodes(pre_path: str | os.PathLike, fp32_path: str | os.PathLike,
                 used += params[name]
         sizes = [k for k in TRIAL_SIZES if k <= len(ranking)]
         for k in tqdm(sizes, desc="int8 fp32-layer search", disable=not progress_enabled()):
-            static_qdq(pre_path, work / f"k{k}.onnx", calib, calibration, reduce_range, ranking[:k])
+            static_qdq(pre_path, work / f"k{k}.onnx", calib, calibration, reduce_range, ranking[:k],
+                       int8_format=int8_format)
             agree = float((_top1(work / f"k{k}.onnx", held_out, threads) == ref).mean())
             trials.append({"fp32_nodes": ranking[:k], "agreement": agree})
             if trials[-1]["agreement"] >= target_agreement:
