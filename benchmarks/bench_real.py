@@ -25,7 +25,8 @@ from _report import emit  # noqa: E402
 
 import numpy as np
 
-DATA = Path("/work/shared/data/wm811k")
+# the shared data folder beside the project (``--data-dir`` overrides it)
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wm811k"
 
 
 def load(name: str):
@@ -98,9 +99,20 @@ def main(argv=None) -> int:
     ap.add_argument("--pseudo-threshold", type=float, default=0.9)
     ap.add_argument("--pseudo-cap", type=float, default=3.0, help="pseudo-labels per class <= cap x labeled count")
     ap.add_argument("--unlabeled-limit", type=int, default=0, help="use at most N unlabeled maps (0 = all)")
+    ap.add_argument("--data-dir", default=None,
+                    help="folder with the wm811k_*.npz files (default: ../shared/data/wm811k beside the project)")
+    ap.add_argument("--keep", default=None, metavar="DIR",
+                    help="also keep each trained model dir as DIR/<strategy> (and the student as DIR/<strategy>-student)")
     ap.add_argument("--tag", default="")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    global DATA
+    if args.data_dir:
+        DATA = Path(args.data_dir)
+    if not (DATA / "wm811k_val_data.npz").is_file():
+        ap.error(f"{DATA} has no wm811k_val_data.npz: pass --data-dir DIR holding the wm811k_*.npz files")
+    if args.keep and any((Path(args.keep) / s).exists() for s in args.strategies.split(",") if s):
+        ap.error(f"--keep {args.keep} already holds a model dir of one of the strategies; pass a new folder")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
 
     import torch
@@ -177,6 +189,14 @@ def main(argv=None) -> int:
                 if args.tta:
                     st["tta"] = scores(evaluate(tta_predictor(torch_predictor(smodel), syms), test_ds, sspec))
                 row["self_trained"] = st
+            if args.keep:
+                import shutil
+
+                Path(args.keep).mkdir(parents=True, exist_ok=True)
+                shutil.copytree(Path(d) / "m", Path(args.keep) / strat, dirs_exist_ok=False)
+                if (Path(d) / "student").is_dir():
+                    shutil.copytree(Path(d) / "student", Path(args.keep) / f"{strat}-student", dirs_exist_ok=False)
+                row["kept"] = str(Path(args.keep) / strat)
             results[strat] = row
             print(json.dumps({"partial": row}), file=sys.stderr, flush=True)
     out = {"benchmark": "real_few_labels", "tag": args.tag, "train_maps": len(train_ds), "val_maps": len(val_ds),

@@ -45,5 +45,7 @@ def export_model(
         atomic_write_json(os.path.join(latency.path, "latency.json"), lat)
         onnx.metadata.update({"candidate": name, "parity": report.get("parity"), "int8": report.get("int8"),
                               "data_hash": test.metadata.get("data_hash", ""), "versions": versions()})
+        # the gate's p99 comes from latency.json: each form timed alone in its own process (bench_latency's default)
         latency.metadata.update({f"{k}_p99_ms": v["p99_ms"] for k, v in lat.get("forms", {}).items() if "p99_ms" in v})
+        latency.metadata["isolation"] = lat["isolation"]
         rec.update(forms=sorted(lat.get("forms", {})))

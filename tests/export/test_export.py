@@ -122,3 +122,34 @@ def test_verify_export_dir_detects_truncation(tiny, tmp_path):
     (d / "export.json").unlink()
     with pytest.raises(ModelFormatError, match="export.json"):
         verify_export_dir(d)
+
+
+def test_static_same_padding_drops_the_runtime_shape_ops_and_keeps_the_outputs(tmp_path):
+    import warnings
+
+    import torch
+    from timm.layers.conv2d_same import Conv2dSame
+
+    from waferflow.export.onnx_export import static_same_padding
+
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(Conv2dSame(3, 4, 3, stride=2), torch.nn.ReLU(), Conv2dSame(4, 2, 5, stride=2)).eval()
+    x = torch.randn(2, 3, 31, 31)
+
+    def export(path):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(m, (x,), str(path), dynamo=False, input_names=["input"], output_names=["y"],
+                              dynamic_axes={"input": {0: "batch"}, "y": {0: "batch"}})
+        return {n.op_type for n in onnx.load(str(path)).graph.node}
+
+    with torch.no_grad():
+        ref = m(x)
+        with static_same_padding(m, x) as n:
+            got = m(x)
+            ops = export(tmp_path / "static.onnx")
+        assert n == 2 and torch.equal(got, ref)
+        assert "forward" not in vars(m[0]) and "Shape" in export(tmp_path / "dynamic.onnx")  # restored after
+    assert "Shape" not in ops and "Pad" in ops
+    y = onnx_predictor(tmp_path / "static.onnx")(x[:1].numpy())
+    np.testing.assert_allclose(y, ref[:1].numpy(), atol=1e-5)

@@ -21,8 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export", help="export a model dir to ONNX FP32 (+ INT8) with a parity check", formatter_class=fmt,
         description="Export to DIR/model.onnx (opset >= 17, dynamic batch, metadata), check parity against PyTorch\n"
-                    "on real maps (fails beyond tolerance), quantize to DIR/model.int8.onnx (static QDQ per-channel,\n"
-                    "calibrated on training maps; dynamic as a recorded fallback) and write DIR/export.json.",
+                    "on real maps (fails beyond tolerance), quantize to DIR/model.int8.onnx (static QDQ S8S8 per-channel,\n"
+                    "7-bit weights, calibrated on training maps, the most quantization-sensitive layers kept in FP32;\n"
+                    "dynamic as a recorded fallback) and write DIR/export.json.",
         epilog="example: waferflow export --model runs/m1 --data data/split --out runs/m1/export\n"
                "         (a split dir means test.npz for parity and train.npz for calibration)",
     )
@@ -36,6 +37,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calibration", choices=("minmax", "percentile", "entropy"), default="minmax",
                    help="activation-range calibration of static INT8 (default minmax)")
     p.add_argument("--calibration-maps", type=int, default=256, help="calibration maps (default 256)")
+    p.add_argument("--fp32-layers", default="auto",
+                   help="layers kept in FP32 in the INT8 model: auto (by measured sensitivity, the default), none, "
+                        "or comma-separated node names (e.g. a previous export.json's int8.fp32_layers.nodes)")
+    p.add_argument("--int8-target-agreement", type=float, default=0.995,
+                   help="auto FP32 layers: stop when INT8 agrees with FP32 on this share of held-out training maps")
+    p.add_argument("--int8-format", choices=("s8s8", "u8s8"), default="s8s8",
+                   help="s8s8: symmetric int8 activations (default, the accurate one on real maps); u8s8: asymmetric "
+                        "uint8 activations, about 2x faster on x86 but less accurate")
+    p.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=True,
+                   help="7-bit INT8 weights, exact on x86 CPUs without VNNI (default on; --no-reduce-range for "
+                        "VNNI/ARM targets)")
     p.add_argument("--prune", type=float, default=None, help="L1 magnitude pruning amount in (0, 1) before export")
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--exporter", choices=("torchscript", "dynamo"), default="torchscript")
@@ -51,9 +63,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     bsub.required = True
     lat = bsub.add_parser(
         "latency", help="single-map p50/p95/p99 and batch throughput per model form", formatter_class=fmt,
-        description="Time PyTorch eager FP32, ONNX Runtime FP32 and INT8 (and TensorRT engines on CUDA) side by side\n"
-                    "in one run, iterations interleaved round-robin, with fixed thread counts. JSON on stdout;\n"
-                    "also written to EXPORT/latency.json (or --out).",
+        description="Time PyTorch eager FP32, ONNX Runtime FP32 and INT8 (and TensorRT engines on CUDA) in one run,\n"
+                    "each form alone in its own process (one after the other, so no other form's thread pool\n"
+                    "competes), with fixed thread counts. --interleaved times them round-robin in one process\n"
+                    "instead (their pools then compete and every figure is inflated). JSON on stdout; also written\n"
+                    "to EXPORT/latency.json (or --out).",
         epilog="example: waferflow bench latency --model runs/m1 --export runs/m1/export --threads 2",
     )
     lat.add_argument("--model", required=True, help="model dir (the PyTorch baseline)")
@@ -63,6 +77,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     lat.add_argument("--warmup", type=int, default=20)
     lat.add_argument("--iters", type=int, default=200)
     lat.add_argument("--batch", type=int, default=64)
+    lat.add_argument("--rounds", type=int, default=1,
+                     help="repeat the sequence of forms N times and pool the samples (default 1)")
+    lat.add_argument("--forms", help="comma-separated forms to time (default: every form present)")
+    lat.add_argument("--interleaved", action="store_true",
+                     help="time all forms round-robin in this one process (the old, inflated measurement)")
     lat.add_argument("--out", help="write the JSON here (default EXPORT/latency.json when --export is given)")
     lat.set_defaults(func=run_bench_latency)
 
@@ -95,6 +114,10 @@ def run_export(args: argparse.Namespace) -> int:
     info = export_onnx(args.model, args.out, calib_ds=calib_ds, parity_ds=parity_ds, int8=args.int8,
                        calibration_maps=args.calibration_maps, prune=args.prune, opset=args.opset,
                        exporter=args.exporter, int8_method=args.int8_method, calibration=args.calibration,
+                       fp32_layers=(args.fp32_layers if args.fp32_layers in ("auto", "none")
+                                    else [n for n in args.fp32_layers.split(",") if n]),
+                       reduce_range=args.reduce_range, int8_target_agreement=args.int8_target_agreement,
+                       int8_format=args.int8_format,
                        min_agreement=args.min_agreement,
                        max_rel_diff=args.max_rel_diff, max_abs_diff=args.max_abs_diff, threads=args.threads)
     print(json.dumps({k: info[k] for k in ("parity", "int8", "prune", "sizes", "metrics")}, indent=2))
@@ -107,7 +130,8 @@ def run_bench_latency(args: argparse.Namespace) -> int:
     from waferflow.export import bench_latency
 
     res = bench_latency(args.model, args.export, threads=args.threads, warmup=args.warmup, iters=args.iters,
-                        batch=args.batch, trt_dir=args.trt)
+                        batch=args.batch, trt_dir=args.trt, isolate=not args.interleaved, rounds=args.rounds,
+                        forms=[f for f in args.forms.split(",") if f] if args.forms else None)
     out = args.out or (str(Path(args.export) / "latency.json") if args.export else None)
     if out:
         atomic_write_json(out, res)

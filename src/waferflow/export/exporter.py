@@ -9,7 +9,7 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -33,7 +33,13 @@ from waferflow.export.onnx_export import (
     parity,
     sha256_file,
 )
-from waferflow.export.quantize import calibration_batches, prune_model, quantize_int8
+from waferflow.export.quantize import (
+    calibration_batches,
+    held_out_batches,
+    preprocess_for_quant,
+    prune_model,
+    quantize_int8,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +66,47 @@ def _drop(ref: dict | None, got: dict | None) -> dict:
     return {"accuracy_drop": ref["accuracy"] - got["accuracy"], "macro_f1_drop": ref["macro_f1"] - got["macro_f1"]}
 
 
+def choose_int8_layers(fp32: Path, calib: list[np.ndarray], calib_ds: WaferDataset, spec: Any,
+                       fp32_layers: str | Sequence[str], calibration_maps: int, calibration: str = "minmax",
+                       reduce_range: bool = True, target_agreement: float = 0.995, held_out_maps: int = 512,
+                       threads: int | None = None, seed: int = 0, int8_format: str = "s8s8") -> dict:
+    """The FP32-layer choice recorded in ``export.json`` (``int8.fp32_layers``).
+
+    ``fp32_layers``: ``auto`` (by measured sensitivity, :func:`waferflow.export.sensitivity.choose_fp32_nodes`,
+    agreement measured on training maps the calibration did not use), ``none``, or node names (e.g. a previous
+    export's ``int8.fp32_layers.nodes``).
+
+    Returns:
+        ``{"mode": "auto" | "none" | "given", "nodes": [...], "selection": report | None}``.
+
+    Raises:
+        ConfigError: an unknown mode or node name.
+    """
+    from waferflow.errors import ConfigError
+    from waferflow.export.quantize import check_fp32_nodes
+    from waferflow.export.sensitivity import choose_fp32_nodes
+
+    if isinstance(fp32_layers, str) and fp32_layers not in ("auto", "none"):
+        raise ConfigError(f"fp32_layers must be 'auto', 'none' or a list of node names, got {fp32_layers!r}")
+    if fp32_layers == "none":
+        return {"mode": "none", "nodes": [], "selection": None}
+    with tempfile.TemporaryDirectory(prefix="wf-layers-") as td:
+        pre = preprocess_for_quant(fp32, Path(td) / "pre.onnx")
+        if fp32_layers != "auto":
+            return {"mode": "given", "nodes": check_fp32_nodes(pre, list(fp32_layers)), "selection": None}
+        held = list(held_out_batches(calib_ds, spec, calibration_maps, held_out_maps, seed=seed))
+        nodes, report = choose_fp32_nodes(pre, fp32, calib, held or calib, calibration, reduce_range,
+                                          target_agreement, threads=threads, int8_format=int8_format)
+    report["agreement_maps"] = "held-out training maps" if held else "calibration maps (no other training maps)"
+    return {"mode": "auto", "nodes": nodes, "selection": report}
+
+
 def export_onnx(model_dir: str | os.PathLike, out_dir: str | os.PathLike, calib_ds: WaferDataset | None = None,
                 parity_ds: WaferDataset | None = None, int8: bool = True, calibration_maps: int = 256,
                 prune: float | None = None, opset: int = MIN_OPSET, exporter: str = "torchscript",
-                int8_method: str = "static", calibration: str = "minmax", min_agreement: float = 0.999,
+                int8_method: str = "static", calibration: str = "minmax", fp32_layers: str | Sequence[str] = "auto",
+                reduce_range: bool = True, int8_target_agreement: float = 0.995, int8_format: str = "s8s8",
+                min_agreement: float = 0.999,
                 max_rel_diff: float = 1e-3,
                 max_abs_diff: float | None = None,
                 batch_size: int = 256, threads: int | None = None, seed: int = 0) -> dict:
@@ -84,6 +127,12 @@ def export_onnx(model_dir: str | os.PathLike, out_dir: str | os.PathLike, calib_
         exporter: ``torchscript`` (default) or ``dynamo``.
         int8_method: ``static`` (QDQ per-channel; dynamic fallback recorded) or ``dynamic``.
         calibration: activation-range calibration of static INT8: ``minmax``, ``percentile`` or ``entropy``.
+        fp32_layers: layers kept in FP32 in the INT8 model: ``auto`` (by measured sensitivity until top-1
+            agreement with FP32 on held-out training maps reaches ``int8_target_agreement``), ``none``, or node
+            names (a previous ``export.json``'s ``int8.fp32_layers.nodes``); see :func:`choose_int8_layers`.
+        reduce_range: 7-bit INT8 weights, so x86 CPUs without VNNI compute the INT8 model exactly (default on).
+        int8_format: ``s8s8`` (symmetric int8 activations, the accurate default) or ``u8s8`` (asymmetric uint8,
+            faster on x86, less accurate on real maps); see :func:`waferflow.export.quantize.static_qdq`.
         min_agreement, max_rel_diff: parity tolerance (FP32 vs PyTorch): argmax agreement and
             max |logit diff| / max(1, max |logit|); ``max_abs_diff`` optionally bounds the absolute diff too;
             beyond them -> ModelFormatError.
@@ -139,7 +188,14 @@ def export_onnx(model_dir: str | os.PathLike, out_dir: str | os.PathLike, calib_
         int8_info = None
         if int8:
             calib = list(calibration_batches(calib_ds, spec, calibration_maps, batch_size=32, seed=seed))
-            q = quantize_int8(fp32, tmp / INT8_NAME, calib, method=int8_method, calibration=calibration)
+            layers = (choose_int8_layers(fp32, calib, calib_ds, spec, fp32_layers, calibration_maps, calibration,
+                                         reduce_range, int8_target_agreement, threads=threads, seed=seed,
+                                         int8_format=int8_format)
+                      if int8_method == "static" else {"mode": "none", "nodes": [], "selection": None})
+            q = quantize_int8(fp32, tmp / INT8_NAME, calib, method=int8_method, calibration=calibration,
+                              reduce_range=reduce_range, fp32_nodes=layers["nodes"], int8_format=int8_format)
+            layers["nodes"] = q.pop("fp32_nodes")  # what was applied ([] after a dynamic fallback)
+            q["fp32_layers"] = layers
             int8_logits = predict_dataset(onnx_predictor(tmp / INT8_NAME, threads), parity_ds, spec, batch_size,
                                           desc="onnx int8")
             int8_overall = _overall(parity_ds, int8_logits, spec)

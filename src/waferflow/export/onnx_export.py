@@ -8,13 +8,14 @@ exports a Lite0 in ~5 s against ~30 s for the torch.export-based exporter, write
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -90,6 +91,48 @@ def onnx_spec(meta: dict[str, Any]) -> Any:
     return ModelSpec.from_dict({"backbone": "unknown", **meta, "num_classes": len(meta["class_names"])})
 
 
+def _static_same_conv(mod: Any, pads: tuple[int, int, int, int], x: Any) -> Any:
+    import torch.nn.functional as F
+
+    return F.conv2d(F.pad(x, pads), mod.weight, mod.bias, mod.stride, 0, mod.dilation, mod.groups)
+
+
+@contextlib.contextmanager
+def static_same_padding(model: Any, example: Any) -> Iterator[int]:
+    """Within the block, timm's ``Conv2dSame`` layers pad by constants computed for ``example``'s spatial size.
+
+    ``Conv2dSame`` (TF "SAME" padding, the ``tf_*`` backbones) computes its padding from the input shape on every
+    call; traced, that is about 30 Shape/Gather/Ceil/... ops per layer around each Pad, run on every inference.
+    The exported model's spatial size is fixed (only the batch is dynamic), so the padding is a constant.
+    Yields the number of layers changed; their own ``forward`` is back after the block.
+    """
+    import functools
+
+    import torch
+    from timm.layers.conv2d_same import Conv2dSame
+    from timm.layers.padding import get_same_padding
+
+    sizes: dict[Any, tuple[int, int]] = {}
+    hooks = [m.register_forward_pre_hook(lambda mod, args: sizes.__setitem__(mod, tuple(args[0].shape[-2:])))
+             for m in model.modules() if isinstance(m, Conv2dSame)]
+    try:
+        if hooks:
+            with torch.no_grad():
+                model(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    for m, (ih, iw) in sizes.items():
+        (kh, kw), (sh, sw), (dh, dw) = m.weight.shape[-2:], m.stride, m.dilation
+        ph, pw = get_same_padding(int(ih), kh, sh, dh), get_same_padding(int(iw), kw, sw, dw)
+        m.forward = functools.partial(_static_same_conv, m, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+    try:
+        yield len(sizes)
+    finally:
+        for m in sizes:
+            del m.forward
+
+
 def export_fp32(model: Any, spec: Any, path: str | os.PathLike, metadata: dict[str, str],
                 opset: int = MIN_OPSET, exporter: str = "torchscript") -> Path:
     """Export a torch module to ONNX (dynamic batch axis ``batch``) and store ``metadata`` in it.
@@ -108,7 +151,7 @@ def export_fp32(model: Any, spec: Any, path: str | os.PathLike, metadata: dict[s
     model = model.cpu().float().eval()
     dummy = torch.zeros(2, c, s, s)
     path = Path(path)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), static_same_padding(model, dummy):
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
         if exporter == "torchscript":
             torch.onnx.export(model, (dummy,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
