@@ -1,0 +1,71 @@
+"""Data sources a cluster task can read (S3/MinIO, MLflow artifacts, a PVC path), and the drift monitor's hand-over
+of its retrain inputs as MLflow URIs the retrain's pods can read."""
+
+import numpy as np
+import pytest
+
+from waferflow.errors import DataError
+from waferflow.orchestration.sources import fetch_source, is_remote, publish_retrain_inputs
+
+
+@pytest.fixture
+def s3(monkeypatch):
+    from moto import mock_aws
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.delenv("MLFLOW_S3_ENDPOINT_URL", raising=False)
+    with mock_aws():
+        import boto3
+
+        client = boto3.client("s3")
+        client.create_bucket(Bucket="mlflow")
+        yield client
+
+
+def test_an_s3_object_and_an_s3_folder_are_downloaded(s3, tmp_path):
+    s3.put_object(Bucket="mlflow", Key="data/maps.npz", Body=b"npz-bytes")
+    s3.put_object(Bucket="mlflow", Key="data/pngs/center/a.png", Body=b"a")
+    s3.put_object(Bucket="mlflow", Key="data/pngs/edge/b.png", Body=b"b")
+    f = fetch_source("s3://mlflow/data/maps.npz", tmp_path / "one")
+    assert f.read_bytes() == b"npz-bytes"
+    d = fetch_source("s3://mlflow/data/pngs/", tmp_path / "folder")
+    assert sorted(p.relative_to(d).as_posix() for p in d.rglob("*.png")) == ["center/a.png", "edge/b.png"]
+
+
+def test_unreadable_sources_are_clear_errors(s3, tmp_path):
+    with pytest.raises(DataError, match="cannot read s3://mlflow/nope.npz"):
+        fetch_source("s3://mlflow/nope.npz", tmp_path / "x")
+    with pytest.raises(DataError, match="holds no objects"):
+        fetch_source("s3://mlflow/empty/", tmp_path / "y")
+    with pytest.raises(DataError, match="not an S3 object URI"):
+        fetch_source("s3://mlflow", tmp_path / "z")
+    with pytest.raises(DataError, match="cluster.data_pvc"):
+        fetch_source(str(tmp_path / "missing.npz"), tmp_path / "w")
+
+
+def test_retrain_inputs_are_handed_over_as_mlflow_uris_that_another_pod_reads(tmp_path):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("drift", artifact_location=(tmp_path / "art").as_uri())
+    run_id = client.create_run(exp).info.run_id
+    data = tmp_path / "drift_pod" / "retrain_data.npz"
+    model = tmp_path / "drift_pod" / "adapted_champion"
+    model.mkdir(parents=True)
+    np.savez(data, maps=np.zeros((2, 4, 4), np.uint8))
+    (model / "model.json").write_text("{}")
+    plan = publish_retrain_inputs({"data": str(data), "pretrained": str(model), "notes": ["n"]}, run_id, uri)
+    assert plan["data"] == f"runs:/{run_id}/retrain/retrain_data.npz"
+    assert plan["pretrained"] == f"runs:/{run_id}/retrain/adapted_champion"
+    assert plan["notes"] == ["n"] and all(is_remote(plan[k]) for k in ("data", "pretrained"))
+    # the retrain's data task, elsewhere, reads them back
+    got = fetch_source(plan["data"], tmp_path / "retrain_pod", tracking_uri=uri)
+    assert np.load(got)["maps"].shape == (2, 4, 4)
+    got = fetch_source(plan["pretrained"], tmp_path / "retrain_pod2", tracking_uri=uri)
+    assert (got / "model.json").read_text() == "{}"
+    # URIs given as input are passed through untouched
+    assert publish_retrain_inputs({"data": "s3://mlflow/base.npz", "pretrained": ""}, run_id, uri) == \
+        {"data": "s3://mlflow/base.npz", "pretrained": ""}
