@@ -134,3 +134,14 @@ def test_unknown_profile_key_is_rejected(tmp_path, capsys):
     assert main(["compile", "--out", str(tmp_path), "--set", "cluster.gpu_limt=2"]) == 2
     assert "unknown config key" in capsys.readouterr().err
     assert not list(tmp_path.glob("*.yaml"))
+
+
+def test_a_data_pvc_is_mounted_in_the_data_and_drift_tasks(tmp_path):
+    assert main(["compile", "--out", str(tmp_path), "--profile", "full", "--set", "cluster.data_pvc=fab-maps",
+                 "--set", "cluster.data_mount_path=/maps"]) == 0
+    for pipeline, executor in (("waferflow-training", "exec-prepare-data"), ("waferflow-drift-monitor", "exec-check-drift")):
+        _, platform = _load(tmp_path / f"{pipeline}.yaml")
+        (mount,) = platform[executor]["pvcMount"]
+        assert mount["mountPath"] == "/maps", mount
+        assert mount["pvcNameParameter"]["runtimeValue"]["constant"] == "fab-maps", mount
+        assert sum("pvcMount" in ex for ex in platform.values()) == 1, pipeline
