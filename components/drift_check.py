@@ -73,7 +73,6 @@ def check_drift(
     import shutil
     import tempfile
     from collections import namedtuple
-
     from pathlib import Path
 
     from waferflow.config import atomic_write_json

@@ -69,3 +69,36 @@ def test_retrain_inputs_are_handed_over_as_mlflow_uris_that_another_pod_reads(tm
     # URIs given as input are passed through untouched
     assert publish_retrain_inputs({"data": "s3://mlflow/base.npz", "pretrained": ""}, run_id, uri) == \
         {"data": "s3://mlflow/base.npz", "pretrained": ""}
+
+
+def test_start_training_on_a_cluster_hands_over_runs_uris_and_the_drift_monitors_cluster_options(tmp_path,
+                                                                                                monkeypatch):
+    import json
+    from types import SimpleNamespace
+
+    from mlflow import MlflowClient
+
+    import waferflow.components.drift_check as dc
+    from waferflow.config import to_dict
+    from waferflow.profiles import get_profile
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("d", artifact_location=(tmp_path / "a").as_uri())).info.run_id
+    dec = tmp_path / "decision"
+    dec.mkdir()
+    np.savez(dec / "retrain_data.npz", maps=np.zeros((1, 2, 2), np.uint8))
+    (dec / "decision.json").write_text(json.dumps({
+        "mlflow_run_id": run_id, "tracking_uri": uri,
+        "retrain_plan": {"data": str(dec / "retrain_data.npz"), "pretrained": "", "notes": []}}))
+    seen = {}
+    monkeypatch.setattr(dc, "submit_training",
+                        lambda host, prof, namespace=None: seen.update(prof=prof, ns=namespace) or {"run_id": "r-1"})
+    cluster = to_dict(get_profile("full", ["cluster.image_registry=reg.example.com/wf"]).cluster)
+    rid = dc.start_training.python_func(decision=SimpleNamespace(path=str(dec)), host="http://kfp:8888",
+                                        namespace="team-a", profile="full", overrides=["n_maps=500"],
+                                        cluster=cluster, workdir="")
+    assert rid == "r-1" and seen["ns"] == "team-a"
+    prof = seen["prof"]
+    assert prof.data == f"runs:/{run_id}/retrain/retrain_data.npz" and prof.n_maps == 500
+    assert prof.cluster.image("cpu") == "reg.example.com/wf/waferflow-cpu:0.1.0"
