@@ -42,8 +42,8 @@ def prepare_data(
             from waferflow.data.ingest import ingest
             from waferflow.orchestration.sources import fetch_source
 
-            local = fetch_source(source, tempfile.mkdtemp(prefix="waferflow-source-"))
-            result = ingest(str(local), size=map_size or None)
+            with tempfile.TemporaryDirectory(prefix="waferflow-source-") as tmp:  # a download lives only here
+                result = ingest(str(fetch_source(source, tmp)), size=map_size or None)
             labeled_ds, unlabeled_ds = result.dataset, result.unlabeled
             src = f"ingest:{source}"
         else:

@@ -85,13 +85,17 @@ def check_drift(
         uri = resolve_uri(tracking_uri)
         cfg = DriftConfig(share_threshold=share_threshold, feature_threshold=feature_threshold,
                           embedding_threshold=embedding_threshold, prediction_threshold=prediction_threshold)
-        work = tempfile.mkdtemp(prefix="waferflow-drift-")
-        local_current = fetch_source(current, os.path.join(work, "current"), tracking_uri=uri)
-        local_train = str(fetch_source(train_data, os.path.join(work, "train"), tracking_uri=uri)) if train_data else None
-        os.makedirs(decision.path, exist_ok=True)
-        d = drift_check(local_current, decision.path, model=model or None, cfg=cfg, tracking_uri=uri,
-                        workdir=work, registered_model_name=registered_model_name,
-                        train_data=local_train, prepare_retrain=True)
+        work = tempfile.mkdtemp(prefix="waferflow-drift-")  # downloads and the champion; gone when done
+        try:
+            local_current = fetch_source(current, os.path.join(work, "current"), tracking_uri=uri)
+            local_train = str(fetch_source(train_data, os.path.join(work, "train"), tracking_uri=uri)) \
+                if train_data else None
+            os.makedirs(decision.path, exist_ok=True)
+            d = drift_check(local_current, decision.path, model=model or None, cfg=cfg, tracking_uri=uri,
+                            workdir=work, registered_model_name=registered_model_name,
+                            train_data=local_train, prepare_retrain=True)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
         plan = d.get("retrain_plan")
         if plan and local_train and plan.get("data") == str(Path(local_train).resolve()):
             plan["data"] = train_data  # the base data unchanged: hand over its own URI, not this pod's copy

@@ -102,3 +102,32 @@ def test_start_training_on_a_cluster_hands_over_runs_uris_and_the_drift_monitors
     prof = seen["prof"]
     assert prof.data == f"runs:/{run_id}/retrain/retrain_data.npz" and prof.n_maps == 500
     assert prof.cluster.image("cpu") == "reg.example.com/wf/waferflow-cpu:0.1.0"
+
+
+def test_the_data_component_reads_an_s3_source_and_keeps_no_download(s3, tmp_path, monkeypatch):
+    import os
+    import tempfile
+
+    from kfp import dsl
+
+    from waferflow.components.data import prepare_data
+    from waferflow.data.contract import load_dataset, save_dataset
+    from waferflow.data.synth import generate
+
+    save_dataset(generate(n=30, size=24, seed=1, taxonomy="seed20"), tmp_path / "maps.npz", source="test")
+    s3.upload_file(str(tmp_path / "maps.npz"), "mlflow", "data/maps.npz")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+
+    def art(name):
+        a = dsl.Dataset(name=name, uri=str(tmp_path / name), metadata={})
+        a.path = str(tmp_path / name)
+        return a
+
+    out, unl = art("dataset"), art("unlabeled")
+    prepare_data.python_func(source="s3://mlflow/data/maps.npz", source_fingerprint="etag", n_maps=0, map_size=24,
+                             taxonomy="seed20", seed=0, dataset=out, unlabeled=unl)
+    assert len(load_dataset(os.path.join(out.path, "data.npz"), require_labels=True)) == 30
+    assert out.metadata["source"] == "ingest:s3://mlflow/data/maps.npz"
+    assert list(scratch.iterdir()) == []  # the download is gone
