@@ -15,6 +15,7 @@ def adapt_batchnorm(
     pretrained: str,
     seed: int,
     adapted: Output[Model],
+    max_maps: int = 20000,
 ):
     """Write one model folder per backbone (``<adapted>/<backbone>/``) with BN statistics re-estimated on the
     target maps (training maps plus any unlabeled ones; labels are not used). Train tasks start from these.
@@ -26,15 +27,14 @@ def adapt_batchnorm(
         input_size: Model input size (0 = the backbone's pretrained size).
         pretrained: Pretrained weights source (see ``waferflow.models.create_model``).
         seed: Seed for the map sample.
+        max_maps: At most this many maps are sampled (never stacked whole) from a larger train + unlabeled pool.
     """
     import os
-
-    import numpy as np
 
     from waferflow.data.contract import load_dataset
     from waferflow.models import create_model, save_model_dir
     from waferflow.orchestration.runtime import dataset_file, stage, versions
-    from waferflow.train.adapt import adapt_bn
+    from waferflow.train.adapt import adapt_bn, sample_maps
 
     with stage("adapt_bn", backbones=",".join(backbones)) as rec:
         train_ds = load_dataset(dataset_file(train.path), require_labels=True)
@@ -49,7 +49,7 @@ def adapt_batchnorm(
                 b, num_classes=train_ds.num_classes, pretrained=pretrained, input_size=input_size or None,
                 class_names=list(train_ds.class_names), taxonomy=train_ds.meta.get("taxonomy"),
             )
-            maps = np.concatenate([d.resized(spec.input_size) for d in target])
+            maps = sample_maps(target, spec.input_size, max_maps, seed)
             report = adapt_bn(model, spec, maps)
             save_model_dir(model, spec, os.path.join(adapted.path, b))
             info[b] = {"weights_source": spec.weights_source, "n_maps": report["n_maps"], "n_layers": report["n_layers"],

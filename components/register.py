@@ -69,21 +69,43 @@ def log_to_mlflow(
     train: Input[Dataset],
     val: Input[Dataset],
     tracking_uri: str,
+    data: Input[Dataset],
+    unlabeled: Input[Dataset],
+    gates: dict,
 ) -> str:
     """Log the selected candidate (params, history, test metrics FP32/INT8, latency, the model folder, the ONNX
     models, the TensorRT record and every candidate's validation metrics) as a nested run, with the drift
     reference built from its training data (``drift_reference/``: the version's run carries it, so drift is
     always judged against the champion's own reference; its PCA is fitted on the train split and its rows are the
-    val and test maps, which the model was not fitted on); returns the run id."""
+    val and test maps, which the model was not fitted on). The data manifest names every split (train, val, test,
+    and the unlabeled maps when there are any) with its hash, and each is logged as an input dataset of the run;
+    The raw-map pyfunc wraps the ONNX form the gates deploy (``gates``, GateConfig overrides); returns the run
+    id."""
+    import json
     import os
     import tempfile
 
     from waferflow.drift.reference import build_reference
     from waferflow.drift.tracking import store_reference
     from waferflow.orchestration.runtime import dataset_file, stage, tracking_uri as resolve_uri
+    from waferflow.config import load_config
+    from waferflow.gates import GateConfig
     from waferflow.tracking import log_candidate
 
+    def _manifest(art):
+        p = os.path.join(art.path, "data.json")
+        if not os.path.exists(p):
+            return None
+        with open(p) as f:
+            return json.load(f)
+
     with stage("log_mlflow", candidate=model.metadata.get("candidate")) as rec:
+        manifest = dict(_manifest(data) or {})
+        manifest.pop("class_counts", None)  # the whole dataset's counts are the splits' sum, shown per split
+        for name, art in (("train", train), ("val", val), ("test", test), ("unlabeled", unlabeled)):
+            m = _manifest(art)
+            if m is not None:
+                manifest[name] = m
         run_id = log_candidate(
             resolve_uri(tracking_uri), parent_run_id, model.path,
             os.path.join(test_metrics.path, "metrics.json"),
@@ -92,8 +114,9 @@ def log_to_mlflow(
             export_dir=onnx.path,
             int8_metrics=os.path.join(int8_metrics.path, "metrics.json"),
             latency=os.path.join(latency.path, "latency.json"),
-            data_manifest=os.path.join(test.path, "data.json"),
+            data_manifest=manifest,
             run_name=model.metadata.get("candidate"),
+            serve_form=load_config(GateConfig, overrides=dict(gates)).deployment_form,
         )
         with tempfile.TemporaryDirectory() as tmp:
             ref = build_reference(model.path, dataset_file(train.path), os.path.join(tmp, "drift_reference"),
@@ -115,14 +138,17 @@ def register_model(
     registered_model_name: str,
     tracking_uri: str,
     verdicts: Output[Artifact],
+    model: Input[Model],
 ) -> NamedTuple("Registered", [("version", str), ("passed", bool), ("summary", str)]):
-    """Check every gate (against the champion re-evaluated on this test set, when there is one), then register
-    the logged candidate as a new model version whose tags and model card carry every verdict; ``challenger``
-    moves to it. ``passed`` drives the ``dsl.If`` around promotion.
+    """Check every gate, then register the logged candidate as a new model version whose tags and model card carry
+    every verdict, its interval and a one-line reason; ``challenger`` moves to it. When there is a champion, it
+    and the candidate both predict this test set, and "not worse" is a paired test on those maps (McNemar,
+    paired bootstrap). ``passed`` drives the ``dsl.If`` around promotion.
 
     Args:
         run_id: The candidate run (log_to_mlflow).
         gates: GateConfig overrides, e.g. ``{"min_accuracy": 0.95}``.
+        model: The candidate's model folder (it predicts the test maps for the paired test).
     """
     import json
     import os
@@ -131,7 +157,7 @@ def register_model(
 
     from waferflow.config import atomic_write_json, load_config
     from waferflow.data.contract import load_dataset
-    from waferflow.evaluation import evaluate, torch_predictor
+    from waferflow.evaluation import check_classes, metrics_from_logits, predict_dataset, torch_predictor
     from waferflow.gates import GateConfig, check_gates
     from waferflow.models import load_model_dir
     from waferflow.orchestration.runtime import dataset_file, stage, tracking_uri as resolve_uri, versions
@@ -144,28 +170,40 @@ def register_model(
     uri = resolve_uri(tracking_uri)
     with stage("register", model_name=registered_model_name) as rec:
         cfg = load_config(GateConfig, overrides=dict(gates))
-        candidate = {"metrics": _load(test_metrics), "int8_metrics": _load(int8_metrics), "latency": _load(latency, "latency.json")}
+        test_ds = load_dataset(dataset_file(test.path), require_labels=True)
+
+        def _predict(model_dir):
+            net, spec = load_model_dir(model_dir)
+            check_classes(test_ds, spec)
+            logits = predict_dataset(torch_predictor(net), test_ds, spec, desc="predict test")
+            return logits, metrics_from_logits(test_ds.labels, logits, spec.class_names)
+
+        preds = _predict(model.path)[0].argmax(1)
+        candidate = {"metrics": _load(test_metrics), "int8_metrics": _load(int8_metrics),
+                     "latency": _load(latency, "latency.json"), "labels": test_ds.labels, "predictions": preds}
         champion = None
         with tempfile.TemporaryDirectory() as tmp:
             info = get_champion(uri, tmp, name=registered_model_name)
             if info is not None:
-                test_ds = load_dataset(dataset_file(test.path), require_labels=True)
-                net, spec = load_model_dir(info.model_dir)
-                champion = {"version": info.version, "metrics": evaluate(torch_predictor(net), test_ds, spec)}
+                logits, champ_metrics = _predict(info.model_dir)
+                champion = {"version": info.version, "metrics": champ_metrics, "predictions": logits.argmax(1)}
                 print(f"[waferflow] champion v{info.version} on this test set: "
                       f"accuracy {champion['metrics']['overall']['accuracy']:.4f}")
         report = check_gates(candidate, cfg, champion=champion)
         for r in report.results:
             print(f"[waferflow] gate {r.describe()}")
+        print(f"[waferflow] gates {report.reason}")
         version = register_candidate(uri, run_id, report, name=registered_model_name, pipeline_run_id=parent_run_id,
-                                     test_data_hash=test.metadata.get("data_hash"))
+                                     test_data_hash=test.metadata.get("data_hash"),
+                                     predictions={"labels": test_ds.labels, "predictions": preds})
         result = report.to_dict()
         result["version"] = str(version)
         os.makedirs(verdicts.path, exist_ok=True)
         atomic_write_json(os.path.join(verdicts.path, "gates.json"), result)
         failed = [r.name for r in report.violations]
-        summary = "all gates passed" if report.passed else "failed: " + ", ".join(failed)
-        verdicts.metadata.update({"passed": report.passed, "failed": failed, "version": str(version),
+        summary = report.reason
+        verdicts.metadata.update({"passed": report.passed, "failed": failed, "reason": report.reason,
+                                  "version": str(version),
                                   "champion_compared": report.champion_version, "versions": versions()})
         rec.update(version=str(version), passed=report.passed, failed=failed)
     return namedtuple("Registered", ["version", "passed", "summary"])(str(version), bool(report.passed), summary)

@@ -13,12 +13,14 @@ def build_report(
     latency: Input[Artifact],
     trt: Input[Artifact],
     verdicts: Input[Artifact],
+    queue: Input[Artifact],
     markdown: Output[Markdown],
     html: Output[HTML],
     summary: Output[Artifact],
 ):
     """Write the Markdown/HTML report (candidates on validation, best on test, latency per form, TensorRT,
-    every gate's value/threshold/verdict) and ``summary/summary.json``; the local launcher prints it."""
+    every gate's value, interval, threshold and verdict with the one-line reason, and where the label queue is) and
+    ``summary/summary.json``; the local launcher prints it."""
     import json
     import os
 
@@ -37,6 +39,7 @@ def build_report(
             "trt": _load(trt, "trt.json"),
             "gates": _load(verdicts, "gates.json"),
             "version": verdicts.metadata.get("version"),
+            "label_queue": dict(_load(queue, "queue.json"), folder=queue.path),
         }
         md, page = render_report(data)
         atomic_write_text(markdown.path, md)

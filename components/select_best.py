@@ -30,8 +30,9 @@ def select_best(
 
     from waferflow.config import atomic_write_json, atomic_write_text
     from waferflow.errors import WaferflowError
-    from waferflow.orchestration.runtime import choose_best, comparison_rows, stage, versions
+    from waferflow.orchestration.runtime import comparison_rows, stage, versions
     from waferflow.plots import comparison_table
+    from waferflow.selection import choose_best
 
     with stage("select_best", n=len(models)) as rec:
         rows = {}

@@ -42,10 +42,11 @@ def train_candidate(
     from waferflow.orchestration.runtime import dataset_file, stage, tracking_uri, versions
     from waferflow.train import TrainConfig
     from waferflow.train.loop import train as train_model
+    from waferflow.selection import candidate_name
     from waferflow.train.strategies import STRATEGIES
 
     strategy, backbone = candidate["strategy"], candidate["backbone"]
-    name = f"{strategy}-{backbone}"
+    name = candidate_name(strategy, backbone)
     with stage("train", candidate=name) as rec:
         overrides = dict(train_config)
         overrides.update(strategy=strategy, backbone=backbone, seed=seed, device=device)

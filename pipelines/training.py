@@ -3,7 +3,8 @@
 start MLflow run -> ExitHandler[ data -> split -> adaptive BN -> ParallelFor(candidates: train -> evaluate on
 val) -> Collected fan-in: select best on validation -> evaluate on test -> export (ONNX FP32/INT8 + latency) ->
 evaluate INT8 -> TensorRT compile -> log to MLflow -> gates + register (the version's tags and model card carry
-every verdict, so the gates run just before the version is created) -> report; dsl.If(gates passed) -> promote
+every verdict, so the gates run just before the version is created) -> label queue (the unlabeled maps worth
+labeling) -> report; dsl.If(gates passed) -> promote
 (inside a small sub-pipeline, see below) ]
 -> exit task: close the MLflow run, or record it FAILED with the failing task and error. The MLflow parent run is
 tagged with the KFP run's unique id (``dsl.PIPELINE_JOB_ID_PLACEHOLDER``), which links it back to the KFP run; the
@@ -24,6 +25,7 @@ from waferflow.components.compile_trt import compile_tensorrt
 from waferflow.components.data import prepare_data
 from waferflow.components.evaluate import evaluate_model
 from waferflow.components.export import export_model
+from waferflow.components.label_queue import build_label_queue
 from waferflow.components.register import finish_run, log_to_mlflow, promote_model, register_model, start_run
 from waferflow.components.report import build_report
 from waferflow.components.select_best import select_best
@@ -98,6 +100,7 @@ def build_pipeline(profile: Profile | None = None):
         bench_iters: int = p.bench_iters,
         export_options: dict = dict(p.export),
         gates: dict = dict(p.gates),
+        label_queue: int = p.label_queue,
         registered_model_name: str = p.registered_model_name,
         experiment: str = p.experiment,
         tracking_uri: str = "",
@@ -182,7 +185,8 @@ def build_pipeline(profile: Profile | None = None):
                 test_metrics=test_eval.outputs["metrics_json"], int8_metrics=int8_eval.outputs["metrics_json"],
                 latency=exported.outputs["latency"], trt=trt.outputs["report"], candidates=best.outputs["candidates"],
                 test=split.outputs["test"], train=split.outputs["train"], val=split.outputs["val"],
-                tracking_uri=tracking_uri,
+                tracking_uri=tracking_uri, data=data.outputs["dataset"], unlabeled=data.outputs["unlabeled"],
+                gates=gates,
             ).set_display_name("log-mlflow")
             on_cpu(logged, c)
             with_secret(logged, c)
@@ -191,14 +195,19 @@ def build_pipeline(profile: Profile | None = None):
                 run_id=logged.output, parent_run_id=started.output, test=split.outputs["test"],
                 test_metrics=test_eval.outputs["metrics_json"], int8_metrics=int8_eval.outputs["metrics_json"],
                 latency=exported.outputs["latency"], gates=gates, registered_model_name=registered_model_name,
-                tracking_uri=tracking_uri,
+                tracking_uri=tracking_uri, model=best.outputs["best"],
             ).set_display_name("register-and-gate")
             on_cpu(reg, c)
             with_secret(reg, c)
             flaky(reg, c)
+            queue = build_label_queue(
+                model=best.outputs["best"], unlabeled=data.outputs["unlabeled"], n=label_queue,
+            ).set_display_name("label-queue")
+            on_cpu(queue, c)
             report = build_report(
                 candidates=best.outputs["candidates"], test_metrics=test_eval.outputs["metrics_json"],
                 latency=exported.outputs["latency"], trt=trt.outputs["report"], verdicts=reg.outputs["verdicts"],
+                queue=queue.outputs["queue"],
             ).set_display_name("report")
             on_cpu(report, c)
             report.set_caching_options(enable_caching=False)

@@ -1,13 +1,15 @@
 """Run profiles: the training pipeline's parameters and cluster options, as data.
 
-``local`` is the default CPU job (``waferflow run``), ``full`` the GPU recipe for a
-cluster, ``tiny`` a seconds-long variant for tests. ``get_profile(name, overrides)``
+``local`` is the default CPU job (``waferflow run``), ``real`` the same recipe on the user's own
+maps (``waferflow run --data``) with gates sized for a small real test split, ``full`` the GPU recipe
+for a cluster, ``tiny`` a seconds-long variant for tests. Every profile states its gate thresholds. ``get_profile(name, overrides)``
 returns a frozen, validated :class:`Profile`; overrides use ``key=value`` with dots
 for nesting (``cluster.gpu_limit=2``), exactly as ``waferflow run --set``.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -97,7 +99,8 @@ class Profile:
         int8: Also export and gate the INT8 ONNX model.
         bench_iters: Timed single-map iterations per form in the latency benchmark.
         export: Extra ``waferflow.export.exporter.export_onnx`` options (e.g. ``max_abs_diff``).
-        gates: GateConfig overrides (key -> value).
+        gates: Gate thresholds (``waferflow.gates.GateConfig`` keys); every profile states them all.
+        label_queue: Unlabeled maps the run queues for labeling (``queue.csv`` + ``queue.png``; 0 = none).
         registered_model_name: MLflow registered model name.
         experiment: MLflow experiment name.
         parallelism: Candidates trained at once (0 = all); 1 on a small CPU machine, where each task
@@ -123,6 +126,7 @@ class Profile:
     bench_iters: int = 200
     export: dict = field(default_factory=dict)
     gates: dict = field(default_factory=dict)
+    label_queue: int = 50
     registered_model_name: str = "wafer-defect-classifier"
     experiment: str = "waferflow"
     parallelism: int = 1
@@ -135,17 +139,53 @@ class Profile:
             raise ConfigError("backbones is empty; name at least one timm backbone, e.g. backbones=[tf_efficientnet_lite0]")
         if self.device not in ("cpu", "cuda"):
             raise ConfigError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
+        self.gate_config()  # a bad gate key or value fails here, before any training
+
+    def gate_config(self):
+        """The run's :class:`waferflow.gates.GateConfig` (defaults, then this profile's ``gates``).
+
+        Raises:
+            ConfigError: Unknown gate key or bad value.
+        """
+        from waferflow.gates import GateConfig
+
+        try:
+            return load_config(GateConfig, overrides=dict(self.gates))
+        except ConfigError as e:
+            raise ConfigError(f"profile {self.name!r}: gates: {e}") from None
 
     def to_dict(self) -> dict:
         """Plain dict (JSON/YAML-serializable)."""
         return to_dict(self)
 
 
+# The design card's thresholds. With 10,000 synthetic maps the test split holds 1,500 maps: a 95% interval around
+# 0.98 accuracy is +-0.7 points, so the point estimate is judged.
+SYNTHETIC_GATES: dict[str, Any] = {
+    "min_accuracy": 0.92, "min_macro_f1": 0.85, "min_class_recall": 0.5, "max_int8_accuracy_drop": 0.01,
+    "max_p99_latency_ms": 50.0, "deployment_form": "onnx_int8", "judge": "point", "confidence": 0.95,
+    "champion_alpha": 0.05,
+}
+# Real maps with few labels (WM-811K train_1: 623 labels, a 89-map test split). A working transfer recipe reaches
+# 87-92% accuracy and macro-F1 0.68-0.81 on 12,450 held-out maps; a failed one (scratch at 64 px, or weights that
+# silently fell back to random) 70% / 0.52 (README, "Real maps, few labels"). The thresholds sit between the two,
+# and on 89 maps a gate is judged on its 95% interval: it fails only when the whole interval is below, so a working
+# recipe is not refused for the noise of a small split and a failed one (its interval ends near 0.78 / 0.60) is.
+# INT8 costs about 4 accuracy points on real maps at 64 px, so the deployed form is FP32; the INT8 gate still
+# catches a broken quantization. The champion comparison is the same paired test as everywhere.
+REAL_GATES: dict[str, Any] = {
+    "min_accuracy": 0.85, "min_macro_f1": 0.65, "min_class_recall": 0.5, "max_int8_accuracy_drop": 0.05,
+    "max_p99_latency_ms": 50.0, "deployment_form": "onnx_fp32", "judge": "interval", "confidence": 0.95,
+    "champion_alpha": 0.05,
+}
+
 _PROFILES: dict[str, dict[str, Any]] = {
     # The README's main job: CPU, 10k synthetic maps at 64 px, offline ImageNet Lite0, every strategy, in <= 15 min
     # on 2 cores. Budgets in wall time are about equal: gradual unfreezing's 10 epochs include 5 partial-depth ones
     # (cheaper backward), ~240 s, against ~190-220 s for 7 all-layer epochs of scratch and full fine-tuning.
-    "local": {"epochs": {"scratch": 7, "full_finetune": 7, "gradual_unfreezing": 10}},
+    "local": {"epochs": {"scratch": 7, "full_finetune": 7, "gradual_unfreezing": 10}, "gates": SYNTHETIC_GATES},
+    # `waferflow run --data PATH`: the local recipe on the user's real maps, gates for a small real test split.
+    "real": {"epochs": {"scratch": 7, "full_finetune": 7, "gradual_unfreezing": 10}, "gates": REAL_GATES},
     # The seed's GPU recipe; train/TRT go to the GPU node pool when compiled.
     "full": {
         "backbones": ["resnet50", "efficientnet_b3", "vit_base_patch16_224"],
@@ -155,6 +195,7 @@ _PROFILES: dict[str, dict[str, Any]] = {
         "parallelism": 0,
         "train": {"amp": True, "channels_last": True},
         "epochs": {},
+        "gates": SYNTHETIC_GATES,
     },
     # Seconds-long variant for tests and smoke checks: a few hundred maps, one epoch, two strategies.
     "tiny": {
@@ -169,8 +210,8 @@ _PROFILES: dict[str, dict[str, Any]] = {
         "export": {"max_abs_diff": 0.01},
         # A seconds-long model cannot reach the production thresholds; the tiny profile exercises the gate
         # machinery with permissive absolute gates (the champion comparison still applies).
-        "gates": {"min_accuracy": 0.0, "min_macro_f1": 0.0, "min_class_recall": 0.0, "max_int8_accuracy_drop": 1.0,
-                  "max_p99_latency_ms": 1000.0},
+        "gates": {**SYNTHETIC_GATES, "min_accuracy": 0.0, "min_macro_f1": 0.0, "min_class_recall": 0.0,
+                  "max_int8_accuracy_drop": 1.0, "max_p99_latency_ms": 1000.0},
     },
 }
 
@@ -189,7 +230,7 @@ def get_profile(name: str = "local", overrides: Mapping[str, Any] | list[str] | 
     """
     if name not in _PROFILES:
         raise ConfigError(f"unknown profile {name!r}; choose one of: {', '.join(PROFILE_NAMES)}")
-    base = load_config(Profile, overrides=dict(_PROFILES[name], name=name))
+    base = load_config(Profile, overrides=copy.deepcopy(dict(_PROFILES[name], name=name)))
     return load_config(Profile, overrides=overrides, base=base) if overrides else base
 
 

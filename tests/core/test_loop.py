@@ -13,6 +13,7 @@ from waferflow.config import load_config
 from waferflow.data.contract import save_dataset
 from waferflow.errors import ConfigError
 from waferflow.models import load_model_dir
+from waferflow.selection import choose_best
 from waferflow.train import TrainConfig, train
 
 TINY = ["input_size=16", "batch_size=16", "eval_batch_size=64", "num_threads=1"]
@@ -113,11 +114,16 @@ def test_cli_train_one_file_and_compare(tmp_path, make_lines, r18_file, capsys):
     assert main(["compare", "--data", str(split), "--strategies", "scratch,feature_extraction", "--backbones",
                  "resnet18", "--epochs", "1", "--weights", r18_file, *tiny, "--out", str(tmp_path / "cmp")]) == 0
     md = (tmp_path / "cmp" / "comparison.md").read_text()
-    assert "resnet18__scratch" in md and "resnet18__feature_extraction" in md
-    assert "| balanced acc | macro-F1 |" in md  # the same table (plots.comparison_table) as the pipeline report
+    # the same names as the pipeline's candidates, the same table (plots.comparison_table) as its report
+    assert "scratch-resnet18" in md and "feature_extraction-resnet18" in md
+    assert "| balanced acc | macro-F1 |" in md
     js = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
     assert {c["strategy"] for c in js["candidates"]} == {"scratch", "feature_extraction"}
-    assert (tmp_path / "cmp" / "candidates" / "resnet18__scratch" / "metrics.json").is_file()
+    # chosen on validation (each candidate's best_val), and only the chosen one is scored on test
+    val = {c["candidate"]: {"overall": c["overall"]} for c in js["candidates"]}
+    assert js["selected_on"] == "val" and js["best"] == choose_best(val)[0]
+    scored = sorted(p.parent.name for p in (tmp_path / "cmp" / "candidates").glob("*/metrics.json"))
+    assert scored == [js["best"]] and js["best_test"]["n"] == 16
     # user errors exit 2 with a message
     assert main(["train", "--data", str(tmp_path / "nope.npz"), "--out", str(tmp_path / "x")]) == 2
     assert main(["train", "--data", str(f), "--set", "bogus=1", "--out", str(tmp_path / "x")]) == 2

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))  # crafted.py: builders shared with benchmarks/bench_fuzz.py
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 LSWMD_SMALL = FIXTURES / "LSWMD_small.pkl"

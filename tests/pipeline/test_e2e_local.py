@@ -47,5 +47,12 @@ def test_tiny_pipeline_promotes_then_a_failing_gate_keeps_the_champion(tmp_path)
     assert r2.summary["gates"]["passed"] is False and r2.summary["version"] == "2"
     failed = [g["name"] for g in r2.summary["gates"]["results"] if not g["passed"]]
     assert any("latency" in n for n in failed)
+    # the miss explains itself in one line; the champion comparison is a paired test on the same maps
+    reason = r2.summary["gates"]["reason"]
+    assert reason.startswith("failed: p99_latency_ms") and "\n" not in reason
+    paired = {g["name"]: g for g in r2.summary["gates"]["results"] if g["name"].startswith("vs_champion")}
+    assert set(paired) == {"vs_champion_accuracy", "vs_champion_macro_f1"}
+    assert all(g["p_value"] is not None and g["ci_low"] is not None for g in paired.values())
+    assert r2.summary["label_queue"]["skipped"] == "the data has no unlabeled maps"  # synthetic data
     assert r2.champion == "1"
     assert str(client.get_model_version_by_alias("wafer-defect-classifier", "champion").version) == "1"

@@ -34,11 +34,13 @@ def test_progress_relay_turns_carriage_returns_into_lines():
 
 
 def test_choose_best_ranks_by_macro_f1_then_accuracy():
+    from waferflow.selection import choose_best
+
     rows = {"a": {"overall": {"macro_f1": 0.9, "accuracy": 0.91}}, "b": {"overall": {"macro_f1": 0.9, "accuracy": 0.95}},
             "c": {"overall": {"macro_f1": 0.8, "accuracy": 0.99}}}
-    assert runtime.choose_best(rows) == ("b", ["b", "a", "c"])
+    assert choose_best(rows) == ("b", ["b", "a", "c"])
     with pytest.raises(WaferflowError):
-        runtime.choose_best({})
+        choose_best({})
 
 
 def test_tracking_uri_needs_a_value(monkeypatch):

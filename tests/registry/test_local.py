@@ -133,7 +133,7 @@ def test_register_card_challenger_and_gated_promotion(store, tmp_path):
     assert mv.tags["gates.passed"] == "true" and mv.tags["gate.accuracy"].startswith("pass")
     assert mv.tags["pipeline_run_id"] == store["parent"] and mv.tags["test_data_hash"] == "ab" * 32
     card = mv.description
-    for needle in ("# Model card", "## Data it saw", "| Donut | 100 | 400 |", "### Per class", "## Latency",
+    for needle in ("# Model card", "## Data it saw", "| Donut | 400 | 100 |", "### Per class", "## Latency",
                    "| onnx_int8 |", "## Gates", "| accuracy |", "## Intended use", "## Limits", "ab" * 32):
         assert needle in card, needle
     assert T.champion_version(uri, name=name) is None

@@ -18,7 +18,7 @@ from waferflow.errors import WaferflowError
 
 # Modules that each define ``register(subparsers)``; a missing one is skipped
 # only while it has not been written yet (ImportError of the module itself).
-AREAS = ("data", "train", "evaluate", "export", "registry", "pipeline", "drift")
+AREAS = ("data", "train", "evaluate", "export", "registry", "pipeline", "drift", "labels")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,6 +22,16 @@ def _positive_int(s: str) -> int:
     return v
 
 
+def _positive_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a number") from None
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {s!r}")
+    return v
+
+
 def _fraction(s: str) -> float:
     try:
         v = float(s)
@@ -77,7 +87,10 @@ def register(sub: argparse._SubParsersAction) -> None:
             "  a folder of PNGs    SRC/<class name>/*.png greyscale, one coding for all images:\n"
             "                      raw 0/1/2, or scaled 0 off-wafer / 127 or 128 pass / 255 fail\n\n"
             "Without --size every map keeps its own size (variable layout); --size S resizes to SxS with\n"
-            "nearest-neighbour only. Nothing is written when the input is invalid."
+            "nearest-neighbour only. Decoding is bounded (--max-decoded-mib, --max-map-pixels); PNGs must be\n"
+            "real PNG files and symlinks are refused unless --allow-symlinks. All outputs are written\n"
+            "together or not at all: nothing is written when the input is invalid, and an old\n"
+            "NAME.unlabeled.npz is removed when the new input has no unlabeled rows."
         ),
         epilog="example: waferflow ingest LSWMD.pkl --out data/wm811k.npz --size 64",
     )
@@ -85,6 +98,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output .npz")
     p.add_argument("--size", type=_positive_int, default=None, help="resize to SIZE x SIZE (nearest-neighbour)")
     p.add_argument("--unlabeled-out", default=None, help="where unlabeled LSWMD rows go (default NAME.unlabeled.npz)")
+    p.add_argument("--max-decoded-mib", type=_positive_float, default=2048.0,
+                   help="refuse inputs that decode to more than this many MiB of arrays and maps (default 2048, "
+                        "enough for the whole WM-811K LSWMD.pkl)")
+    p.add_argument("--max-map-pixels", type=_positive_int, default=1 << 22,
+                   help="refuse a map or PNG with more pixels than this (default 4194304 = 2048x2048)")
+    p.add_argument("--allow-symlinks", action="store_true",
+                   help="follow symlinks in a PNG folder (only to targets inside it; refused by default)")
     p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser(
@@ -142,11 +162,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     """Handler of ``waferflow ingest``."""
-    from waferflow.data.ingest import ingest, write_ingest
+    from waferflow.data.ingest import DecodeLimits, ingest, write_ingest
 
     if Path(args.out).suffix != ".npz":
         raise DataError(f"--out must end in .npz, got {args.out}")
-    result = ingest(args.src, size=args.size)
+    limits = DecodeLimits(max_decoded_mib=args.max_decoded_mib, max_map_pixels=args.max_map_pixels,
+                          allow_symlinks=args.allow_symlinks)
+    result = ingest(args.src, size=args.size, limits=limits)
     info = write_ingest(result, args.out, unlabeled_out=args.unlabeled_out)
     man = info["manifest"]
     print(json.dumps({"out": info["out"], "n_maps": man["n_maps"], "layout": man["layout"],

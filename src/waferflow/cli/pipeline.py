@@ -11,17 +11,19 @@ from waferflow.errors import ConfigError
 
 _RUN_EPILOG = """examples:
   waferflow run                                   # local profile: 10,000 synthetic maps, every strategy, CPU
-  waferflow run --data my_maps.npz                # the same on your own maps (.npz, LSWMD.pkl, PNG folders)
+  waferflow run --data my_maps.npz                # the same on your own maps (.npz, LSWMD.pkl, PNG folders);
+                                                  # --data implies --profile real (gates for a small real test set)
   waferflow run --profile tiny                    # seconds-long smoke run
   waferflow run --profile tiny --runner docker    # each task in the CPU image (images/build.sh builds it)
   waferflow run --set n_maps=4000 --set 'strategies=[full_finetune]' --set gates.min_accuracy=0.95
 """
 
 
-def _add_profile_args(p: argparse.ArgumentParser, default: str) -> None:
+def _add_profile_args(p: argparse.ArgumentParser, default: str | None, help_default: str | None = None) -> None:
     from waferflow.profiles import PROFILE_NAMES
 
-    p.add_argument("--profile", default=default, choices=PROFILE_NAMES, help=f"run profile (default {default})")
+    p.add_argument("--profile", default=default, choices=PROFILE_NAMES,
+                   help=f"run profile (default {help_default or default})")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="profile override, YAML value, dots for nesting (repeatable), e.g. epochs.full_finetune=3")
 
@@ -48,7 +50,7 @@ def register(subparsers) -> None:
         "the embedded MLflow store under the workdir.",
         epilog=_RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _add_profile_args(p, "local")
+    _add_profile_args(p, None, "local; real with --data")
     p.add_argument("--data", default=None, help="your own maps (.npz, LSWMD.pkl or a folder of PNGs per class) "
                    "instead of synthetic ones")
     p.add_argument("--workdir", default="waferflow_runs", help="outputs, kfp cache and MLflow store (default "
@@ -149,6 +151,8 @@ def cmd_run(args) -> int:
         if not os.path.exists(args.data):
             raise ConfigError(f"--data {args.data} does not exist; give a .npz, an LSWMD.pkl or a folder of PNGs")
         extra["data"] = os.path.abspath(args.data)
+    if args.profile is None:
+        args.profile = "real" if args.data else "local"
     profile = _profile(args, extra)
     result = run_local(profile, workdir=args.workdir, cache=not args.no_cache, runner=args.runner)
     print(format_result(result))

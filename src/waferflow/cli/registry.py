@@ -129,14 +129,23 @@ def _show(args) -> int:
     print(f"run {info['run_id']}   source {info['source']}")
     print(f"strategy {t.get('strategy')}   backbone {t.get('backbone')}   data {t.get('data_hash', '')[:16]}   "
           f"git {t.get('git_commit', '')[:12]}")
+    print(f"weights {t.get('weights_origin', 'unknown')}   source model {t.get('source_model', 'unknown')}   "
+          f"served form {t.get('served_form', t.get('deployment_form', '?'))}")
     gates = info.get("gates")
     if gates:
-        print(f"\nGates: {'PASSED' if gates['passed'] else 'FAILED'}"
-              + (f" (vs champion v{gates['champion_version']})" if gates.get("champion_version") else ""))
-        for r in gates["results"]:
-            v = "n/a" if r["value"] is None else f"{r['value']:.4f}"
-            print(f"  [{'pass' if r['passed'] else 'FAIL'}] {r['name']:<24} {v:>9} {r['op']} {r['threshold']:g}"
-                  + (f"   {r['detail']}" if r.get("detail") else ""))
+        from waferflow.gates import GateReport
+
+        rep = GateReport.from_dict(gates)
+        level = f"{rep.config.confidence:.0%}"
+        print(f"\nGates: {'PASSED' if rep.passed else 'FAILED'}"
+              + (f" (paired tests vs champion v{rep.champion_version} on the same test maps)"
+                 if rep.champion_version else " (no champion to compare with)")
+              + f"; values with their {level} interval, absolute gates judged on the "
+              + ("point estimate" if rep.config.judge == "point" else "interval"))
+        print(f"Why: {rep.reason}")
+        for r in rep.results:
+            print(f"  [{'pass' if r.passed else 'FAIL'}] {r.name:<22} {r.value_text():>34} {r.op} {r.threshold:g}"
+                  + (f"   {r.detail}" if r.detail else ""))
     print("\n" + (info["model_card"] or "(no model card)"))
     return 0
 

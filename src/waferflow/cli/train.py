@@ -63,8 +63,9 @@ def register(sub) -> None:
 
     p = sub.add_parser(
         "compare", help="train strategies x backbones on one dataset and write a comparison table",
-        description="Runs every candidate (strategy x backbone) on DIR/train.npz + val.npz, evaluates each on "
-        "DIR/test.npz, and writes OUT/comparison.md, OUT/comparison.json and OUT/candidates/<name>/ model dirs.",
+        description="Runs every candidate (strategy x backbone) on DIR/train.npz + val.npz, ranks them on "
+        "validation macro-F1, scores only the chosen one on DIR/test.npz (read once), and writes "
+        "OUT/comparison.md, OUT/comparison.json and OUT/candidates/<name>/ model dirs.",
     )
     p.add_argument("--data", required=True, help="DIR with train.npz, val.npz, test.npz")
     p.add_argument("--strategies", default="feature_extraction,full_finetune,gradual_unfreezing,scratch")
@@ -183,6 +184,7 @@ def cmd_pretrain(args) -> int:
 def cmd_compare(args) -> int:
     from waferflow.config import atomic_write_json, atomic_write_text
     from waferflow.plots import comparison_table
+    from waferflow.selection import candidate_name, choose_best
     from waferflow.train import STRATEGIES, train
 
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
@@ -193,29 +195,33 @@ def cmd_compare(args) -> int:
     base = _config(args)
     tr, va, te = load_splits(args.data, base.val_fraction, base.seed)
     if te is None:
-        raise DataError(f"compare needs {args.data}/test.npz to evaluate candidates; run `waferflow split` first")
+        raise DataError(f"compare needs {args.data}/test.npz to score the chosen candidate; run `waferflow split` "
+                        "first")
     out = Path(args.out)
-    rows, full = [], []
+    rows, full = [], {}
     for bb in backbones:
         for st in strategies:
-            name = f"{bb}__{st}"
+            name = candidate_name(st, bb)
             cfg = _config(args, strategy=st, backbone=bb, epochs=args.epochs)
             # --weights feeds the transfer candidates; scratch is the random-init baseline
             w = None if STRATEGIES[st].init == "random" else args.weights
             r = train(cfg, tr, va, out / "candidates" / name, weights=w)
-            m = _evaluate_dir(out / "candidates" / name, te)
-            row = {
-                "candidate": name, "backbone": bb, "strategy": st,
-                "accuracy": m["overall"]["accuracy"], "balanced_accuracy": m["overall"]["balanced_accuracy"],
-                "macro_f1": m["overall"]["macro_f1"], "ece": m["overall"]["ece"],
+            v = r.best_val
+            rows.append({
+                "candidate": name, "backbone": bb, "strategy": st, "accuracy": v["accuracy"],
+                "balanced_accuracy": v["balanced_accuracy"], "macro_f1": v["macro_f1"], "ece": v.get("ece"),
                 "trainable_params": r.trainable_params, "train_seconds": r.train_seconds,
                 "throughput_maps_per_s": r.throughput_maps_per_s,
-            }
-            rows.append(row)
-            full.append({**row, "model_dir": str(r.model_dir), "weights_source": r.spec.weights_source,
-                         "epoch_seconds": r.extra["epoch_seconds"], "best_val": r.best_val})
-    atomic_write_text(out / "comparison.md", comparison_table(rows))
-    best = max(full, key=lambda r: (r["macro_f1"], r["accuracy"]))
-    atomic_write_json(out / "comparison.json", {"candidates": full, "best": best["candidate"]})
-    print(json.dumps({"candidates": rows, "best": best["candidate"]}, indent=2))
+            })
+            full[name] = {**rows[-1], "overall": v, "model_dir": str(r.model_dir),
+                          "weights_source": r.spec.weights_source, "epoch_seconds": r.extra["epoch_seconds"]}
+    best, ranked = choose_best(full)  # on validation: the test split is read once, by the chosen candidate
+    test = _evaluate_dir(out / "candidates" / best, te)
+    atomic_write_text(out / "comparison.md", f"Candidates on validation (best: {best}):\n\n{comparison_table(rows)}\n"
+                      f"\n{best} on test: accuracy {test['overall']['accuracy']:.4f}, macro-F1 "
+                      f"{test['overall']['macro_f1']:.4f}\n")
+    atomic_write_json(out / "comparison.json", {"candidates": list(full.values()), "ranked": ranked, "best": best,
+                                                "selected_on": "val", "best_test": test["overall"]})
+    print(json.dumps({"candidates": rows, "best": best, "selected_on": "val", "best_test": test["overall"]},
+                     indent=2))
     return 0

@@ -11,8 +11,9 @@ Labels are ``labels`` int [N] (``label`` accepted as an alias) indexing
 from __future__ import annotations
 
 import hashlib
-import io
 import json
+import os
+import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from waferflow.config import atomic_write_bytes, atomic_write_json
+from waferflow.config import _json_default
 from waferflow.errors import DataError
 
 VALID_VALUES = (0, 1, 2)
@@ -328,7 +329,7 @@ def dataset_hash(ds: WaferDataset) -> str:
         if v.dtype.kind == "U":
             h.update("\x00".join(v.tolist()).encode())
         else:
-            h.update(np.ascontiguousarray(v).tobytes())
+            h.update(np.ascontiguousarray(v))  # the buffer itself: no copy of a large maps array
     return h.hexdigest()
 
 
@@ -361,34 +362,134 @@ def manifest_path(npz_path: str | Path) -> Path:
     return p.with_name(p.stem + MANIFEST_SUFFIX) if p.suffix == ".npz" else p.with_name(p.name + MANIFEST_SUFFIX)
 
 
-def save_dataset(ds: WaferDataset, path: str | Path, source: str | None = None, extra: dict | None = None) -> dict:
-    """Validate, then write ``path`` (.npz, uncompressed, deterministic bytes) and its manifest atomically.
+class StagedFiles:
+    """Several output files written to temporary siblings and put into place together.
 
-    Nothing is written when the dataset is invalid.
+    ``path(final)`` gives the temporary path to write ``final`` to; ``remove(final)`` schedules a stale file for
+    removal. :meth:`commit` renames every file into place and removes the stale ones; leaving the ``with`` block
+    on an error deletes the temporary files, so a failure leaves no new file and no half-written one.
+    """
+
+    def __init__(self) -> None:
+        self._pairs: list[tuple[Path, Path]] = []
+        self._stale: list[Path] = []
+
+    def path(self, final: str | Path) -> Path:
+        final = Path(final)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+        os.close(fd)
+        self._pairs.append((Path(tmp), final))
+        return Path(tmp)
+
+    def remove(self, final: str | Path) -> None:
+        self._stale.append(Path(final))
+
+    def commit(self) -> None:
+        """Rename every file into place, then remove the stale ones; on a failure, undo the renames done."""
+        umask = os.umask(0)
+        os.umask(umask)
+        done: list[Path] = []
+        backups: list[tuple[Path, Path]] = []
+        try:
+            for tmp, final in self._pairs:
+                os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give what a plain open() would
+                if final.exists() and not final.is_dir():
+                    bak = Path(tempfile.mkstemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent)[1])
+                    os.replace(final, bak)
+                    backups.append((bak, final))
+                os.replace(tmp, final)
+                done.append(final)
+        except BaseException:
+            for final in done:
+                final.unlink(missing_ok=True)
+            for bak, final in backups:
+                os.replace(bak, final)
+            raise
+        for bak, _ in backups:
+            bak.unlink(missing_ok=True)
+        for stale in self._stale:
+            stale.unlink(missing_ok=True)
+        self._pairs, self._stale = [], []
+
+    def discard(self) -> None:
+        for tmp, _ in self._pairs:
+            tmp.unlink(missing_ok=True)
+        self._pairs = []
+
+    def __enter__(self) -> "StagedFiles":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.discard()
+
+
+def _write_npz(arrays: dict[str, np.ndarray], path: Path) -> None:
+    """Uncompressed ``.npz`` with fixed timestamps (same content, same bytes), streamed to ``path``."""
+    with open(path, "wb") as f, zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as zf:
+        for k, v in arrays.items():
+            info = zipfile.ZipInfo(k + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
+            v = np.asarray(v)
+            with zf.open(info, "w", force_zip64=v.nbytes > 2**31) as member:
+                np.lib.format.write_array(member, v, allow_pickle=False)
+        zf.close()
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def save_dataset(ds: WaferDataset, path: str | Path, source: str | None = None, extra: dict | None = None,
+                 staged: StagedFiles | None = None) -> dict:
+    """Validate, then write ``path`` (.npz, uncompressed, deterministic bytes) and its manifest.
+
+    Nothing is written when the dataset is invalid. With ``staged``, both files go to its temporary paths and
+    appear only at its ``commit()``; without, they are put into place at once (each file atomically).
 
     Returns:
         The manifest dict.
     """
     ds.validate()
-    buf = io.BytesIO()
-    # Write zip entries with a fixed timestamp so the same content gives the same bytes.
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
-        for k, v in ds.to_arrays().items():
-            info = zipfile.ZipInfo(k + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
-            arr_buf = io.BytesIO()
-            np.lib.format.write_array(arr_buf, np.asarray(v), allow_pickle=False)
-            zf.writestr(info, arr_buf.getvalue())
     man = manifest_of(ds, source=source, extra=extra)
-    atomic_write_bytes(path, buf.getvalue())
-    atomic_write_json(manifest_path(path), man)
+    with StagedFiles() as own:
+        st = staged if staged is not None else own
+        _write_npz(ds.to_arrays(), st.path(path))
+        st.path(manifest_path(path)).write_text(json.dumps(man, indent=2, default=_json_default) + "\n")
+        if staged is None:
+            own.commit()
     return man
 
 
-def load_dataset(path: str | Path, require_labels: bool = False) -> WaferDataset:
-    """Load and validate a dataset ``.npz`` of either layout (never unpickles).
+# The keys of the contract; a dataset file's other keys (``maps_64``, ``orig_index``, ...) are never read.
+CONTRACT_KEYS = ("maps", "maps_flat", "shapes", "offsets", "labels", "label", "class_names", "lots", "taxonomy")
+_NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def _read_member(zf: zipfile.ZipFile, member: str, key: str, p: Path, left: float) -> np.ndarray:
+    """One ``.npy`` member, its declared size checked against ``left`` bytes before it is read."""
+    with zf.open(member) as f:
+        version = np.lib.format.read_magic(f)
+        if version not in _NPY_HEADERS:
+            raise DataError(f"{p}: '{key}' uses .npy format {version}, which is not read; re-save it with np.savez")
+        shape, _, dtype = _NPY_HEADERS[version](f)
+    if dtype.hasobject:
+        raise DataError(f"{p} holds pickled object arrays ('{key}'), which are refused; store plain arrays")
+    nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if nbytes > left:
+        raise DataError(f"{p}: '{key}' declares {shape} x {dtype} = {nbytes / 2**20:.1f} MiB, past the limit of "
+                        "--max-decoded-mib for this file; the file is corrupt or crafted, or, if it is trusted and "
+                        "that big, raise --max-decoded-mib")
+    with zf.open(member) as f:
+        return np.lib.format.read_array(f, allow_pickle=False)
+
+
+def read_npz_arrays(path: str | Path, max_decoded_mib: float | None = None) -> dict[str, np.ndarray]:
+    """The contract's arrays of a ``.npz`` (other keys are never read), each declared size checked first.
+
+    Args:
+        path: The ``.npz`` file.
+        max_decoded_mib: Limit on the decoded bytes of all read arrays together; None for no limit.
 
     Raises:
-        DataError: for a missing, truncated or corrupt file, or a contract violation.
+        DataError: missing, truncated or corrupt file, object arrays, or an array past the limit.
     """
     p = Path(path)
     if not p.exists():
@@ -397,16 +498,42 @@ def load_dataset(path: str | Path, require_labels: bool = False) -> WaferDataset
     # or corrupt file is reported as such and not as "pickled data".
     if not p.is_file() or not zipfile.is_zipfile(p):
         raise DataError(f"{p} is not a readable .npz (zip) file; is it truncated or corrupt? Re-create or re-download it")
+    left = float("inf") if max_decoded_mib is None else max_decoded_mib * 2**20
+    arrays: dict[str, np.ndarray] = {}
     try:
-        with np.load(p, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except ValueError as e:
-        if "allow_pickle" in str(e) or "Object arrays" in str(e):
-            raise DataError(f"{p} holds pickled object arrays, which are refused; store plain arrays") from None
-        raise DataError(f"{p} is not a readable .npz ({e}); is it truncated or corrupt? Re-create or re-download it") from None
-    except (zipfile.BadZipFile, OSError, EOFError) as e:
-        raise DataError(f"{p} is not a readable .npz ({e}); is it truncated or corrupt? Re-create or re-download it") from None
-    return dataset_from_arrays(arrays, source=str(p)).validate(require_labels=require_labels)
+        with zipfile.ZipFile(p) as zf:
+            members = {n[:-4]: n for n in zf.namelist() if n.endswith(".npy")}
+            for key in CONTRACT_KEYS:
+                if key in members:
+                    arrays[key] = _read_member(zf, members[key], key, p, left)
+                    left -= arrays[key].nbytes
+    except DataError:
+        raise
+    except MemoryError:
+        raise DataError(f"{p}: an array is too large to fit in memory; the file is corrupt or crafted") from None
+    except Exception as e:  # noqa: BLE001 - zip/zlib/npy errors of a bad file all mean the same to the user
+        raise DataError(f"{p} is not a readable .npz ({type(e).__name__}: {str(e)[:200]}); is it truncated or "
+                        "corrupt? Re-create or re-download it") from None
+    return arrays
+
+
+def load_dataset(path: str | Path, require_labels: bool = False, max_decoded_mib: float | None = None
+                 ) -> WaferDataset:
+    """Load and validate a dataset ``.npz`` of either layout (never unpickles; reads only the contract's keys).
+
+    Raises:
+        DataError: for a missing, truncated or corrupt file, a limit passed, or a contract violation.
+    """
+    arrays = read_npz_arrays(path, max_decoded_mib)
+    try:
+        return dataset_from_arrays(arrays, source=str(path)).validate(require_labels=require_labels)
+    except DataError as e:
+        if str(path) in str(e):
+            raise
+        raise DataError(f"{path}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - odd dtypes/shapes of a bad file end as one clear line
+        raise DataError(f"{path}: its arrays do not follow the data contract ({type(e).__name__}: {str(e)[:200]}); "
+                        "re-create the file with `waferflow ingest`") from None
 
 
 def dataset_from_arrays(arrays: dict[str, np.ndarray], source: str = "arrays") -> WaferDataset:
@@ -425,6 +552,9 @@ def dataset_from_arrays(arrays: dict[str, np.ndarray], source: str = "arrays") -
         elif labels.dtype.kind not in "iu":
             raise DataError(f"{source}: 'labels' must be integers, got dtype {labels.dtype}")
     if "class_names" in a:
+        if np.asarray(a["class_names"]).ndim != 1:
+            raise DataError(f"{source}: 'class_names' must be a 1-D array of names, got shape "
+                            f"{np.asarray(a['class_names']).shape}")
         class_names = tuple(str(c) for c in np.asarray(a["class_names"]).tolist())
     elif labels is not None and len(labels):
         class_names = tuple(str(i) for i in range(int(labels.max()) + 1))
@@ -449,12 +579,25 @@ def dataset_from_arrays(arrays: dict[str, np.ndarray], source: str = "arrays") -
         if missing:
             raise DataError(f"{source}: variable-size layout needs {missing} next to 'maps_flat'")
         flat = np.asarray(a["maps_flat"])
+        shapes, offsets = (_index_array(a[k], k, source) for k in ("shapes", "offsets"))
         if flat.dtype.kind == "f" and np.isnan(flat).any():
             raise DataError(f"{source}: NaN in 'maps_flat'; maps must be 0/1/2")
         return WaferDataset(class_names=class_names, labels=labels, maps_flat=flat.astype(np.uint8, copy=False) if flat.dtype.kind in "ui" and _all_valid(flat) else flat,
-                            shapes=np.asarray(a["shapes"]).astype(np.int32), offsets=np.asarray(a["offsets"]).astype(np.int64),
+                            shapes=shapes.astype(np.int32), offsets=offsets.astype(np.int64),
                             lots=a.get("lots"), meta=meta)
     raise DataError(f"{source}: no maps found; expected 'maps' [N,H,W] or 'maps_flat'+'shapes'+'offsets'")
+
+
+def _index_array(a: np.ndarray, key: str, source: str) -> np.ndarray:
+    """``shapes``/``offsets`` as integers that fit their stored types (int32 / int64), never wrapped."""
+    a = np.asarray(a)
+    if a.dtype.kind not in "iu":
+        raise DataError(f"{source}: '{key}' must be integers, got dtype {a.dtype}")
+    top = np.iinfo(np.int32 if key == "shapes" else np.int64).max
+    if a.size and (int(a.max()) > top or int(a.min()) < 0):
+        raise DataError(f"{source}: '{key}' holds {int(a.max()) if int(a.max()) > top else int(a.min())}, outside "
+                        f"0..{top}; the file is corrupt")
+    return a
 
 
 def read_manifest(npz_path: str | Path) -> dict:

@@ -5,10 +5,17 @@ Three sources are understood (see :func:`ingest`):
 * a dataset ``.npz`` in either layout of the contract (extra keys such as
   ``maps_64`` or ``orig_index`` are ignored);
 * WM-811K's ``LSWMD.pkl``, a pandas DataFrame pickle. A pickle can run code
-  when it is loaded, so it is read only through :class:`SafeDataFrameUnpickler`,
-  which admits an explicit allow-list of numpy/pandas globals and refuses
-  everything else before it is imported;
-* a folder of PNG images with one subfolder per class.
+  or forge memory when it is loaded, so it is read only by a guarded
+  pure-Python unpickler (:func:`safe_load_dataframe`): an explicit allow-list
+  of numpy/pandas globals (everything else is refused before it is imported),
+  every numpy dtype checked against the one numpy builds from its type string,
+  and decoded arrays counted against a limit;
+* a folder of PNG images with one subfolder per class (real PNGs only, no
+  symlinks unless allowed, a pixel limit per image).
+
+Every input is read within :class:`DecodeLimits`; whatever a bad file makes
+the readers raise becomes a :class:`~waferflow.errors.DataError` naming the
+file and the problem.
 
 Unlabeled rows of an LSWMD table become a separate, unlabeled dataset
 (adaptive BN and drift use it).
@@ -16,6 +23,7 @@ Unlabeled rows of an LSWMD table become a separate, unlabeled dataset
 
 from __future__ import annotations
 
+import io
 import lzma
 import pickle
 import zipfile
@@ -27,6 +35,7 @@ import numpy as np
 
 from waferflow.data.contract import (
     VALID_VALUES,
+    StagedFiles,
     WaferDataset,
     load_dataset,
     manifest_path,
@@ -116,35 +125,153 @@ def _resolve(module: str, name: str, source: str, base_find: Callable[[str, str]
     return base_find(module, name)
 
 
-class SafeDataFrameUnpickler(pickle.Unpickler):
-    """C unpickler that admits only the allow-listed numpy/pandas globals.
+_MIB = 1 << 20
 
-    Args:
-        file: A binary file object.
-        source: Name used in error messages.
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """Bounds on what reading one input may decode.
+
+    Attributes:
+        max_decoded_mib: Arrays decoded from the file plus the maps it yields, in MiB (``--max-decoded-mib``).
+            The default admits the whole WM-811K ``LSWMD.pkl`` (about 1.2 GiB of maps).
+        max_map_pixels: Pixels of one map or image (``--max-map-pixels``); WM-811K's largest map has 43k.
+        allow_symlinks: Follow symlinks inside a PNG folder (``--allow-symlinks``), only to targets inside it.
     """
 
-    def __init__(self, file: Any, source: str = "pickle") -> None:
-        super().__init__(file, encoding="latin1")
-        self.source = source
+    max_decoded_mib: float = 2048.0
+    max_map_pixels: int = 1 << 22
+    allow_symlinks: bool = False
 
-    def find_class(self, module: str, name: str) -> Any:  # noqa: D102
-        if (module, name) == ("_codecs", "encode"):
-            return _latin1_encode
-        return _resolve(module, name, self.source, super().find_class)
+    def budget(self, source: str) -> "DecodeBudget":
+        return DecodeBudget(int(self.max_decoded_mib * _MIB), source)
 
 
-def _compat_unpickler(file: Any, source: str) -> pickle.Unpickler:
-    """pandas' pure-Python compat unpickler (old pickle layouts) with the same allow-list."""
+class DecodeBudget:
+    """Counts decoded bytes against :attr:`DecodeLimits.max_decoded_mib` and refuses past it."""
+
+    def __init__(self, limit_bytes: int, source: str) -> None:
+        self.limit, self.used, self.source = limit_bytes, 0, source
+
+    def charge(self, nbytes: int, what: str) -> None:
+        """Add ``nbytes``; raise DataError naming the limit and how to raise it when the total passes it."""
+        self.used += int(nbytes)
+        if self.used > self.limit:
+            raise DataError(
+                f"{self.source}: decoding {what} would pass the limit of {self.limit / _MIB:g} MiB "
+                f"(--max-decoded-mib); the file decodes to more than that. If it is trusted and that big, raise "
+                "--max-decoded-mib")
+
+
+def _check_dtype(d: Any, source: str) -> np.dtype:
+    """Refuse a dtype that numpy would not build from its own type string (forged flags, fields, subarrays)."""
+    if not isinstance(d, np.dtype):
+        raise DataError(f"{source}: expected a numpy dtype in the pickle, found {type(d).__name__}")
+    if d.names is not None or d.subdtype is not None:
+        raise DataError(f"{source}: refused structured dtype {d.str!r}; WM-811K tables hold plain arrays")
+    ref = np.dtype(d.str)
+    if (d.flags, d.itemsize, d.kind, d.alignment) != (ref.flags, ref.itemsize, ref.kind, ref.alignment):
+        raise DataError(f"{source}: refused a forged numpy dtype {d.str!r} (flags {d.flags}, expected "
+                        f"{ref.flags}); the file is malicious or corrupt")
+    return d
+
+
+_NDARRAY = object()  # what find_class gives for numpy.ndarray: usable only as _reconstruct's first argument
+
+
+def _guarded_unpickler(file: Any, source: str, budget: DecodeBudget) -> Any:
+    """Pure-Python unpickler (pandas' compat unpickler) with the allow-list, dtype checks and the byte budget.
+
+    Every BUILD of a numpy dtype is checked right after it is applied, before anything uses the dtype; every
+    array that is built is charged to the budget before its memory is allocated.
+    """
     from pandas.compat import pickle_compat
 
-    class _Safe(pickle_compat.Unpickler):
-        def find_class(self, module: str, name: str) -> Any:
-            if (module, name) == ("_codecs", "encode"):
-                return _latin1_encode
-            return _resolve(module, name, source, super().find_class)
+    class _Guarded(pickle_compat.Unpickler):
+        dispatch = dict(pickle_compat.Unpickler.dispatch)
 
-    return _Safe(file, encoding="latin1")
+        def find_class(self, module: str, name: str) -> Any:
+            return _guarded_global(module, name, source, budget, super().find_class)
+
+        def load_build(self) -> None:
+            inst, state = self.stack[-2], self.stack[-1]
+            if isinstance(inst, np.ndarray):
+                _charge_array_state(state, budget, source)
+            pickle_compat.Unpickler.load_build(self)
+            if isinstance(inst, np.dtype):
+                _check_dtype(inst, source)
+
+        dispatch[pickle.BUILD[0]] = load_build
+
+    return _Guarded(file, encoding="latin1")
+
+
+class _BoundedReader:
+    """File wrapper that refuses any single read larger than the limit (a huge declared bytes object).
+
+    For a compressed pickle it also counts every decompressed byte against ``stream`` (a small file must not
+    decompress into gigabytes of strings); a plain file's stream is bounded by its own size.
+    """
+
+    def __init__(self, f: Any, budget: DecodeBudget, stream: DecodeBudget | None = None) -> None:
+        self._f, self._budget, self._stream = f, budget, stream
+
+    def _check(self, n: int | None) -> None:
+        if n is not None and n > self._budget.limit:
+            self._budget.charge(n, f"a {n}-byte object")
+
+    def _count(self, data: Any) -> Any:
+        if self._stream is not None:
+            self._stream.charge(data if isinstance(data, int) else len(data), "the decompressed pickle stream")
+        return data
+
+    def read(self, n: int = -1) -> bytes:
+        self._check(n if n >= 0 else None)
+        return self._count(self._f.read(n))
+
+    def readinto(self, b: Any) -> int:
+        self._check(len(b))
+        return self._count(self._f.readinto(b))
+
+    def readline(self, limit: int = -1) -> bytes:
+        return self._count(self._f.readline(limit))
+
+
+def _charge_array_state(state: Any, budget: DecodeBudget, source: str) -> None:
+    """ndarray.__setstate__((version, shape, dtype, fortran, data)): check the dtype, charge its bytes."""
+    if not isinstance(state, tuple) or len(state) not in (4, 5):
+        raise DataError(f"{source}: malformed numpy array state in the pickle")
+    shape, dtype = state[-4], _check_dtype(state[-3], source)
+    if not isinstance(shape, tuple) or not all(isinstance(x, int) and 0 <= x for x in shape):
+        raise DataError(f"{source}: malformed numpy array shape in the pickle")
+    budget.charge(int(np.prod(shape, dtype=object)) * max(dtype.itemsize, 1), f"a {shape} array")
+
+
+def _guarded_global(module: str, name: str, source: str, budget: DecodeBudget, base_find: Callable) -> Any:
+    if (module, name) == ("_codecs", "encode"):
+        return _latin1_encode
+    if (module, name) == ("numpy", "ndarray"):
+        return _NDARRAY
+    obj = _resolve(module, name, source, base_find)
+    if name == "dtype":
+        return lambda *args: _check_dtype(np.dtype(*args), source)
+    if name == "_reconstruct":
+        def reconstruct(cls: Any, shape: Any, typecode: Any) -> np.ndarray:
+            if cls is not _NDARRAY or shape != (0,):
+                raise DataError(f"{source}: refused numpy _reconstruct({type(cls).__name__}, {shape!r}); only "
+                                "plain arrays are admitted")
+            return obj(np.ndarray, shape, typecode)
+        return reconstruct
+    if name == "_frombuffer":
+        def frombuffer(buf: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
+            if _check_dtype(dtype, source).hasobject:
+                raise DataError(f"{source}: refused an object array built from raw bytes (forged pickle)")
+            budget.charge(len(buf), "an array")
+            return obj(buf, dtype, shape, order)
+        return frombuffer
+    if name == "scalar":
+        return lambda dtype, *rest: obj(_check_dtype(dtype, source), *rest)
+    return obj
 
 
 _COMPRESSED_MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bz2", b"\xfd7zXZ": "xz"}
@@ -172,40 +299,36 @@ def _open_pickle(p: Path) -> Any:
     return open(p, "rb")
 
 
-def safe_load_dataframe(path: str | Path) -> Any:
-    """Load a pandas DataFrame pickle through the allow-list unpickler.
+def safe_load_dataframe(path: str | Path, limits: DecodeLimits | None = None) -> Any:
+    """Load a pandas DataFrame pickle through the guarded unpickler.
 
-    Tries the fast C unpickler first and falls back to pandas' compat unpickler
-    for pickles written by old pandas versions; both refuse any global that is
-    not on the allow-list, before importing it. gzip/bz2/xz-compressed pickles
-    and a zip holding one ``.pkl`` are read as well.
+    Only allow-listed numpy/pandas globals are admitted (refused before they are imported), every numpy dtype
+    is checked against the one numpy builds from its type string, and decoded arrays are charged to
+    ``limits.max_decoded_mib``. The pure-Python unpickler reads both current and old pandas layouts.
+    gzip/bz2/xz-compressed pickles and a zip holding one ``.pkl`` are read as well.
 
     Raises:
-        DataError: for a refused global, a truncated/corrupt file, or an object
-            that is not a DataFrame.
+        DataError: for a refused global or dtype, the decoded-size limit, a truncated/corrupt file, or an
+            object that is not a DataFrame.
     """
     import pandas as pd
 
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{p} does not exist")
-    errors: list[str] = []
-    for make in (lambda f: SafeDataFrameUnpickler(f, p.name), lambda f: _compat_unpickler(f, p.name)):
-        try:
-            with _open_pickle(p) as f:
-                obj = make(f).load()
-            break
-        except DataError:
-            raise
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, KeyError, IndexError,
-                ImportError, MemoryError, UnicodeDecodeError, OSError, zipfile.BadZipFile, lzma.LZMAError) as e:
-            # OSError covers gzip/zip CRC and header errors of compressed files.
-            errors.append(f"{type(e).__name__}: {e}")
-    else:
-        raise DataError(
-            f"{p} could not be unpickled ({errors[-1]}); is it truncated or corrupt? Re-download LSWMD.pkl "
-            "or check that it is a pandas DataFrame pickle"
-        )
+    budget = (limits or DecodeLimits()).budget(p.name)
+    try:
+        with _open_pickle(p) as f:
+            stream = None if isinstance(f, io.BufferedReader) else (limits or DecodeLimits()).budget(p.name)
+            obj = _guarded_unpickler(_BoundedReader(f, budget, stream), p.name, budget).load()
+    except DataError:
+        raise
+    except MemoryError:
+        raise DataError(f"{p}: unpickling ran out of memory; the file is corrupt or far larger than an LSWMD "
+                        "table") from None
+    except Exception as e:  # noqa: BLE001 - any failure of a crafted pickle becomes one clear refusal
+        raise DataError(f"{p} could not be unpickled ({type(e).__name__}: {str(e)[:200]}); is it truncated or "
+                        "corrupt? Re-download LSWMD.pkl or check that it is a pandas DataFrame pickle") from None
     if not isinstance(obj, pd.DataFrame):
         raise DataError(f"{p} holds a {type(obj).__name__}, not a pandas DataFrame; expected a WM-811K LSWMD table")
     return obj
@@ -240,7 +363,9 @@ def _pack(maps: list[np.ndarray], class_names: tuple[str, ...], labels: np.ndarr
     shapes = np.asarray([m.shape for m in maps], dtype=np.int32).reshape(len(maps), 2)
     offsets = np.zeros(len(maps) + 1, dtype=np.int64)
     np.cumsum(shapes[:, 0].astype(np.int64) * shapes[:, 1], out=offsets[1:])
-    flat = np.concatenate([m.ravel() for m in maps]).astype(np.uint8) if maps else np.zeros(0, np.uint8)
+    flat = np.empty(int(offsets[-1]), dtype=np.uint8)
+    for m, a, b in zip(maps, offsets[:-1], offsets[1:]):
+        flat[a:b] = m.ravel()
     return WaferDataset(class_names=class_names, labels=labels, maps_flat=flat, shapes=shapes, offsets=offsets,
                         lots=lots, meta=meta)
 
@@ -251,10 +376,15 @@ def _check_size(size: int | None) -> None:
 
 
 # --------------------------------------------------------------------------- npz
-def ingest_npz(path: str | Path, size: int | None = None) -> IngestResult:
-    """Read a dataset ``.npz`` (either layout; ``label`` alias and extra keys allowed)."""
+def ingest_npz(path: str | Path, size: int | None = None, limits: DecodeLimits | None = None) -> IngestResult:
+    """Read a dataset ``.npz`` (either layout; ``label`` alias allowed; extra keys are never read)."""
     _check_size(size)
-    ds = load_dataset(path)
+    limits = limits or DecodeLimits()
+    ds = load_dataset(path, max_decoded_mib=limits.max_decoded_mib)
+    big = int(np.argmax(ds.map_shapes().prod(axis=1, dtype=np.int64)))
+    if int(np.prod(ds.map_shapes()[big], dtype=np.int64)) > limits.max_map_pixels:
+        raise DataError(f"{path}: map {big} is {tuple(int(x) for x in ds.map_shapes()[big])}, over the limit of "
+                        f"{limits.max_map_pixels} pixels (--max-map-pixels); raise it if such maps are real")
     if size is not None:
         ds = WaferDataset(class_names=ds.class_names, labels=ds.labels, maps=ds.resized(size), lots=ds.lots,
                           meta=dict(ds.meta))
@@ -262,31 +392,44 @@ def ingest_npz(path: str | Path, size: int | None = None) -> IngestResult:
 
 
 # --------------------------------------------------------------------------- LSWMD
+_LABEL_DEPTH = 4  # [['Center']] is two levels deep; a few more are tolerated
+
+
 def _label_of(value: Any, row: int) -> str | None:
-    """WM-811K label cell -> class name, or None when unlabeled ([['Center']], [], '', NaN)."""
-    if isinstance(value, np.ndarray) and value.dtype != object:  # fast path: [['Center']] or an empty array
-        if value.size == 0:
+    """WM-811K label cell -> class name, or None when unlabeled ([['Center']], [], '', NaN).
+
+    Raises:
+        DataError: a cell that holds several values, a number, or nesting deeper than a label ever has.
+    """
+    for _ in range(_LABEL_DEPTH + 1):
+        if value is None or (isinstance(value, float) and np.isnan(value)):
             return None
-        if value.size == 1:
-            return _label_of(value.flat[0].item(), row)
-    if value is None:
-        return None
-    if isinstance(value, float) and np.isnan(value):
-        return None
-    if isinstance(value, (str, bytes)):
-        s = value.decode() if isinstance(value, bytes) else value
-        return s.strip() or None
-    arr = np.asarray(value, dtype=object)
-    if arr.size == 0:
-        return None
-    if arr.size != 1:
-        raise DataError(f"row {row}: failureType holds {arr.size} values ({arr.ravel()[:3].tolist()}...); "
-                        "expected one nested label such as [['Center']] or an empty array")
-    return _label_of(arr.ravel()[0], row)
+        if isinstance(value, (str, bytes)):
+            s = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+            return s.strip() or None
+        if isinstance(value, np.generic):
+            value = value.item()
+            continue
+        if not isinstance(value, (np.ndarray, list, tuple)):
+            raise DataError(f"row {row}: failureType holds a {type(value).__name__}; expected a class name such "
+                            "as [['Center']] or an empty array")
+        n = value.size if isinstance(value, np.ndarray) else len(value)
+        if n == 0:
+            return None
+        if n != 1:
+            raise DataError(f"row {row}: failureType holds {n} values; expected one nested label such as "
+                            "[['Center']] or an empty array")
+        value = value.flat[0] if isinstance(value, np.ndarray) else value[0]
+    raise DataError(f"row {row}: failureType is nested deeper than {_LABEL_DEPTH} levels; expected [['Center']]")
 
 
-def _map_of(value: Any, row: int, source: str) -> np.ndarray:
+def _map_of(value: Any, row: int, source: str, max_pixels: int) -> np.ndarray:
+    if not isinstance(value, np.ndarray):
+        raise DataError(f"{source}: waferMap of row {row} is a {type(value).__name__}; expected a 2-D array")
     m = np.asarray(value)
+    if m.size > max_pixels:
+        raise DataError(f"{source}: waferMap of row {row} has {m.size} pixels {m.shape}, over the limit of "
+                        f"{max_pixels} (--max-map-pixels); raise it if such maps are real")
     if m.dtype == np.uint8 and m.ndim == 2 and m.size and m.max() <= 2:  # fast path: the usual, valid map
         return m
     if m.ndim != 2 or 0 in m.shape:
@@ -302,7 +445,37 @@ def _map_of(value: Any, row: int, source: str) -> np.ndarray:
     return m.astype(np.uint8)
 
 
-def ingest_lswmd(path: str | Path, size: int | None = None) -> IngestResult:
+def _lots_of(df: Any, source: str) -> np.ndarray | None:
+    if "lotName" not in df.columns:
+        return None
+    col = df["lotName"].to_numpy()
+    for i, v in enumerate(col):
+        if not isinstance(v, (str, bytes, int, float, np.generic)):
+            raise DataError(f"{source}: lotName of row {i} is a {type(v).__name__}; expected a lot name")
+    return col.astype(str)
+
+
+def _read_rows(df: Any, name: str, limits: DecodeLimits) -> tuple[list[np.ndarray], list[str | None]]:
+    """Maps and label names of every row, each map checked and charged to the decoded-size limit once."""
+    from tqdm import tqdm
+
+    wafer_col, label_col = df["waferMap"].to_numpy(), df["failureType"].to_numpy()
+    budget, seen = limits.budget(name), {}
+    maps: list[np.ndarray] = []
+    names: list[str | None] = []
+    for i in tqdm(range(len(df)), desc=f"ingest {name}", unit="map", disable=not progress_enabled()):
+        first = seen.setdefault(id(wafer_col[i]), i)
+        if first != i:
+            raise DataError(f"{name}: waferMap of row {i} is the same array object as row {first}'s (a pickle memo "
+                            "reference); LSWMD tables never share maps, so the file is crafted or corrupt")
+        m = _map_of(wafer_col[i], i, name, limits.max_map_pixels)
+        budget.charge(m.size, f"the maps up to row {i}")
+        maps.append(m)
+        names.append(_label_of(label_col[i], i))
+    return maps, names
+
+
+def ingest_lswmd(path: str | Path, size: int | None = None, limits: DecodeLimits | None = None) -> IngestResult:
     """Read WM-811K ``LSWMD.pkl`` safely; labeled rows -> dataset, unlabeled rows -> ``unlabeled``.
 
     Class names are WM-811K's nine names (same indices as the shared ``.npz``
@@ -310,28 +483,21 @@ def ingest_lswmd(path: str | Path, size: int | None = None) -> IngestResult:
     ``lotName`` becomes ``lots``.
 
     Raises:
-        DataError: refused pickle content, missing columns, bad maps or labels.
+        DataError: refused pickle content, a limit passed, missing columns, bad maps or labels.
     """
-    from tqdm import tqdm
-
     _check_size(size)
+    limits = limits or DecodeLimits()
     p = Path(path)
-    df = safe_load_dataframe(p)
+    df = safe_load_dataframe(p, limits)
     missing = [c for c in LSWMD_COLUMNS if c not in df.columns]
     if missing:
         raise DataError(f"{p.name}: missing column(s) {missing}; an LSWMD table has waferMap, dieSize, lotName, "
-                        f"waferIndex, trianTestLabel, failureType (found {list(df.columns)})")
+                        f"waferIndex, trianTestLabel, failureType (found {[str(c)[:40] for c in df.columns]})")
     if len(df) == 0:
         raise DataError(f"{p.name}: the table has no rows; nothing to ingest")
-    wafer_col = df["waferMap"].to_numpy()
-    label_col = df["failureType"].to_numpy()
-    lot_col = df["lotName"].astype(str).to_numpy() if "lotName" in df.columns else None
-
-    maps: list[np.ndarray] = []
-    names: list[str | None] = []
-    for i in tqdm(range(len(df)), desc=f"ingest {p.name}", unit="map", disable=not progress_enabled()):
-        maps.append(_map_of(wafer_col[i], i, p.name))
-        names.append(_label_of(label_col[i], i))
+    lot_col = _lots_of(df, p.name)
+    maps, names = _read_rows(df, p.name, limits)
+    del df
 
     labeled_idx = [i for i, n in enumerate(names) if n is not None]
     unlabeled_idx = [i for i, n in enumerate(names) if n is None]
@@ -345,7 +511,7 @@ def ingest_lswmd(path: str | Path, size: int | None = None) -> IngestResult:
                      np.asarray([index[names[i]] for i in idx], dtype=np.int64) if labeled else None,
                      None if lot_col is None else lot_col[idx], size, source)
 
-    report = {"source": source, "format": "lswmd", "rows": len(df), "labeled": len(labeled_idx),
+    report = {"source": source, "format": "lswmd", "rows": len(maps), "labeled": len(labeled_idx),
               "unlabeled": len(unlabeled_idx), "lots": None if lot_col is None else int(len(set(lot_col)))}
     if not labeled_idx:
         # Only unlabeled maps (e.g. a production dump): the main output is that unlabeled set.
@@ -356,16 +522,36 @@ def ingest_lswmd(path: str | Path, size: int | None = None) -> IngestResult:
 
 
 # --------------------------------------------------------------------------- PNG folders
-def _read_png(path: Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
+
+def _read_png(path: Path, limits: DecodeLimits, budget: DecodeBudget) -> np.ndarray:
+    """One greyscale PNG, format and size checked from its header before any pixel is decoded."""
+    import warnings
+
+    from PIL import Image
+
+    with open(path, "rb") as f:
+        if f.read(8) != _PNG_MAGIC:
+            raise DataError(f"{path} is not a PNG file (its first bytes are not the PNG signature); save maps as "
+                            "PNG, not BMP/TIFF/GIF renamed to .png")
     try:
-        with Image.open(path) as im:
-            im.load()
-            mode = im.mode
-            arr = np.asarray(im)
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise DataError(f"{path} is not a readable PNG ({e}); is it truncated or corrupt?") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path, formats=["PNG"]) as im:
+                pixels = im.width * im.height
+                if pixels > limits.max_map_pixels:
+                    raise DataError(f"{path} is {im.width}x{im.height} = {pixels} pixels, over the limit of "
+                                    f"{limits.max_map_pixels} (--max-map-pixels); raise it if such maps are real")
+                budget.charge(pixels * len(im.getbands()), f"image {path.name}")
+                im.load()
+                mode = im.mode
+                arr = np.asarray(im)
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for bad files (OSError, SyntaxError, bomb)
+        raise DataError(f"{path} is not a readable PNG ({type(e).__name__}: {str(e)[:200]}); is it truncated "
+                        "or corrupt?") from None
     if mode in ("L", "P", "I", "I;16"):
         if mode == "P":
             raise DataError(f"{path} is a palette PNG; save maps as 8-bit greyscale (mode L) with levels "
@@ -379,27 +565,63 @@ def _read_png(path: Path) -> np.ndarray:
     raise DataError(f"{path} has PNG mode {mode}; save maps as 8-bit greyscale (mode L)")
 
 
-def ingest_png_folder(path: str | Path, size: int | None = None) -> IngestResult:
+def _checked_entry(entry: Path, root: Path, allow_symlinks: bool) -> Path:
+    """``entry`` itself, refused when it is a symlink (unless allowed, and then only to a target inside root)."""
+    if not entry.is_symlink():
+        return entry
+    if not allow_symlinks:
+        raise DataError(f"{entry} is a symlink; symlinks in a PNG folder are refused. Copy the file in, or pass "
+                        "--allow-symlinks to follow links that stay inside the folder")
+    target, real_root = entry.resolve(), root.resolve()
+    if not target.is_relative_to(real_root):
+        raise DataError(f"{entry} links to {target}, outside {real_root}; links may only point inside the folder")
+    return entry
+
+
+def _class_dirs(root: Path, limits: DecodeLimits) -> list[Path]:
+    if not root.is_dir():
+        raise DataError(f"{root} is not a folder of class subfolders")
+    dirs = []
+    for d in sorted(root.iterdir()):
+        if d.name.startswith("."):
+            continue
+        if not _checked_entry(d, root, limits.allow_symlinks).is_dir():
+            continue
+        if d.name != d.name.strip() or not d.name.isprintable() or d.name in (".", ".."):
+            raise DataError(f"{root}: class folder {d.name!r} is not a plain folder name; rename it to the class "
+                            "name (printable, no leading or trailing spaces)")
+        dirs.append(d)
+    return dirs
+
+
+def ingest_png_folder(path: str | Path, size: int | None = None, limits: DecodeLimits | None = None
+                      ) -> IngestResult:
     """Read ``path/<class name>/*.png`` greyscale images.
 
     Grey levels are mapped back to die codes with ONE coding for the whole
     folder: ``raw`` (0/1/2 are the codes themselves) or ``scaled`` (0
     off-wafer, 127 or 128 pass, 255 fail). Any other level, or levels of both
-    codings in one folder, is refused as ambiguous.
+    codings in one folder, is refused as ambiguous. Only real PNG files are
+    read, each within ``limits.max_map_pixels``; symlinks are refused unless
+    ``limits.allow_symlinks``, and then only to targets inside ``path``.
 
     Raises:
-        DataError: no class folders, no images, unreadable or ambiguous images.
+        DataError: no class folders, no images, symlinks, a limit passed, unreadable or ambiguous images.
     """
+    limits = limits or DecodeLimits()
     root = Path(path)
-    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    class_dirs = _class_dirs(root, limits)
     if not class_dirs:
         raise DataError(f"{root} has no class subfolders; lay it out as {root}/<class name>/<map>.png")
+    budget = limits.budget(str(root))
     raw_maps: list[np.ndarray] = []
     labels: list[int] = []
     files: list[Path] = []
     for k, d in enumerate(class_dirs):
         for f in sorted(x for x in d.iterdir() if x.suffix.lower() in PNG_SUFFIXES):
-            img = _read_png(f)
+            if not _checked_entry(f, root, limits.allow_symlinks).is_file():
+                continue
+            img = _read_png(f, limits, budget)
             if img.ndim != 2 or 0 in img.shape:
                 raise DataError(f"{f}: expected a 2-D greyscale image, got shape {img.shape}")
             raw_maps.append(img)
@@ -447,25 +669,38 @@ def detect_format(src: str | Path) -> str:
     raise DataError(f"{p}: unknown input format; expected a .npz, an LSWMD .pkl or a folder of PNGs per class")
 
 
-def ingest(src: str | Path, size: int | None = None) -> IngestResult:
+def ingest(src: str | Path, size: int | None = None, limits: DecodeLimits | None = None) -> IngestResult:
     """Convert ``src`` (a dataset .npz, an LSWMD.pkl or a PNG folder) to the data contract.
 
     Args:
         src: Input path.
         size: Resize every map to ``size`` x ``size`` with nearest-neighbour;
             None keeps each map's own size (variable layout).
+        limits: Decoding bounds (:class:`DecodeLimits`); the defaults admit the whole WM-811K table.
 
     Returns:
         An :class:`IngestResult`; nothing is written.
 
     Raises:
-        DataError: for any invalid input, with what is wrong and how to fix it.
+        DataError: for any invalid input, with what is wrong and how to fix it; whatever else a bad file makes
+            the readers raise is turned into one, naming the file.
     """
+    limits = limits or DecodeLimits()
     fmt = detect_format(src)
-    result = {"npz": ingest_npz, "lswmd": ingest_lswmd, "png": ingest_png_folder}[fmt](src, size=size)
-    result.dataset.validate()
-    if result.unlabeled is not None:
-        result.unlabeled.validate()
+    reader = {"npz": ingest_npz, "lswmd": ingest_lswmd, "png": ingest_png_folder}[fmt]
+    try:
+        result = reader(src, size=size, limits=limits)
+        result.dataset.validate()
+        if result.unlabeled is not None:
+            result.unlabeled.validate()
+    except DataError:
+        raise
+    except MemoryError:
+        raise DataError(f"{src}: reading it ran out of memory; lower --max-decoded-mib so that such files are "
+                        "refused early, or check that the file is not corrupt") from None
+    except Exception as e:  # noqa: BLE001 - a bad file must end in one clear line, not a traceback
+        raise DataError(f"{src} could not be read as {fmt} ({type(e).__name__}: {str(e)[:200]}); the file is "
+                        "corrupt or not in the expected layout (if it is valid, please report this)") from None
     return result
 
 
@@ -476,10 +711,11 @@ def default_unlabeled_path(out: str | Path) -> Path:
 
 
 def write_ingest(result: IngestResult, out: str | Path, unlabeled_out: str | Path | None = None) -> dict[str, Any]:
-    """Write the ingest result atomically (each file via temp + rename).
+    """Write the ingest result all or nothing.
 
-    Both datasets are validated before anything is written, so an invalid
-    input leaves no output behind.
+    Every file (dataset, unlabeled dataset, their manifests) is written to a temporary sibling and renamed
+    into place only when all were written; a failure leaves no new file. An unlabeled file of an earlier
+    ingest at the unlabeled path is removed when this result has no unlabeled maps, so none goes stale.
 
     Returns:
         ``{"out": path, "manifest": {...}, "unlabeled_out": path | None, ...}``.
@@ -488,19 +724,27 @@ def write_ingest(result: IngestResult, out: str | Path, unlabeled_out: str | Pat
     if out.suffix != ".npz":
         raise DataError(f"--out must end in .npz, got {out}")
     result.dataset.validate()
-    unl_path = None
+    unl_path = Path(unlabeled_out) if unlabeled_out is not None else default_unlabeled_path(out)
+    if unl_path.suffix != ".npz":
+        raise DataError(f"--unlabeled-out must end in .npz, got {unl_path}")
+    if unl_path.resolve() == out.resolve():
+        raise DataError("--unlabeled-out must differ from --out")
     if result.unlabeled is not None:
         result.unlabeled.validate()
-        unl_path = Path(unlabeled_out) if unlabeled_out is not None else default_unlabeled_path(out)
-        if unl_path.resolve() == out.resolve():
-            raise DataError("--unlabeled-out must differ from --out")
     src = result.report.get("source")
-    info: dict[str, Any] = {"out": str(out), "manifest": save_dataset(result.dataset, out, source=src,
-                                                                      extra={"ingest": result.report})}
-    info["manifest_path"] = str(manifest_path(out))
-    info["unlabeled_out"] = None
-    if unl_path is not None:
-        save_dataset(result.unlabeled, unl_path, source=src, extra={"ingest": result.report})
-        info["unlabeled_out"] = str(unl_path)
-        info["unlabeled_maps"] = len(result.unlabeled)
+    info: dict[str, Any] = {"out": str(out), "manifest_path": str(manifest_path(out)), "unlabeled_out": None}
+    try:
+        with StagedFiles() as st:
+            info["manifest"] = save_dataset(result.dataset, out, source=src, extra={"ingest": result.report},
+                                            staged=st)
+            if result.unlabeled is not None:
+                save_dataset(result.unlabeled, unl_path, source=src, extra={"ingest": result.report}, staged=st)
+                info["unlabeled_out"], info["unlabeled_maps"] = str(unl_path), len(result.unlabeled)
+            else:
+                st.remove(unl_path)
+                st.remove(manifest_path(unl_path))
+            st.commit()
+    except OSError as e:
+        raise DataError(f"could not write {out} ({e.strerror or e}: {e.filename or ''}); nothing was written. "
+                        "Check that the output folders exist and are writable") from None
     return info

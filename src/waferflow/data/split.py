@@ -18,6 +18,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
+import shutil
+import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -233,18 +236,37 @@ def split_dataset(ds: WaferDataset, val: float = 0.15, test: float = 0.15, seed:
                        unlabeled=unlabeled, indices=parts)
 
 
-def write_split(result: SplitResult, out_dir: str | Path) -> dict[str, Any]:
-    """Write ``train.npz``, ``val.npz``, ``test.npz`` (+ ``unlabeled.npz``) and ``manifest.json`` atomically.
+# what a split folder may hold; anything else in --out means it is not a split folder and is not replaced
+_SPLIT_FILES = {f"{k}{ext}" for k in SPLITS + ("unlabeled",) for ext in (".npz", ".json")} | {"manifest.json"}
 
-    Empty splits (fraction 0) are not written. All datasets are validated before
-    the first file is written.
+
+def _check_replaceable(out: Path) -> None:
+    if not out.exists():
+        return
+    if not out.is_dir() or out.is_symlink():
+        raise DataError(f"--out {out} is a file or a link; give a folder")
+    others = sorted(p.name for p in out.iterdir() if p.name not in _SPLIT_FILES)
+    if others:
+        raise DataError(f"--out {out} holds files that a split does not write ({others[:5]}); a split folder is "
+                        "replaced as a whole, so give a new or empty folder, or an earlier split folder")
+
+
+def write_split(result: SplitResult, out_dir: str | Path) -> dict[str, Any]:
+    """Write ``train.npz``, ``val.npz``, ``test.npz`` (+ ``unlabeled.npz``) and ``manifest.json``, all or nothing.
+
+    Empty splits (fraction 0) are not written. All datasets are validated before the first file is written.
+    The files are written to a temporary sibling folder that then replaces ``out_dir`` as a whole, so no file
+    of an earlier split (a stale ``test.npz``, say) survives, and a failure leaves ``out_dir`` as it was.
+    An existing ``out_dir`` is replaced only when it holds nothing but split files.
 
     Returns:
         The manifest (with the file names added).
+
+    Raises:
+        DataError: ``out_dir`` is a file or holds other files, or it cannot be written.
     """
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise DataError(f"--out {out} is a file; give a folder")
+    _check_replaceable(out)
     todo = {k: getattr(result, k) for k in SPLITS if len(getattr(result, k))}
     if result.unlabeled is not None:
         todo["unlabeled"] = result.unlabeled
@@ -252,8 +274,41 @@ def write_split(result: SplitResult, out_dir: str | Path) -> dict[str, Any]:
         ds.validate()
     man = dict(result.manifest)
     man["files"] = {}
-    for k, ds in todo.items():
-        save_dataset(ds, out / f"{k}.npz", source=man.get("source"), extra={"split": k})
-        man["files"][k] = f"{k}.npz"
-    atomic_write_json(out / "manifest.json", man)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    except OSError as e:
+        raise DataError(f"cannot write the split to {out}: {e}") from None
+    try:
+        for k, ds in todo.items():
+            save_dataset(ds, tmp / f"{k}.npz", source=man.get("source"), extra={"split": k})
+            man["files"][k] = f"{k}.npz"
+        atomic_write_json(tmp / "manifest.json", man)
+        tmp.chmod(0o777 & ~_umask())
+        _swap_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return man
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _swap_dir(new: Path, out: Path) -> None:
+    """Put folder ``new`` at ``out``; an existing ``out`` is moved aside first and deleted after."""
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+        os.replace(out, old / out.name)
+    try:
+        os.replace(new, out)
+    except BaseException:
+        if old is not None:
+            os.replace(old / out.name, out)
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)

@@ -157,25 +157,7 @@ def check_drift(model: Any, spec: Any, reference: Reference, current: WaferDatas
     snap_dict = snap.dict()
     scores = _value_drift_scores(snap_dict)
 
-    drifted = [c for c in READABLE_FEATURES if scores[c] >= cfg.feature_threshold]
-    share = len(drifted) / len(READABLE_FEATURES)
-    pred_js = scores[PRED_COLUMN]
-    reasons = []
-    if share >= cfg.share_threshold:
-        reasons.append(f"{len(drifted)} of {len(READABLE_FEATURES)} readable features drifted "
-                       f"(share {share:.2f} >= {cfg.share_threshold}): {', '.join(drifted)}")
-    if auc >= cfg.embedding_threshold:
-        reasons.append(f"the champion's embeddings drifted: a domain classifier tells new maps from the reference "
-                       f"with ROC AUC {auc:.3f} >= {cfg.embedding_threshold}")
-    if pred_js >= cfg.prediction_threshold:
-        ref_mix = ref_df[PRED_COLUMN].value_counts(normalize=True)
-        cur_mix = cur_df[PRED_COLUMN].value_counts(normalize=True)
-        delta = cur_mix.reindex(ref_mix.index.union(cur_mix.index), fill_value=0) - \
-            ref_mix.reindex(ref_mix.index.union(cur_mix.index), fill_value=0)
-        top = delta.abs().sort_values(ascending=False).index[:3]
-        moves = ", ".join(f"{k} {ref_mix.get(k, 0):.0%}->{cur_mix.get(k, 0):.0%}" for k in top)
-        reasons.append(f"the predicted-class mix shifted (Jensen-Shannon {pred_js:.3f} >= "
-                       f"{cfg.prediction_threshold}): {moves}")
+    drifted, share, pred_js, reasons = _drift_reasons(scores, auc, ref_df, cur_df, cfg)
 
     if unlabeled_index is None:
         unlabeled_index = np.arange(0 if current.labeled else len(current))
@@ -187,11 +169,7 @@ def check_drift(model: Any, spec: Any, reference: Reference, current: WaferDatas
     atomic_write_text(out / "report.html", snap.get_html_str(as_iframe=False))
     atomic_write_text(out / "report.json", snap.json())
     if to_label:
-        conf = cur_df["confidence"].to_numpy()[unlabeled_index]
-        order = unlabeled_index[np.argsort(conf, kind="stable")]
-        tl = pd.DataFrame({"index": order, "pred_class": cur_df[PRED_COLUMN].to_numpy()[order],
-                           "confidence": cur_df["confidence"].to_numpy()[order]})
-        atomic_write_text(out / "to_label.csv", tl.to_csv(index=False))
+        _write_to_label(out / "to_label.csv", cur_df, unlabeled_index)
     decision = {
         "drift_detected": bool(reasons),
         "reasons": reasons,
@@ -220,3 +198,37 @@ def check_drift(model: Any, spec: Any, reference: Reference, current: WaferDatas
     }
     atomic_write_json(out / "decision.json", decision)
     return decision
+
+
+def _drift_reasons(scores: dict[str, float], auc: float, ref_df: pd.DataFrame, cur_df: pd.DataFrame,
+                   cfg: DriftConfig) -> tuple[list[str], float, float, list[str]]:
+    """``(drifted features, their share, prediction JS, reasons)``: one reason per test that fired."""
+    drifted = [c for c in READABLE_FEATURES if scores[c] >= cfg.feature_threshold]
+    share = len(drifted) / len(READABLE_FEATURES)
+    pred_js = scores[PRED_COLUMN]
+    reasons = []
+    if share >= cfg.share_threshold:
+        reasons.append(f"{len(drifted)} of {len(READABLE_FEATURES)} readable features drifted "
+                       f"(share {share:.2f} >= {cfg.share_threshold}): {', '.join(drifted)}")
+    if auc >= cfg.embedding_threshold:
+        reasons.append(f"the champion's embeddings drifted: a domain classifier tells new maps from the reference "
+                       f"with ROC AUC {auc:.3f} >= {cfg.embedding_threshold}")
+    if pred_js >= cfg.prediction_threshold:
+        ref_mix = ref_df[PRED_COLUMN].value_counts(normalize=True)
+        cur_mix = cur_df[PRED_COLUMN].value_counts(normalize=True)
+        delta = cur_mix.reindex(ref_mix.index.union(cur_mix.index), fill_value=0) - \
+            ref_mix.reindex(ref_mix.index.union(cur_mix.index), fill_value=0)
+        top = delta.abs().sort_values(ascending=False).index[:3]
+        moves = ", ".join(f"{k} {ref_mix.get(k, 0):.0%}->{cur_mix.get(k, 0):.0%}" for k in top)
+        reasons.append(f"the predicted-class mix shifted (Jensen-Shannon {pred_js:.3f} >= "
+                       f"{cfg.prediction_threshold}): {moves}")
+    return drifted, share, pred_js, reasons
+
+
+def _write_to_label(path: Path, cur_df: pd.DataFrame, unlabeled_index: np.ndarray) -> None:
+    """The unlabeled maps, least confident first, as a CSV to hand to whoever labels them."""
+    conf = cur_df["confidence"].to_numpy()[unlabeled_index]
+    order = unlabeled_index[np.argsort(conf, kind="stable")]
+    tl = pd.DataFrame({"index": order, "pred_class": cur_df[PRED_COLUMN].to_numpy()[order],
+                       "confidence": cur_df["confidence"].to_numpy()[order]})
+    atomic_write_text(path, tl.to_csv(index=False))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 from waferflow.errors import ConfigError, WeightsError
 from waferflow.models.spec import ModelSpec
@@ -117,47 +117,13 @@ def create_model(
     kw = {"num_classes": num_classes, "in_chans": in_chans}
     if drop_rate is not None:
         kw["drop_rate"] = drop_rate
-    extra: dict = {}
     src = str(pretrained)
     if src == "none":
-        model = timm.create_model(backbone, pretrained=False, **kw)
-        source = "random"
+        model, source, extra = timm.create_model(backbone, pretrained=False, **kw), "random", {}
     elif src in AUTO or src in ("hub", "offline"):
-        tried = []
-        model = None
-        if src != "offline":
-            ok, why = hub_reachable()
-            if ok:
-                try:
-                    model = timm.create_model(backbone, pretrained=True, **kw)
-                    source = f"hub:{model.pretrained_cfg.get('hf_hub_id') or backbone}"
-                except Exception as e:  # network or hub error: say so, try the next source
-                    tried.append(f"hub ({type(e).__name__}: {str(e)[:120]})")
-                    model = None
-            else:
-                tried.append(f"hub ({why})")
-            if model is None and src == "hub":
-                raise WeightsError(f"timm hub weights for {backbone} unavailable: {tried}. {describe_sources(backbone)}")
-        if model is None:
-            if backbone not in OFFLINE_PACKAGES:
-                tried.append(f"offline (no offline package for {backbone})")
-                raise WeightsError(
-                    f"no pretrained weights for {backbone}; tried: {'; '.join(tried)}. {describe_sources(backbone)} "
-                    f"E.g. download timm's {backbone} weights on a connected machine and pass --weights FILE.pt"
-                )
-            lw = offline_state_dict(backbone)
-            model = timm.create_model(backbone, pretrained=False, **kw)
-            extra["weights_fit"] = fit_state_dict(model, lw.state_dict, lw.source)
-            source = lw.source
+        model, source, extra = _imagenet_model(backbone, src, kw)
     else:
-        lw = load_weights(src, backbone, tracking_uri=tracking_uri)
-        model = timm.create_model(backbone, pretrained=False, **kw)
-        fit = fit_state_dict(model, lw.state_dict, lw.source)
-        fit["head_untrained"] = fit["head_reinitialized"] or not lw.head_trained
-        extra["weights_fit"] = fit
-        source = lw.source
-        if lw.lineage:
-            extra["weights_lineage"] = lw.lineage
+        model, source, extra = _model_from_source(backbone, src, kw, tracking_uri)
     spec = ModelSpec(
         backbone=backbone,
         num_classes=num_classes,
@@ -173,3 +139,45 @@ def create_model(
     )
     log.info("created %s (%d classes, %d px, in_chans=%d) weights=%s", backbone, num_classes, size, in_chans, source)
     return model, spec
+
+
+def _imagenet_model(backbone: str, src: str, kw: dict) -> tuple[Any, str, dict]:
+    """ImageNet weights: the timm hub when reachable (unless ``offline``), else the offline package; never random."""
+    import timm
+
+    tried = []
+    if src != "offline":
+        ok, why = hub_reachable()
+        if ok:
+            try:
+                model = timm.create_model(backbone, pretrained=True, **kw)
+                return model, f"hub:{model.pretrained_cfg.get('hf_hub_id') or backbone}", {}
+            except Exception as e:  # network or hub error: say so, try the next source
+                tried.append(f"hub ({type(e).__name__}: {str(e)[:120]})")
+        else:
+            tried.append(f"hub ({why})")
+        if src == "hub":
+            raise WeightsError(f"timm hub weights for {backbone} unavailable: {tried}. {describe_sources(backbone)}")
+    if backbone not in OFFLINE_PACKAGES:
+        tried.append(f"offline (no offline package for {backbone})")
+        raise WeightsError(
+            f"no pretrained weights for {backbone}; tried: {'; '.join(tried)}. {describe_sources(backbone)} "
+            f"E.g. download timm's {backbone} weights on a connected machine and pass --weights FILE.pt"
+        )
+    lw = offline_state_dict(backbone)
+    model = timm.create_model(backbone, pretrained=False, **kw)
+    return model, lw.source, {"weights_fit": fit_state_dict(model, lw.state_dict, lw.source)}
+
+
+def _model_from_source(backbone: str, src: str, kw: dict, tracking_uri: str | None) -> tuple[Any, str, dict]:
+    """Weights from an explicit source: a file, a model dir, a URL or an MLflow URI."""
+    import timm
+
+    lw = load_weights(src, backbone, tracking_uri=tracking_uri)
+    model = timm.create_model(backbone, pretrained=False, **kw)
+    fit = fit_state_dict(model, lw.state_dict, lw.source)
+    fit["head_untrained"] = fit["head_reinitialized"] or not lw.head_trained
+    extra: dict = {"weights_fit": fit}
+    if lw.lineage:
+        extra["weights_lineage"] = lw.lineage
+    return model, lw.source, extra

@@ -265,6 +265,9 @@ def _run(profile: Profile, wd: Path, run_dir: Path, uri: str, env: dict, cache: 
             say(f"  {k}=<set in your environment>")
     say(f"  every task runs here on the CPU (device={profile.device}); candidates in parallel: "
         f"{profile.parallelism or 'all'}")
+    say(f"gates of profile {profile.name} (override with --set gates.KEY=VALUE):")
+    for line in profile.gate_config().describe():
+        say(f"  {line}")
 
     kfp_runner, profile, pipeline_root = _kfp_runner(runner, profile, wd, env, say)
     local.init(
@@ -354,6 +357,8 @@ def _champion(name: str, uri: str) -> str | None:
 
 def format_result(result: RunResult) -> str:
     """The end-of-run text: stage times, comparison table, gates, champion, where things are."""
+    from waferflow.gates import GateResult
+
     s = result.summary
     lines = ["", "=" * 78, "waferflow run: done in %.1f s" % result.wall_seconds, "=" * 78, "", "Stage times:"]
     for st in result.stages:
@@ -373,9 +378,16 @@ def format_result(result: RunResult) -> str:
     lines.append(f"Gates for version {s.get('version')}: {'PASSED' if gates.get('passed') else 'FAILED'}"
                  + (f" (compared with champion v{champ_cmp} on the same test set)" if champ_cmp else " (no champion yet)"))
     for g in gates.get("results", []):
-        v = "n/a" if g.get("value") is None else f"{g['value']:.4f}"
-        lines.append(f"  [{'pass' if g['passed'] else 'FAIL'}] {g['name']}: {v} {g.get('op', '')} {g.get('threshold')}")
+        r = GateResult(**g)
+        lines.append(f"  [{'pass' if r.passed else 'FAIL'}] {r.name}: {r.value_text()} {r.op} {r.threshold:g}"
+                     + (f"   {r.detail}" if r.detail else ""))
+    if gates.get("reason"):
+        lines.append(f"  verdict: {gates['reason']}")
     lines.append("")
+    q = s.get("label_queue") or {}
+    if q:
+        lines.append(f"Label queue: skipped ({q['skipped']})" if q.get("skipped") else
+                     f"Label queue: {q.get('n')} maps to label in {q.get('folder')}/queue.csv (sheet queue.png)")
     lines.append(f"Champion: version {result.champion}" if result.champion else "Champion: none")
     lines.append(f"Report:   {s.get('report_markdown')}  (HTML: {s.get('report_html')})")
     lines.append(f"Run dir:  {result.run_dir}")

@@ -126,27 +126,6 @@ def tracking_uri(explicit: str = "") -> str:
     return uri
 
 
-def choose_best(rows: dict[str, dict], key: str = "macro_f1") -> tuple[str, list[str]]:
-    """Rank candidates by a validation metric (then accuracy, then name for a stable tie-break).
-
-    Args:
-        rows: candidate name -> evaluator metrics dict (``{"overall": {...}, ...}``).
-        key: The ``overall`` metric to rank by.
-
-    Returns:
-        ``(best_name, ranked_names)``.
-
-    Raises:
-        WaferflowError: ``rows`` is empty.
-    """
-    from waferflow.errors import WaferflowError
-
-    if not rows:
-        raise WaferflowError("no candidates to choose from: every train task failed or the candidate list is empty")
-    ranked = sorted(rows, key=lambda n: (-float(rows[n]["overall"][key]), -float(rows[n]["overall"]["accuracy"]), n))
-    return ranked[0], ranked
-
-
 def comparison_rows(candidates: dict) -> list[dict]:
     rows = []
     meta = candidates.get("model_metadata", {})
@@ -172,6 +151,7 @@ def render_report(data: dict) -> tuple[str, str]:
     """
     import html as _html
 
+    from waferflow.gates import GateResult
     from waferflow.plots import comparison_table
 
     cands = data["candidates"]
@@ -196,10 +176,17 @@ def render_report(data: dict) -> tuple[str, str]:
     g = data["gates"]
     lines.append(f"Verdict: **{'PASSED' if g.get('passed') else 'FAILED'}**"
                  + (f" (champion compared: v{g['champion_version']})" if g.get("champion_version") else " (no champion yet)"))
-    lines += ["", "| gate | value | rule | verdict |", "|---|---:|---|---|"]
-    for r in g.get("results", []):
-        v = "n/a" if r.get("value") is None else f"{r['value']:.4f}"
-        lines.append(f"| {r['name']} | {v} | {r['op']} {r['threshold']} | {'pass' if r['passed'] else '**FAIL**'} |")
+    if g.get("reason"):
+        lines += ["", f"Why: {g['reason']}"]
+    level = f"{g.get('config', {}).get('confidence', 0.95):.0%}"
+    lines += ["", f"| gate | value [{level} interval] | rule | verdict |", "|---|---:|---|---|"]
+    for r in map(lambda d: GateResult(**d), g.get("results", [])):
+        lines.append(f"| {r.name} | {r.value_text()} | {r.op} {r.threshold:g} | {'pass' if r.passed else '**FAIL**'} |")
+    q = data.get("label_queue") or {}
+    if q:
+        lines += ["", "## Label queue", "", f"Skipped: {q['skipped']}" if q.get("skipped") else
+                  f"{q.get('n')} unlabeled maps worth labeling: `{q.get('folder')}/queue.csv` (sheet `queue.png`); "
+                  f"{q.get('how', '')}"]
     md = "\n".join(lines) + "\n"
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>waferflow run</title></head><body><pre>"
             + _html.escape(md) + "</pre></body></html>")

