@@ -1,13 +1,11 @@
-"""Component images, tagged to the package version under a configurable registry prefix.
+"""The components' default images (``localhost/waferflow-{cpu,gpu}:<version>``, what images/build.sh tags).
 
-``WAFERFLOW_IMAGE_REGISTRY`` (default ``localhost``) is read when the components are imported, so
-``waferflow compile --registry REG`` sets it before importing them.
+Only a default: the pipelines set every task's image from the profile's cluster options
+(``cluster.image_registry``, which ``waferflow compile --registry REG`` sets), so nothing here reads the
+environment at import time.
 """
-
-import os
 
 from waferflow import __version__
 
-REGISTRY = os.environ.get("WAFERFLOW_IMAGE_REGISTRY", "localhost").rstrip("/")
-CPU_IMAGE = f"{REGISTRY}/waferflow-cpu:{__version__}"
-GPU_IMAGE = f"{REGISTRY}/waferflow-gpu:{__version__}"
+CPU_IMAGE = f"localhost/waferflow-cpu:{__version__}"
+GPU_IMAGE = f"localhost/waferflow-gpu:{__version__}"

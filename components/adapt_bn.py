@@ -6,7 +6,7 @@ from kfp.dsl import Dataset, Input, Model, Output
 from waferflow.components._images import CPU_IMAGE
 
 
-@dsl.component(base_image=CPU_IMAGE)
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def adapt_batchnorm(
     train: Input[Dataset],
     unlabeled: Input[Dataset],

@@ -8,7 +8,7 @@ from kfp.dsl import Artifact, Dataset, Input, Model, Output
 from waferflow.components._images import GPU_IMAGE
 
 
-@dsl.component(base_image=GPU_IMAGE)
+@dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
 def compile_tensorrt(
     onnx: Input[Model],
     model: Input[Model],

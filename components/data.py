@@ -6,7 +6,7 @@ from kfp.dsl import Dataset, Output
 from waferflow.components._images import CPU_IMAGE
 
 
-@dsl.component(base_image=CPU_IMAGE)
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def prepare_data(
     source: str,
     source_fingerprint: str,
@@ -20,7 +20,8 @@ def prepare_data(
     """Write the labeled maps (and any unlabeled ones) as Dataset folders holding ``data.npz`` + manifest.
 
     Args:
-        source: "" for synthetic maps, else a path the task can read (``.npz``, ``LSWMD.pkl``, PNG folder).
+        source: "" for synthetic maps, else maps the task can read (``.npz``, ``LSWMD.pkl``, PNG folder): a path
+            (here, or under the PVC of ``cluster.data_pvc``), ``s3://BUCKET/KEY`` or ``runs:/RUN_ID/PATH``.
         source_fingerprint: Content hash of ``source`` (the launcher computes it) so the cache key follows the
             content, not the path.
         n_maps: Synthetic maps to generate.
@@ -36,9 +37,13 @@ def prepare_data(
     with stage("data", source=source or "synthetic") as rec:
         n_unlabeled = 0
         if source:
-            from waferflow.data.ingest import ingest
+            import tempfile
 
-            result = ingest(source, size=map_size or None)
+            from waferflow.data.ingest import ingest
+            from waferflow.orchestration.sources import fetch_source
+
+            with tempfile.TemporaryDirectory(prefix="waferflow-source-") as tmp:  # a download lives only here
+                result = ingest(str(fetch_source(source, tmp)), size=map_size or None)
             labeled_ds, unlabeled_ds = result.dataset, result.unlabeled
             src = f"ingest:{source}"
         else:

@@ -42,7 +42,7 @@ def submit_training(host: str, profile, namespace=None, run_name: str = "") -> d
     return {"where": "kfp", "host": host, "run_id": run_id, "run_name": name}
 
 
-@dsl.component(base_image=CPU_IMAGE)
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def check_drift(
     current: str,
     model: str,
@@ -60,10 +60,12 @@ def check_drift(
     """Check ``current`` (path of new maps) against the champion (``model`` = "" ) or a model dir / URI.
 
     Args:
-        current: New maps (.npz or LSWMD.pkl) readable by the pod.
+        current: New maps (.npz or LSWMD.pkl): ``s3://BUCKET/KEY``, ``runs:/RUN_ID/PATH``, or a path the pod can
+            read (under the PVC of ``cluster.data_pvc`` on a cluster).
         model: "" for the registry's champion, else a model dir or ``models:/NAME@champion``.
         share_threshold, feature_threshold, embedding_threshold, prediction_threshold: See DriftConfig.
-        train_data: Base training data that labeled new maps join ("" = the new maps alone).
+        train_data: Base training data that labeled new maps join ("" = the new maps alone); same forms as
+            ``current``.
         tracking_uri: MLflow URI ("" = ``$MLFLOW_TRACKING_URI`` from the Secret / launcher).
         registered_model_name: Registered model whose champion is used.
     """
@@ -71,19 +73,33 @@ def check_drift(
     import shutil
     import tempfile
     from collections import namedtuple
+    from pathlib import Path
 
+    from waferflow.config import atomic_write_json
     from waferflow.drift.check import drift_check
     from waferflow.drift.config import DriftConfig
     from waferflow.orchestration.runtime import persist_metadata, stage, tracking_uri as resolve_uri, versions
+    from waferflow.orchestration.sources import fetch_source
 
     with stage("drift_check", current=current) as rec:
         uri = resolve_uri(tracking_uri)
         cfg = DriftConfig(share_threshold=share_threshold, feature_threshold=feature_threshold,
                           embedding_threshold=embedding_threshold, prediction_threshold=prediction_threshold)
-        os.makedirs(decision.path, exist_ok=True)
-        d = drift_check(current, decision.path, model=model or None, cfg=cfg, tracking_uri=uri,
-                        workdir=tempfile.mkdtemp(prefix="waferflow-drift-"), registered_model_name=registered_model_name,
-                        train_data=train_data or None, prepare_retrain=True)
+        work = tempfile.mkdtemp(prefix="waferflow-drift-")  # downloads and the champion; gone when done
+        try:
+            local_current = fetch_source(current, os.path.join(work, "current"), tracking_uri=uri)
+            local_train = str(fetch_source(train_data, os.path.join(work, "train"), tracking_uri=uri)) \
+                if train_data else None
+            os.makedirs(decision.path, exist_ok=True)
+            d = drift_check(local_current, decision.path, model=model or None, cfg=cfg, tracking_uri=uri,
+                            workdir=work, registered_model_name=registered_model_name,
+                            train_data=local_train, prepare_retrain=True)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        plan = d.get("retrain_plan")
+        if plan and local_train and plan.get("data") == str(Path(local_train).resolve()):
+            plan["data"] = train_data  # the base data unchanged: hand over its own URI, not this pod's copy
+            atomic_write_json(os.path.join(decision.path, "decision.json"), d)
         shutil.copyfile(d["report_html"], report.path)
         for k in ("share", "embedding_score", "prediction_js", "n_current", "to_label"):
             metrics.log_metric(k, float(d[k]))
@@ -97,13 +113,14 @@ def check_drift(
     return out(bool(d["drift_detected"]), float(d["share"]), float(d["embedding_score"]))
 
 
-@dsl.component(base_image=CPU_IMAGE)
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def start_training(
     decision: Input[Artifact],
     host: str,
     namespace: str,
     profile: str,
     overrides: list,
+    cluster: dict,
     workdir: str,
 ) -> str:
     """Start the training pipeline with the decision's retrain plan; return the run id (or local run dir).
@@ -114,6 +131,8 @@ def start_training(
         namespace: Kubeflow namespace ("" = default).
         profile: Training profile name.
         overrides: Profile overrides (``["key=value", ...]``).
+        cluster: The drift monitor's own cluster options (image registry, Secret, GPU pool, namespace, service
+            account): the training run it starts is compiled with them.
         workdir: kfp.local workdir (local only).
     """
     import json
@@ -122,12 +141,25 @@ def start_training(
     from waferflow.components.drift_check import submit_training
     from waferflow.profiles import get_profile
 
-    plan = json.load(open(os.path.join(decision.path, "decision.json")))["retrain_plan"]
-    ov = list(overrides)
+    with open(os.path.join(decision.path, "decision.json"), encoding="utf-8") as f:
+        d = json.load(f)
+    plan = d["retrain_plan"]
+    if host:
+        # The retrain's pods cannot read this pod's disk: hand them MLflow URIs of the drift run's artifacts.
+        from waferflow.orchestration.runtime import tracking_uri as resolve_uri
+        from waferflow.orchestration.sources import publish_retrain_inputs
+
+        plan = publish_retrain_inputs(plan, d["mlflow_run_id"], resolve_uri(d.get("tracking_uri", "")))
+        print(f"[waferflow] retrain inputs: data={plan.get('data') or '(profile default)'} "
+              f"pretrained={plan.get('pretrained') or '(profile default)'}")
+    from waferflow.config import parse_override
+
+    ov = {f"cluster.{k}": v for k, v in dict(cluster).items()}
+    ov.update(parse_override(item) for item in overrides)
     if plan.get("data"):
-        ov.append(f"data={plan['data']}")
+        ov["data"] = plan["data"]
     if plan.get("pretrained"):
-        ov.append(f"pretrained={plan['pretrained']}")
+        ov["pretrained"] = plan["pretrained"]
     prof = get_profile(profile, ov)
     if host:
         res = submit_training(host, prof, namespace=namespace or None)

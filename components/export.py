@@ -6,7 +6,7 @@ from kfp.dsl import Artifact, Dataset, Input, Model, Output
 from waferflow.components._images import CPU_IMAGE
 
 
-@dsl.component(base_image=CPU_IMAGE)
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def export_model(
     model: Input[Model],
     calibration: Input[Dataset],

@@ -6,7 +6,7 @@ from kfp.dsl import Artifact, Dataset, Input, Model, Output
 from waferflow.components._images import CPU_IMAGE
 
 
-@dsl.component(base_image=CPU_IMAGE)
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def build_label_queue(model: Input[Model], unlabeled: Input[Dataset], n: int, queue: Output[Artifact]):
     """Write ``queue.csv`` (an empty ``label`` column to fill in), ``queue.png`` (the maps as a sheet) and
     ``queue.json`` for the ``n`` unlabeled maps the selected model is least sure of, spread over its embedding.

@@ -9,7 +9,7 @@ from kfp.dsl import Artifact, Dataset, Input, Model, Output, PipelineTaskFinalSt
 from waferflow.components._images import CPU_IMAGE
 
 
-@dsl.component(base_image=CPU_IMAGE)
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def start_run(
     experiment: str,
     pipeline_run: str,
@@ -55,7 +55,7 @@ def start_run(
     return rid
 
 
-@dsl.component(base_image=CPU_IMAGE)
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def log_to_mlflow(
     parent_run_id: str,
     model: Input[Model],
@@ -126,7 +126,7 @@ def log_to_mlflow(
     return run_id
 
 
-@dsl.component(base_image=CPU_IMAGE)
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def register_model(
     run_id: str,
     parent_run_id: str,
@@ -209,7 +209,7 @@ def register_model(
     return namedtuple("Registered", ["version", "passed", "summary"])(str(version), bool(report.passed), summary)
 
 
-@dsl.component(base_image=CPU_IMAGE)
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def promote_model(verdicts: Input[Artifact], registered_model_name: str, tracking_uri: str) -> str:
     """Move ``champion`` to the gated version (runs only under ``dsl.If(passed)``; the registry re-checks
     under its lock and records the decision in the audit trail). Returns the champion version after it."""
@@ -231,7 +231,7 @@ def promote_model(verdicts: Input[Artifact], registered_model_name: str, trackin
     return str(res.new_champion)
 
 
-@dsl.component(base_image=CPU_IMAGE)
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def finish_run(status: PipelineTaskFinalStatus, pipeline_run: str, experiment: str, tracking_uri: str):
     """Exit handler: close this pipeline run's MLflow parent run (found by its ``kfp_run`` tag: an exit task
     may not consume other tasks' outputs); when the pipeline failed, record it FAILED with the error and the

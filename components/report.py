@@ -6,7 +6,7 @@ from kfp.dsl import HTML, Artifact, Input, Markdown, Output
 from waferflow.components._images import CPU_IMAGE
 
 
-@dsl.component(base_image=CPU_IMAGE)
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def build_report(
     candidates: Input[Artifact],
     test_metrics: Input[Artifact],

@@ -8,7 +8,7 @@ from kfp.dsl import Artifact, Input, Markdown, Model, Output
 from waferflow.components._images import CPU_IMAGE
 
 
-@dsl.component(base_image=CPU_IMAGE)
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def select_best(
     models: Input[List[Model]],
     val_metrics: Input[List[Artifact]],

@@ -8,7 +8,7 @@ from kfp.dsl import Dataset, Input, Output
 from waferflow.components._images import CPU_IMAGE
 
 
-@dsl.component(base_image=CPU_IMAGE)
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def split_data(
     dataset: Input[Dataset],
     labels_per_class: int,

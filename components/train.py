@@ -8,7 +8,7 @@ from kfp.dsl import Dataset, Input, Model, Output
 from waferflow.components._images import GPU_IMAGE
 
 
-@dsl.component(base_image=GPU_IMAGE)
+@dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
 def train_candidate(
     train: Input[Dataset],
     val: Input[Dataset],

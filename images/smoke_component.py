@@ -1,4 +1,4 @@
-"""Run one real compiled component (the data stage) inside the built CPU image with podman.
+"""Run one real compiled component (the data stage) inside the built CPU image with docker.
 
     python images/smoke_component.py [--image localhost/waferflow-cpu:0.1.0] [--n 500] [--out /tmp/wf-smoke]
 
@@ -47,7 +47,7 @@ def main() -> int:
           "outputs": {"artifacts": {"dataset": _art("dataset"), "unlabeled": _art("unlabeled")},
                       "outputFile": "/out/executor_output.json"}}
     args = [x.replace("{{$}}", json.dumps(ei)) for x in c["args"]]
-    cmd = ["podman", "run", "--rm", "--network", "none", "-v", f"{out}:/out", "-e", "WAFERFLOW_PROGRESS=0",
+    cmd = ["docker", "run", "--rm", "--network", "none", "-v", f"{out}:/out", "-e", "WAFERFLOW_PROGRESS=0",
            "--entrypoint", c["command"][0], a.image, *c["command"][1:], *args]
     t0 = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True)

@@ -2,13 +2,18 @@
 
 check-drift (evidently HTML report + Metrics + decision) -> dsl.If(drift_detected == True) -> start-training.
 Scheduled as a recurring run (``waferflow schedule``); its service account needs the RBAC in ``manifests/`` to
-create training runs. Both tasks read MLflow credentials from the cluster Secret.
+create training runs. Both tasks read MLflow and S3 credentials from the pipeline Secret. ``current`` (required) and
+``train_data`` are ``s3://BUCKET/KEY``, ``runs:/RUN_ID/PATH`` or a path under the PVC of ``cluster.data_pvc``; on
+drift, ``start-training`` uploads the retrain's inputs to the drift run in MLflow and hands the training run their
+``runs:/`` URIs, which its pods can read.
 """
 
-from kfp import dsl, kubernetes
+from kfp import dsl
 
 from waferflow.components.drift_check import check_drift, start_training
+from waferflow.config import to_dict
 from waferflow.drift.config import DriftConfig
+from waferflow.pipelines._cluster import on_cpu, with_data, with_secret
 from waferflow.profiles import ClusterOptions
 
 PIPELINE_NAME = "waferflow-drift-monitor"
@@ -49,14 +54,14 @@ def build_pipeline(cluster: ClusterOptions | None = None):
             train_data=train_data, tracking_uri=tracking_uri, registered_model_name=registered_model_name,
         ).set_display_name("drift-check")
         check.set_caching_options(enable_caching=False)
-        kubernetes.use_secret_as_env(check, secret_name=c.secret_name, secret_key_to_env=dict(c.secret_env))
+        with_data(on_cpu(check, c), c)
         with dsl.If(check.outputs["drift_detected"] == True, name="drift-detected"):  # noqa: E712
             train = start_training(
                 decision=check.outputs["decision"], host=training_host, namespace=namespace,
-                profile=training_profile, overrides=training_overrides, workdir=workdir,
+                profile=training_profile, overrides=training_overrides, cluster=to_dict(c), workdir=workdir,
             ).set_display_name("start-training")
             train.set_caching_options(enable_caching=False)
-            kubernetes.use_secret_as_env(train, secret_name=c.secret_name, secret_key_to_env=dict(c.secret_env))
+            with_secret(on_cpu(train, c), c)
 
     return drift_monitor
 

@@ -6,7 +6,9 @@ evaluate INT8 -> TensorRT compile -> log to MLflow -> gates + register (the vers
 every verdict, so the gates run just before the version is created) -> label queue (the unlabeled maps worth
 labeling) -> report; dsl.If(gates passed) -> promote
 (inside a small sub-pipeline, see below) ]
--> exit task: close the MLflow run, or record it FAILED with the failing task and error.
+-> exit task: close the MLflow run, or record it FAILED with the failing task and error. The MLflow parent run is
+tagged with the KFP run's unique id (``dsl.PIPELINE_JOB_ID_PLACEHOLDER``), which links it back to the KFP run; the
+display name is the same for every submitted run, so the exit task never looks runs up by it.
 
 One DAG definition serves both places: kfp.local runs it as is (kfp 2.17's local orchestrator runs
 ParallelFor, Collected, dsl.If, ExitHandler, retries and caching), and the compiled YAML adds what only a
@@ -15,7 +17,7 @@ local launcher (waferflow.orchestration.local) passes the same settings through 
 """
 
 
-from kfp import dsl, kubernetes
+from kfp import dsl
 from kfp.dsl import Artifact, Input
 
 from waferflow.components.adapt_bn import adapt_batchnorm
@@ -29,7 +31,8 @@ from waferflow.components.report import build_report
 from waferflow.components.select_best import select_best
 from waferflow.components.split import split_data
 from waferflow.components.train import train_candidate
-from waferflow.profiles import ClusterOptions, Profile, get_profile
+from waferflow.pipelines._cluster import flaky, on_cpu, on_gpu_pool, with_data, with_resources, with_secret
+from waferflow.profiles import Profile, get_profile
 
 PIPELINE_NAME = "waferflow-training"
 
@@ -43,25 +46,6 @@ def candidates_of(profile: Profile, strategies=None) -> list:
 
         names = list(STRATEGIES)
     return [{"strategy": s, "backbone": b} for b in profile.backbones for s in names]
-
-
-def _on_gpu_pool(task: dsl.PipelineTask, c: ClusterOptions) -> None:
-    task.set_container_image(c.image("gpu"))
-    for k, v in c.gpu_node_selector.items():
-        kubernetes.add_node_selector(task, label_key=k, label_value=v)
-    if c.gpu_toleration_key:
-        kubernetes.add_toleration(task, key=c.gpu_toleration_key, operator="Exists", effect=c.gpu_toleration_effect)
-    task.set_accelerator_type(c.accelerator_type).set_accelerator_limit(c.gpu_limit)
-
-
-def _with_secret(task: dsl.PipelineTask, c: ClusterOptions) -> None:
-    kubernetes.use_secret_as_env(task, secret_name=c.secret_name, secret_key_to_env=dict(c.secret_env))
-
-
-def _flaky(task: dsl.PipelineTask, c: ClusterOptions) -> None:
-    """Registry/network steps: retried with backoff, never cached (they change MLflow state)."""
-    task.set_retry(num_retries=c.retries, backoff_duration="5s", backoff_factor=2.0, backoff_max_duration="120s")
-    task.set_caching_options(enable_caching=False)
 
 
 def build_pipeline(profile: Profile | None = None):
@@ -86,9 +70,10 @@ def build_pipeline(profile: Profile | None = None):
         with dsl.If(passed == True, name="gates-passed"):  # noqa: E712 (KFP condition)
             promote = promote_model(
                 verdicts=verdicts, registered_model_name=registered_model_name, tracking_uri=tracking_uri,
-            ).set_display_name("promote").set_container_image(c.image("cpu"))
-            _with_secret(promote, c)
-            _flaky(promote, c)
+            ).set_display_name("promote")
+            on_cpu(promote, c)
+            with_secret(promote, c)
+            flaky(promote, c)
 
     @dsl.pipeline(
         name=PIPELINE_NAME,
@@ -121,33 +106,38 @@ def build_pipeline(profile: Profile | None = None):
         tracking_uri: str = "",
     ):
         on_exit = finish_run(
-            pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, experiment=experiment, tracking_uri=tracking_uri
-        ).set_display_name("finish-mlflow-run").set_container_image(c.image("cpu"))
-        _with_secret(on_exit, c)
-        _flaky(on_exit, c)
+            pipeline_run=dsl.PIPELINE_JOB_ID_PLACEHOLDER, experiment=experiment, tracking_uri=tracking_uri
+        ).set_display_name("finish-mlflow-run")
+        on_cpu(on_exit, c)
+        with_secret(on_exit, c)
+        flaky(on_exit, c)
 
         with dsl.ExitHandler(on_exit, name="waferflow-training-run"):
             data = prepare_data(
                 source=data_source, source_fingerprint=data_fingerprint, n_maps=n_maps, map_size=map_size,
                 taxonomy=taxonomy, seed=seed,
-            ).set_display_name("data").set_container_image(c.image("cpu"))
+            ).set_display_name("data")
+            with_data(on_cpu(data, c), c)
             started = start_run(
-                experiment=experiment, pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, data=data.outputs["dataset"],
+                experiment=experiment, pipeline_run=dsl.PIPELINE_JOB_ID_PLACEHOLDER, data=data.outputs["dataset"],
                 candidates=candidates, train_config=train_config, epochs=epochs, gates=gates,
                 data_source=data_source, n_maps=n_maps, map_size=map_size, taxonomy=taxonomy, seed=seed,
                 input_size=input_size, pretrained=pretrained, device=device,
                 tracking_uri=tracking_uri,
-            ).set_display_name("start-mlflow-run").set_container_image(c.image("cpu"))
-            _with_secret(started, c)
-            _flaky(started, c)
+            ).set_display_name("start-mlflow-run")
+            on_cpu(started, c)
+            with_secret(started, c)
+            flaky(started, c)
             split = split_data(
                 dataset=data.outputs["dataset"], labels_per_class=labels_per_class, seed=seed
-            ).set_display_name("split").set_container_image(c.image("cpu"))
+            ).set_display_name("split")
+            on_cpu(split, c)
             adapt = adapt_batchnorm(
                 train=split.outputs["train"], unlabeled=data.outputs["unlabeled"], backbones=backbones,
                 input_size=input_size, pretrained=pretrained, seed=seed,
-            ).set_display_name("adapt-bn").set_container_image(c.image("cpu"))
-            _with_secret(adapt, c)  # an MLflow model URI may be the pretrained source
+            ).set_display_name("adapt-bn")
+            on_cpu(adapt, c)
+            with_secret(adapt, c)  # an MLflow model URI may be the pretrained source
 
             with dsl.ParallelFor(items=candidates, parallelism=p.parallelism, name="candidates") as cand:
                 trained = train_candidate(
@@ -155,35 +145,40 @@ def build_pipeline(profile: Profile | None = None):
                     candidate=cand, train_config=train_config, epochs=epochs, input_size=input_size,
                     device=device, seed=seed,
                 ).set_display_name("train")
-                _with_secret(trained, c)
+                with_secret(trained, c)
                 if gpu_train:
-                    _on_gpu_pool(trained, c)
+                    on_gpu_pool(trained, c)
                 else:
-                    trained.set_container_image(c.image("gpu"))  # the train image is the GPU one either way
-                trained.set_memory_request(c.memory_request).set_cpu_request(c.cpu_request)
+                    # the train image is the GPU one either way
+                    with_resources(trained.set_container_image(c.image("cpu" if c.cpu_only else "gpu")), c)
                 val_eval = evaluate_model(
                     model=trained.outputs["model"], data=split.outputs["val"], split="val", form="torch"
-                ).set_display_name("evaluate-val").set_container_image(c.image("cpu"))
+                ).set_display_name("evaluate-val")
+                on_cpu(val_eval, c)
 
             best = select_best(
                 models=dsl.Collected(trained.outputs["model"]),
                 val_metrics=dsl.Collected(val_eval.outputs["metrics_json"]),
-            ).set_display_name("select-best").set_container_image(c.image("cpu"))
+            ).set_display_name("select-best")
+            on_cpu(best, c)
             test_eval = evaluate_model(
                 model=best.outputs["best"], data=split.outputs["test"], split="test", form="torch"
-            ).set_display_name("evaluate-test").set_container_image(c.image("cpu"))
+            ).set_display_name("evaluate-test")
+            on_cpu(test_eval, c)
             exported = export_model(
                 model=best.outputs["best"], calibration=split.outputs["train"], test=split.outputs["test"], int8=int8,
                 bench_iters=bench_iters, options=export_options,
-            ).set_display_name("export").set_container_image(c.image("cpu"))
+            ).set_display_name("export")
+            on_cpu(exported, c)
             int8_eval = evaluate_model(
                 model=exported.outputs["onnx"], data=split.outputs["test"], split="test", form="onnx_int8"
-            ).set_display_name("evaluate-int8").set_container_image(c.image("cpu"))
+            ).set_display_name("evaluate-int8")
+            on_cpu(int8_eval, c)
             trt = compile_tensorrt(
                 onnx=exported.outputs["onnx"], model=best.outputs["best"], calibration=split.outputs["train"],
                 test=split.outputs["test"], precision=trt_precision,
             ).set_display_name("compile-tensorrt")
-            _on_gpu_pool(trt, c)
+            on_gpu_pool(trt, c)
 
             logged = log_to_mlflow(
                 parent_run_id=started.output, model=best.outputs["best"], onnx=exported.outputs["onnx"],
@@ -192,25 +187,29 @@ def build_pipeline(profile: Profile | None = None):
                 test=split.outputs["test"], train=split.outputs["train"], val=split.outputs["val"],
                 tracking_uri=tracking_uri, data=data.outputs["dataset"], unlabeled=data.outputs["unlabeled"],
                 gates=gates,
-            ).set_display_name("log-mlflow").set_container_image(c.image("cpu"))
-            _with_secret(logged, c)
-            _flaky(logged, c)
+            ).set_display_name("log-mlflow")
+            on_cpu(logged, c)
+            with_secret(logged, c)
+            flaky(logged, c)
             reg = register_model(
                 run_id=logged.output, parent_run_id=started.output, test=split.outputs["test"],
                 test_metrics=test_eval.outputs["metrics_json"], int8_metrics=int8_eval.outputs["metrics_json"],
                 latency=exported.outputs["latency"], gates=gates, registered_model_name=registered_model_name,
                 tracking_uri=tracking_uri, model=best.outputs["best"],
-            ).set_display_name("register-and-gate").set_container_image(c.image("cpu"))
-            _with_secret(reg, c)
-            _flaky(reg, c)
+            ).set_display_name("register-and-gate")
+            on_cpu(reg, c)
+            with_secret(reg, c)
+            flaky(reg, c)
             queue = build_label_queue(
                 model=best.outputs["best"], unlabeled=data.outputs["unlabeled"], n=label_queue,
-            ).set_display_name("label-queue").set_container_image(c.image("cpu"))
+            ).set_display_name("label-queue")
+            on_cpu(queue, c)
             report = build_report(
                 candidates=best.outputs["candidates"], test_metrics=test_eval.outputs["metrics_json"],
                 latency=exported.outputs["latency"], trt=trt.outputs["report"], verdicts=reg.outputs["verdicts"],
                 queue=queue.outputs["queue"],
-            ).set_display_name("report").set_container_image(c.image("cpu"))
+            ).set_display_name("report")
+            on_cpu(report, c)
             report.set_caching_options(enable_caching=False)
             gated = promote_when_passed(
                 passed=reg.outputs["passed"], verdicts=reg.outputs["verdicts"],

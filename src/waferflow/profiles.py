@@ -30,10 +30,17 @@ class ClusterOptions:
         gpu_toleration_effect: Taint effect tolerated.
         accelerator_type: Resource name of the accelerator (e.g. ``nvidia.com/gpu``).
         gpu_limit: Accelerators per GPU task.
-        secret_name: Kubernetes Secret holding MLflow and S3 settings and credentials.
+        secret_name: Kubernetes Secret (in the pipeline namespace) holding MLflow and S3 settings and credentials.
         secret_env: Secret key -> environment variable for every task.
         retries: Retries of the registry/network steps.
-        cpu_request / memory_request: Requests of the CPU tasks.
+        cpu_request / memory_request: Requests of every task (a namespace with a ResourceQuota needs them).
+        memory_limit: Memory limit of every task.
+        namespace: Kubeflow namespace the runs go to (``kubeflow``, or a profile namespace in multi-user installs).
+        service_account: Service account of the run's pods (``manifests/pipelines`` creates it).
+        data_pvc: A PersistentVolumeClaim mounted at ``data_mount_path`` in the data and drift tasks ("" = none);
+            then ``data_source``/``current`` may name files under that path.
+        cpu_only: Every task in the CPU image, with no GPU scheduling (``waferflow run --runner docker`` on a
+            machine without a GPU; TensorRT then records "skipped: no CUDA device").
     """
 
     image_registry: str = "localhost"
@@ -49,11 +56,19 @@ class ClusterOptions:
             "MLFLOW_S3_ENDPOINT_URL": "MLFLOW_S3_ENDPOINT_URL",
             "AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
             "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
+            "MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
+            "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD",
         }
     )
     retries: int = 3
     cpu_request: str = "1"
     memory_request: str = "4G"
+    memory_limit: str = "16G"
+    namespace: str = "kubeflow"
+    service_account: str = "waferflow-pipeline"
+    data_pvc: str = ""
+    data_mount_path: str = "/data"
+    cpu_only: bool = False
 
     def image(self, kind: str = "cpu") -> str:
         """The component image tag for ``kind`` ("cpu" or "gpu"), tied to the package version."""

@@ -9,11 +9,14 @@ from urllib.parse import parse_qs, urlparse
 
 
 class FakeKFP:
-    """Implements healthz, experiments (list/create), runs (create) and recurringruns (create)."""
+    """Implements healthz, experiments (list/create), runs (create), recurringruns (create) and pipelines (list by
+    name, upload, upload_version)."""
 
     def __init__(self) -> None:
         self.requests: list[dict] = []
         self.experiments: dict[str, dict] = {}
+        self.pipelines: dict[str, dict] = {}
+        self.versions: list[dict] = []
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -32,8 +35,10 @@ class FakeKFP:
                 n = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(n) if n else b""
                 u = urlparse(self.path)
+                multipart = "multipart/form-data" in (self.headers.get("Content-Type") or "")
                 req = {"method": method, "path": u.path, "query": parse_qs(u.query),
-                       "body": json.loads(raw) if raw else None, "auth": self.headers.get("Authorization")}
+                       "body": raw if multipart else (json.loads(raw) if raw else None),
+                       "auth": self.headers.get("Authorization")}
                 outer.requests.append(req)
                 return req
 
@@ -46,6 +51,11 @@ class FakeKFP:
                     names = [p.get("string_value") for p in flt.get("predicates", [])]
                     exps = [e for e in outer.experiments.values() if not names or e["display_name"] in names]
                     return self._reply(200, {"experiments": exps, "total_size": len(exps)} if exps else {})
+                if req["path"] == "/apis/v2beta1/pipelines":
+                    flt = json.loads(req["query"].get("filter", ["{}"])[0] or "{}")
+                    names = [p.get("string_value") or p.get("stringValue") for p in flt.get("predicates", [])]
+                    pls = [p for p in outer.pipelines.values() if not names or p["display_name"] in names]
+                    return self._reply(200, {"pipelines": pls, "total_size": len(pls)} if pls else {})
                 return self._reply(404, {"error": f"no route {req['path']}"})
 
             def do_POST(self):
@@ -58,6 +68,22 @@ class FakeKFP:
                     return self._reply(200, e)
                 if req["path"] == "/apis/v2beta1/runs":
                     return self._reply(200, {**b, "run_id": "run-123", "state": "PENDING"})
+                if req["path"] == "/apis/v2beta1/pipelines/upload":
+                    name = req["query"]["name"][0]
+                    pl = {"pipeline_id": f"pl-{len(outer.pipelines) + 1}", "display_name": name}
+                    outer.pipelines[pl["pipeline_id"]] = pl
+                    outer.versions.append({"pipeline_id": pl["pipeline_id"], "display_name": name,
+                                           "pipeline_version_id": f"v-{len(outer.versions) + 1}"})
+                    return self._reply(200, pl)
+                if req["path"] == "/apis/v2beta1/pipelines/upload_version":
+                    pid, name = req["query"]["pipelineid"][0], req["query"]["name"][0]
+                    if pid not in outer.pipelines:
+                        return self._reply(404, {"error": f"pipeline {pid} not found"})
+                    if any(v["pipeline_id"] == pid and v["display_name"] == name for v in outer.versions):
+                        return self._reply(409, {"error": f"version {name} already exists"})
+                    v = {"pipeline_id": pid, "display_name": name, "pipeline_version_id": f"v-{len(outer.versions) + 1}"}
+                    outer.versions.append(v)
+                    return self._reply(200, v)
                 if req["path"] == "/apis/v2beta1/recurringruns":
                     return self._reply(200, {**b, "recurring_run_id": "rr-456", "status": "ENABLED"})
                 return self._reply(404, {"error": f"no route {req['path']}"})

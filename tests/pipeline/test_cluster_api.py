@@ -71,3 +71,21 @@ def test_unreachable_host_is_a_clear_error(capsys):
     rc = main(["submit", "--host", "http://127.0.0.1:9", "--profile", "full"])
     assert rc == 2
     assert "cannot reach the Kubeflow Pipelines API" in capsys.readouterr().err
+
+
+def test_upload_creates_the_pipeline_then_adds_versions_and_refuses_a_reused_name(capsys):
+    with FakeKFP() as kfp_api:
+        rc = main(["upload", "--host", kfp_api.url, "--pipeline", "drift-monitor", "--version", "v1",
+                   "--registry", "reg.example.com/wf"])
+        assert rc == 0
+        assert "created pipeline waferflow-drift-monitor (pl-1): uploaded version v1" in capsys.readouterr().out
+        assert main(["upload", "--host", kfp_api.url, "--pipeline", "drift-monitor", "--version", "v2"]) == 0
+        out = capsys.readouterr().out
+        assert "\npipeline waferflow-drift-monitor (pl-1): uploaded version v2" in out
+        assert main(["upload", "--host", kfp_api.url, "--pipeline", "drift-monitor", "--version", "v2"]) == 2
+        assert "pass --version NEW" in capsys.readouterr().err
+        ups = kfp_api.posts("/apis/v2beta1/pipelines/upload")
+        vers = kfp_api.posts("/apis/v2beta1/pipelines/upload_version")
+        assert len(ups) == 1 and [v["query"]["name"][0] for v in vers] == ["v1", "v2", "v2"]
+        assert b"reg.example.com/wf/waferflow-cpu:0.1.0" in vers[0]["body"]  # the compiled package itself
+        assert [v["display_name"] for v in kfp_api.versions if v["pipeline_id"] == "pl-1"][-2:] == ["v1", "v2"]

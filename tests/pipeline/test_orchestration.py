@@ -91,3 +91,37 @@ def test_profiles_validate_and_pipeline_arguments(tmp_path):
     from waferflow.train.strategies import STRATEGIES
 
     assert [c["strategy"] for c in candidates_of(get_profile("local"))] == list(STRATEGIES)
+
+
+def test_registry_list_right_after_a_run_finds_the_runs_store_with_no_flags(tmp_path, monkeypatch, capsys):
+    """`./wf run` writes ./waferflow_runs/mlflow.db; `./wf registry list` with no flags reads it."""
+    import json
+
+    from mlflow import MlflowClient
+
+    from waferflow.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert main(["registry", "list"]) == 2  # no store anywhere: a clear error
+    assert "no MLflow store" in capsys.readouterr().err
+    (tmp_path / "waferflow_runs").mkdir()
+    MlflowClient(f"sqlite:///{tmp_path / 'waferflow_runs' / 'mlflow.db'}").create_registered_model(
+        "wafer-defect-classifier")
+    assert main(["registry", "list", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_the_launcher_drops_kfps_executor_input_dump_and_keeps_the_rest(capsys):
+    from waferflow.orchestration.local import quiet_executor_input
+
+    with quiet_executor_input():
+        print("    [KFP Executor 2026-01-01 INFO]: Looking for component `x`")
+        print("    [KFP Executor 2026-01-01 INFO]: Got executor_input:")
+        print('    {\n        "inputs": {\n            "a": 1\n        }\n    }')
+        print("    ==> [waferflow] stage data")
+        print("partial", end="")
+    out = capsys.readouterr().out
+    assert "Got executor_input" not in out and '"inputs"' not in out
+    assert "Looking for component" in out and "==> [waferflow] stage data" in out and out.endswith("partial")

@@ -1,4 +1,4 @@
-"""``waferflow run | compile | submit | schedule``: the pipeline commands."""
+"""``waferflow run | compile | upload | submit | schedule``: the pipeline commands."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ _RUN_EPILOG = """examples:
   waferflow run --data my_maps.npz                # the same on your own maps (.npz, LSWMD.pkl, PNG folders);
                                                   # --data implies --profile real (gates for a small real test set)
   waferflow run --profile tiny                    # seconds-long smoke run
+  waferflow run --profile tiny --runner docker    # each task in the CPU image (images/build.sh builds it)
   waferflow run --set n_maps=4000 --set 'strategies=[full_finetune]' --set gates.min_accuracy=0.95
 """
 
@@ -35,7 +36,9 @@ def _add_remote_args(p: argparse.ArgumentParser) -> None:
                    help="pipeline argument (YAML value; repeatable)")
     p.add_argument("--experiment", default=None, help="KFP experiment (default: the profile's)")
     p.add_argument("--namespace", default=None, help="Kubeflow namespace (multi-user installs)")
-    p.add_argument("--service-account", default=None, help="Kubernetes service account of the run's pods")
+    p.add_argument("--service-account", default=None,
+                   help="Kubernetes service account of the run's pods (default: cluster.service_account, "
+                   "waferflow-pipeline)")
     p.add_argument("--registry", default=None, help="image registry prefix (overrides cluster.image_registry)")
 
 
@@ -53,6 +56,9 @@ def register(subparsers) -> None:
     p.add_argument("--workdir", default="waferflow_runs", help="outputs, kfp cache and MLflow store (default "
                    "./waferflow_runs)")
     p.add_argument("--no-cache", action="store_true", help="run every task even when its cached output is valid")
+    p.add_argument("--runner", default="subprocess", choices=("subprocess", "docker"),
+                   help="subprocess: every task in this venv (default); docker: every task in the CPU image "
+                   "<cluster.image_registry>/waferflow-cpu:<version> through a running Docker daemon")
     p.add_argument("--json", action="store_true", help="print the run record as JSON at the end")
     p.set_defaults(func=cmd_run)
 
@@ -63,6 +69,19 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--registry", default=None, help="image registry prefix (overrides cluster.image_registry)")
     p.set_defaults(func=cmd_compile)
+
+    p = subparsers.add_parser("upload", help="upload a pipeline as a new version on a Kubeflow host, so the UI "
+                              "can create runs from it",
+                              description="Compile a pipeline with the profile's cluster options and upload it as a "
+                              "new pipeline version (the pipeline is created on first upload).")
+    _add_profile_args(p, "full")
+    p.add_argument("--host", default=os.environ.get("KF_PIPELINES_ENDPOINT", ""),
+                   help="Kubeflow Pipelines API URL (default $KF_PIPELINES_ENDPOINT); token from $KFP_TOKEN")
+    p.add_argument("--pipeline", default="training", choices=("training", "drift-monitor"), help="which pipeline")
+    p.add_argument("--version", default=None, help="version name (default <package version>-<UTC time>)")
+    p.add_argument("--namespace", default=None, help="Kubeflow namespace (multi-user installs)")
+    p.add_argument("--registry", default=None, help="image registry prefix (overrides cluster.image_registry)")
+    p.set_defaults(func=cmd_upload)
 
     p = subparsers.add_parser("submit", help="start a pipeline run on a Kubeflow host (kfp.Client)")
     _add_profile_args(p, "full")
@@ -84,17 +103,34 @@ def _profile(args, extra: dict | None = None):
     from waferflow.profiles import get_profile
 
     overrides = list(args.overrides)
-    # WAFERFLOW_SET (whitespace-separated key=value items) lets a ConfigMap carry cluster overrides.
-    env_set = os.environ.get("WAFERFLOW_SET", "").strip()
-    if env_set and args.func is not cmd_run:
-        import shlex
-
-        overrides = shlex.split(env_set) + overrides
+    if args.func is not cmd_run:
+        overrides = env_overrides(os.environ.get("WAFERFLOW_SET", "")) + overrides
     if getattr(args, "registry", None):
         overrides.append(f"cluster.image_registry={args.registry}")
     if extra:
         overrides += [f"{k}={v}" for k, v in extra.items()]
     return get_profile(args.profile, overrides)
+
+
+def env_overrides(text: str) -> list[str]:
+    """``WAFERFLOW_SET``: profile overrides from a ConfigMap, one ``key=value`` per line.
+
+    One item a line, so that a value may hold spaces and quotes (a JSON node selector); blank lines and lines
+    starting with ``#`` are skipped.
+
+    Raises:
+        ConfigError: A line that is not ``key=value``.
+    """
+    items = []
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if "=" not in line:
+            raise ConfigError(f"WAFERFLOW_SET line {n} ({line!r}) is not key=value; write one override a line, "
+                              "e.g. cluster.gpu_limit=1")
+        items.append(line)
+    return items
 
 
 def _params(items: list[str]) -> dict:
@@ -118,7 +154,7 @@ def cmd_run(args) -> int:
     if args.profile is None:
         args.profile = "real" if args.data else "local"
     profile = _profile(args, extra)
-    result = run_local(profile, workdir=args.workdir, cache=not args.no_cache)
+    result = run_local(profile, workdir=args.workdir, cache=not args.no_cache, runner=args.runner)
     print(format_result(result))
     if args.json:
         print(json.dumps({"wall_seconds": result.wall_seconds, "stages": result.stages, "cache_hits": result.cache_hits,
@@ -132,6 +168,16 @@ def cmd_compile(args) -> int:
     written = compile_all(args.out, _profile(args))
     for name, path in written.items():
         print(f"{name}: {path}")
+    return 0
+
+
+def cmd_upload(args) -> int:
+    from waferflow.orchestration.cluster import upload
+
+    r = upload(args.host, _profile(args), pipeline=args.pipeline, version=args.version, namespace=args.namespace)
+    what = "created pipeline" if r["created_pipeline"] == "true" else "pipeline"
+    print(f"{what} {r['pipeline_name']} ({r['pipeline_id']}): uploaded version {r['version_name']} "
+          f"({r['version_id']}) to {args.host}")
     return 0
 
 

@@ -11,12 +11,15 @@ from waferflow.config import progress_enabled
 from waferflow.errors import RegistryError
 
 DEFAULT_NAME = "wafer-defect-classifier"
+#: `waferflow run`'s default --workdir, where its embedded MLflow store lives.
+RUN_WORKDIR = "waferflow_runs"
 
 
 def register(subparsers) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--tracking-uri", default=None,
-                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
+                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db, else "
+                        "the store of `waferflow run`: sqlite:///./waferflow_runs/mlflow.db)")
     common.add_argument("--name", default=DEFAULT_NAME, help=f"registered model name (default {DEFAULT_NAME})")
     p = subparsers.add_parser("registry", help="review the model registry: versions, gates, model cards, audit trail",
                               description="Review the MLflow model registry: list versions with their gate "
@@ -58,7 +61,11 @@ def _uri(args) -> str:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     if not progress_enabled():
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    uri = resolve_tracking_uri(args.tracking_uri, os.getcwd())
+    # With no URI given: ./mlflow.db, else the store `waferflow run` writes (./waferflow_runs/mlflow.db).
+    workdir = os.getcwd()
+    if not os.path.exists("mlflow.db") and os.path.exists(os.path.join(RUN_WORKDIR, "mlflow.db")):
+        workdir = os.path.abspath(RUN_WORKDIR)
+    uri = resolve_tracking_uri(args.tracking_uri, workdir)
     if uri.startswith("sqlite:///") and not os.path.exists(uri[len("sqlite:///"):]):
         raise RegistryError(f"no MLflow store at {uri}; pass --tracking-uri (e.g. sqlite:///RUN_DIR/mlflow.db or "
                             "http://HOST:5000) or set MLFLOW_TRACKING_URI")

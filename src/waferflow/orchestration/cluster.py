@@ -1,4 +1,5 @@
-"""Cluster side: compile every pipeline, start a run and create a recurring run with ``kfp.Client``."""
+"""Cluster side: compile every pipeline, upload pipelines and versions, start a run and create a recurring run
+with ``kfp.Client``."""
 
 from __future__ import annotations
 
@@ -124,6 +125,8 @@ def submit(host: str, profile: Profile, pipeline: str = "training", arguments: d
            service_account: str | None = None, token: str | None = None) -> str:
     """Compile ``pipeline`` with ``profile`` and start one run on a Kubeflow host.
 
+    The run's pods use ``service_account``, else the profile's ``cluster.service_account``.
+
     Returns:
         The run id.
     """
@@ -132,7 +135,7 @@ def submit(host: str, profile: Profile, pipeline: str = "training", arguments: d
     result = _with_package(pl, lambda path: client.create_run_from_pipeline_package(
         path, arguments=dict(arguments or {}), run_name=run_name or f"waferflow-{pipeline}",
         experiment_name=experiment or profile.experiment, namespace=namespace,
-        service_account=service_account or None,
+        service_account=service_account or profile.cluster.service_account or None,
     ))
     return str(result.run_id)
 
@@ -165,6 +168,50 @@ def schedule(host: str, profile: Profile, cron: str, pipeline: str = "training",
     job = _with_package(pl, lambda path: client.create_recurring_run(
         experiment_id=exp.experiment_id, job_name=name or f"waferflow-{pipeline}", cron_expression=cron6,
         pipeline_package_path=path, params=dict(arguments or {}), max_concurrency=max_concurrency,
-        no_catchup=True, service_account=service_account or None,
+        no_catchup=True, service_account=service_account or profile.cluster.service_account or None,
     ))
     return str(job.recurring_run_id)
+
+
+def upload(host: str, profile: Profile, pipeline: str = "training", version: str | None = None,
+           namespace: str | None = None, token: str | None = None) -> dict[str, str]:
+    """Upload ``pipeline`` (compiled with ``profile``) as a new version, creating the pipeline the first time.
+
+    The KFP UI then offers it to create runs and recurring runs from. The pipeline is named after its
+    ``@dsl.pipeline`` name (e.g. ``waferflow-training``).
+
+    Args:
+        version: Version name (default ``<package version>-<UTC time>``); KFP refuses a name used before.
+
+    Returns:
+        ``{"pipeline_id", "pipeline_name", "version_id", "version_name", "created_pipeline"}``.
+
+    Raises:
+        WaferflowError: The server refuses the upload (the message says why, e.g. a version name in use).
+    """
+    import time
+
+    from waferflow import __version__
+
+    client = make_client(host, token, namespace)
+    pl = _pipeline_by_short_name(pipeline, profile)
+    name = pl.name
+    vname = version or f"{__version__}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+    desc = f"waferflow {__version__}, profile {profile.name}, images {profile.cluster.image('cpu')}"
+
+    def _up(path: str) -> dict[str, str]:
+        pid = client.get_pipeline_id(name)
+        created = pid is None
+        if created:
+            pid = client.upload_pipeline(path, pipeline_name=name, description=desc, namespace=namespace).pipeline_id
+        v = client.upload_pipeline_version(path, pipeline_version_name=vname, pipeline_id=pid, description=desc)
+        return {"pipeline_id": str(pid), "pipeline_name": name, "version_id": str(v.pipeline_version_id),
+                "version_name": vname, "created_pipeline": str(created).lower()}
+
+    try:
+        return _with_package(pl, _up)
+    except WaferflowError:
+        raise
+    except Exception as e:  # kfp_server_api.ApiException and transport errors
+        raise WaferflowError(f"uploading {name} version {vname} to {host} failed: {str(e)[:300]}; a version name "
+                             "may be used only once per pipeline (pass --version NEW)") from None

@@ -1,4 +1,5 @@
-"""Run the training pipeline on this machine through ``kfp.local`` (SubprocessRunner, current venv).
+"""Run the training pipeline on this machine through ``kfp.local``: SubprocessRunner (current venv) or
+DockerRunner (every task in the CPU image; ``waferflow.orchestration.containers``).
 
 kfp.local silently drops what only a cluster honours (kfp-kubernetes node selectors, tolerations, accelerator
 limits, Secret-backed env). This launcher does not depend on any of it: it sets the same configuration in the
@@ -7,7 +8,9 @@ environment the task subprocesses inherit (``MLFLOW_TRACKING_URI`` and friends) 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
@@ -17,7 +20,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from waferflow.errors import ConfigError, DataError, WaferflowError
 from waferflow.orchestration.runtime import RUN_DIR_ENV, STAGE_LOG_ENV
@@ -74,6 +77,55 @@ def embedded_tracking_uri(workdir: Path) -> str:
     return f"sqlite:///{(workdir / 'mlflow.db').resolve()}"
 
 
+class _DropExecutorInput(io.TextIOBase):
+    """kfp's executor logs each task's whole executor input (a page of JSON per task) on stdout, which kfp.local
+    relays; drop that block and keep every other line."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self._buf = ""
+        self._skip_indent: int | None = None
+
+    def write(self, s: str) -> int:
+        self._buf += s
+        while "\n" in self._buf:
+            line, self._buf = self._buf.split("\n", 1)
+            self._line(line + "\n")
+        return len(s)
+
+    def _line(self, line: str) -> None:
+        indent = len(line) - len(line.lstrip())
+        if self._skip_indent is not None:
+            if line.strip() == "}" and indent <= self._skip_indent:
+                self._skip_indent = None
+            return
+        if "Got executor_input:" in line:
+            self._skip_indent = indent
+            return
+        self._inner.write(line)
+
+    def flush(self) -> None:
+        if self._buf and self._skip_indent is None:
+            self._inner.write(self._buf)
+            self._buf = ""
+        self._inner.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+
+@contextlib.contextmanager
+def quiet_executor_input() -> Iterator[None]:
+    """While the pipeline runs, stdout without kfp's executor-input dumps (see :class:`_DropExecutorInput`)."""
+    old = sys.stdout
+    sys.stdout = _DropExecutorInput(old)  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stdout = old
+
+
 class _CacheHitRecorder(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.INFO)
@@ -116,8 +168,11 @@ def pipeline_arguments(profile: Profile, candidates: list[dict]) -> dict[str, An
     }
 
 
+RUNNERS = ("subprocess", "docker")
+
+
 def run_local(profile: Profile, workdir: str | os.PathLike = "waferflow_runs", cache: bool = True,
-              out=None) -> RunResult:
+              out=None, runner: str = "subprocess") -> RunResult:
     """Run the whole training pipeline through ``kfp.local`` on this machine.
 
     Args:
@@ -125,15 +180,19 @@ def run_local(profile: Profile, workdir: str | os.PathLike = "waferflow_runs", c
         workdir: Folder for kfp outputs, the kfp cache, the embedded MLflow store and run records.
         cache: Use kfp.local's task cache (data stages are keyed on their inputs and parameters).
         out: Stream for progress lines (default stdout).
+        runner: ``subprocess`` (this venv) or ``docker`` (each task in the profile's CPU image).
 
     Returns:
         A :class:`RunResult`.
 
     Raises:
-        ConfigError: The profile asks for CUDA on a machine without it.
+        ConfigError: The profile asks for CUDA on a machine without it; an unknown runner; with ``docker``, no
+            daemon or no image.
         WaferflowError: A pipeline task failed (its log is above; the exit handler recorded the failure).
     """
     out = out or sys.stdout
+    if runner not in RUNNERS:
+        raise ConfigError(f"unknown runner {runner!r}; choose one of: {', '.join(RUNNERS)}")
     wd = Path(workdir).expanduser().resolve()
     wd.mkdir(parents=True, exist_ok=True)
     if profile.device == "cuda":
@@ -144,6 +203,10 @@ def run_local(profile: Profile, workdir: str | os.PathLike = "waferflow_runs", c
                 f"profile {profile.name!r} trains on CUDA but this machine has no CUDA device; use --profile local "
                 "(CPU) or run it on a cluster (waferflow submit)"
             )
+    if runner == "docker":  # before anything is written: no daemon or no image leaves nothing behind
+        from waferflow.orchestration.containers import check_image, docker_profile
+
+        check_image(docker_profile(profile).cluster.image("cpu")).close()
     run_id = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
     run_dir = wd / "runs" / run_id
     run_dir.mkdir(parents=True)
@@ -162,7 +225,7 @@ def run_local(profile: Profile, workdir: str | os.PathLike = "waferflow_runs", c
     saved_env = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        return _run(profile, wd, run_dir, uri, env, cache, say)
+        return _run(profile, wd, run_dir, uri, env, cache, say, runner)
     finally:
         for k, v in saved_env.items():
             if v is None:
@@ -171,7 +234,21 @@ def run_local(profile: Profile, workdir: str | os.PathLike = "waferflow_runs", c
                 os.environ[k] = v
 
 
-def _run(profile: Profile, wd: Path, run_dir: Path, uri: str, env: dict, cache: bool, say) -> RunResult:
+def _kfp_runner(runner: str, profile: Profile, wd: Path, env: dict, say) -> tuple[Any, Profile, Path]:
+    """(kfp.local runner, the profile it runs, pipeline root) for ``runner``."""
+    from kfp import local
+
+    if runner == "subprocess":
+        return local.SubprocessRunner(use_venv=False), profile, wd / "kfp_outputs"
+    from waferflow.orchestration import containers
+
+    profile = containers.stage_data(containers.docker_profile(profile), wd)
+    say(f"  every task runs in the image {profile.cluster.image('cpu')} (docker, host network; outputs under {wd})")
+    return containers.make_runner(env, wd), profile, wd
+
+
+def _run(profile: Profile, wd: Path, run_dir: Path, uri: str, env: dict, cache: bool, say,
+         runner: str = "subprocess") -> RunResult:
     from kfp import local
 
     from waferflow.pipelines.training import build_pipeline, candidates_of
@@ -192,9 +269,10 @@ def _run(profile: Profile, wd: Path, run_dir: Path, uri: str, env: dict, cache: 
     for line in profile.gate_config().describe():
         say(f"  {line}")
 
+    kfp_runner, profile, pipeline_root = _kfp_runner(runner, profile, wd, env, say)
     local.init(
-        runner=local.SubprocessRunner(use_venv=False),
-        pipeline_root=str(wd / "kfp_outputs"),
+        runner=kfp_runner,
+        pipeline_root=str(pipeline_root),
         enable_caching=cache,
         cache_root=str(wd / "kfp_cache"),
         raise_on_error=True,
@@ -215,12 +293,13 @@ def _run(profile: Profile, wd: Path, run_dir: Path, uri: str, env: dict, cache: 
             # Said once above: kfp.local ignores cluster-only settings and runs the tasks in this venv.
             warnings.filterwarnings("ignore", message=r"Task .* have no effect in the current local runner")
             warnings.filterwarnings("ignore", message=r"You may be attemping to run a task that uses custom")
-            pipeline(**args)
+            with quiet_executor_input():
+                pipeline(**args)
     except RuntimeError as e:
         msg = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
         raise WaferflowError(
             f"the training pipeline failed: {msg} The failing task's log is above; outputs so far are under "
-            f"{wd / 'kfp_outputs'}; the failure is recorded in MLflow ({uri})"
+            f"{pipeline_root}; the failure is recorded in MLflow ({uri})"
         ) from None
     finally:
         root.removeHandler(rec)

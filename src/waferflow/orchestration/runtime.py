@@ -54,10 +54,11 @@ class _CarriageReturnToNewline(io.TextIOBase):
 def stage(name: str, **info: Any) -> Iterator[dict]:
     """Banner + timer around one component's work.
 
-    Yields a dict the caller may fill with facts to log; on exit it gains ``seconds`` and, when
+    Yields a dict the caller may fill with facts to log (it starts with the interpreter that runs the stage, which
+    tells a task in an image from one in this venv); on exit it gains ``seconds`` and, when
     ``$WAFERFLOW_STAGE_LOG`` is set (the local launcher sets it), one JSON line is appended there.
     """
-    rec: dict[str, Any] = {"stage": name, **info}
+    rec: dict[str, Any] = {"stage": name, **info, "python": sys.executable}
     detail = " ".join(f"{k}={v}" for k, v in info.items())
     print(f"\n==> [waferflow] stage {name} {detail}".rstrip(), flush=True)
     old_err = sys.stderr

@@ -1,0 +1,58 @@
+"""What every task of every pipeline gets on a cluster (wiring helpers; kfp.local ignores all of it).
+
+- an image under the profile's registry prefix, tagged with the package version;
+- CPU and memory requests and a memory limit, so a namespace with a ResourceQuota admits the pod;
+- on the GPU pool: node selector, toleration and accelerator limit;
+- where a task talks to MLflow or S3: the pipeline Secret as environment variables;
+- where a task reads user data: the data PVC, when the profile names one.
+"""
+
+from kfp import dsl, kubernetes
+
+from waferflow.profiles import ClusterOptions
+
+
+def on_cpu(task: dsl.PipelineTask, c: ClusterOptions) -> dsl.PipelineTask:
+    """The CPU image and the profile's requests/limit."""
+    task.set_container_image(c.image("cpu"))
+    return with_resources(task, c)
+
+
+def with_resources(task: dsl.PipelineTask, c: ClusterOptions) -> dsl.PipelineTask:
+    """CPU and memory requests plus a memory limit (a ResourceQuota rejects pods that request nothing)."""
+    return task.set_cpu_request(c.cpu_request).set_memory_request(c.memory_request).set_memory_limit(c.memory_limit)
+
+
+def on_gpu_pool(task: dsl.PipelineTask, c: ClusterOptions) -> dsl.PipelineTask:
+    """The GPU image, node selector, toleration, accelerator limit and requests (the CPU image with
+    ``cluster.cpu_only``)."""
+    if c.cpu_only:
+        return on_cpu(task, c)
+    task.set_container_image(c.image("gpu"))
+    for k, v in c.gpu_node_selector.items():
+        kubernetes.add_node_selector(task, label_key=k, label_value=v)
+    if c.gpu_toleration_key:
+        kubernetes.add_toleration(task, key=c.gpu_toleration_key, operator="Exists", effect=c.gpu_toleration_effect)
+    task.set_accelerator_type(c.accelerator_type).set_accelerator_limit(c.gpu_limit)
+    return with_resources(task, c)
+
+
+def with_secret(task: dsl.PipelineTask, c: ClusterOptions) -> dsl.PipelineTask:
+    """MLflow and S3 settings and credentials from the pipeline Secret, as environment variables."""
+    kubernetes.use_secret_as_env(task, secret_name=c.secret_name, secret_key_to_env=dict(c.secret_env))
+    return task
+
+
+def with_data(task: dsl.PipelineTask, c: ClusterOptions) -> dsl.PipelineTask:
+    """The user's data: the Secret (S3/MLflow sources) and, when ``cluster.data_pvc`` is set, that PVC."""
+    with_secret(task, c)
+    if c.data_pvc:
+        kubernetes.mount_pvc(task, pvc_name=c.data_pvc, mount_path=c.data_mount_path)
+    return task
+
+
+def flaky(task: dsl.PipelineTask, c: ClusterOptions) -> dsl.PipelineTask:
+    """Registry/network steps: retried with backoff, never cached (they change MLflow state)."""
+    task.set_retry(num_retries=c.retries, backoff_duration="5s", backoff_factor=2.0, backoff_max_duration="120s")
+    task.set_caching_options(enable_caching=False)
+    return task
