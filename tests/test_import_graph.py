@@ -11,9 +11,6 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 KNOWN_CYCLES: list[set[str]] = [
-    # evaluation holds the predictors and imports export lazily; export imports evaluation back
-    {"waferflow.evaluation", "waferflow.export.bench", "waferflow.export.exporter", "waferflow.export.onnx_export",
-     "waferflow.export.quantize", "waferflow.export.tensorrt_build", "waferflow.export.trt"},
     {"waferflow.tracking.registry", "waferflow.tracking.runs"},
 ]
 

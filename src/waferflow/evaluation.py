@@ -166,7 +166,7 @@ def evaluate(predict: Predictor, ds: WaferDataset, spec: Any, batch_size: int = 
 
     Args:
         predict: float32 [B, C, S, S] -> logits [B, K] (see ``torch_predictor``, ``onnx_predictor``,
-            ``tensorrt_predictor``).
+            ``waferflow.export.trt.tensorrt_predictor``).
         ds: labeled WaferDataset with the model's class names.
         spec: the model's ModelSpec (or its dict); ``models.preprocess`` uses it.
         batch_size: maps per predictor call.
@@ -318,21 +318,3 @@ def onnx_predictor(path: str | os.PathLike, threads: int | None = None, device: 
         return sess.run([out_name], {in_name: x})[0]
 
     return predict
-
-
-def tensorrt_predictor(engine_path: str | os.PathLike) -> Predictor:
-    """A predictor around a serialized TensorRT engine (needs CUDA and the tensorrt package).
-
-    Raises:
-        ConfigError: no CUDA device or no tensorrt package (never falls back to another form).
-        ModelFormatError: the engine is missing or cannot be deserialized.
-    """
-    from waferflow.export.trt import cuda_status
-
-    ok, why = cuda_status()
-    if not ok:
-        raise ConfigError(f"a TensorRT engine needs a CUDA device and the tensorrt package: {why}; "
-                          "evaluate the ONNX forms on this machine instead")
-    from waferflow.export.tensorrt_build import TrtRunner
-
-    return TrtRunner(engine_path)

@@ -125,8 +125,8 @@ def test_metadata_layout(tiny):
 
 def test_tensorrt_predictor_refuses_without_cuda(tmp_path, monkeypatch):
     from waferflow.errors import ConfigError
-    from waferflow.evaluation import tensorrt_predictor
+    from waferflow.export import trt_predictor
 
-    monkeypatch.setattr(trt, "cuda_status", lambda: (False, "torch.cuda.is_available() is False"))
+    monkeypatch.setattr(trt_predictor, "cuda_status", lambda: (False, "torch.cuda.is_available() is False"))
     with pytest.raises(ConfigError, match="CUDA"):
-        tensorrt_predictor(tmp_path / "model.fp16.engine")
+        trt_predictor.tensorrt_predictor(tmp_path / "model.fp16.engine")

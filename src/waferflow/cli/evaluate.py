@@ -43,7 +43,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from waferflow.config import atomic_write_json
     from waferflow.data.contract import load_dataset
     from waferflow.errors import ConfigError
-    from waferflow.evaluation import evaluate, onnx_predictor, tensorrt_predictor, torch_predictor
+    from waferflow.evaluation import evaluate, onnx_predictor, torch_predictor
+    from waferflow.export.trt_predictor import tensorrt_predictor
     from waferflow.export.exporter import FP32_NAME, INT8_NAME, verify_export_dir
     from waferflow.models import load_model_dir
     from waferflow.plots import gradcam_overlays, plot_confusion, plot_history

@@ -24,7 +24,7 @@ import numpy as np
 from waferflow.config import progress_enabled
 from waferflow.errors import ConfigError
 from waferflow.evaluation import spec_field
-from waferflow.export.trt import SKIP_NO_CUDA
+from waferflow.export.trt_common import SKIP_NO_CUDA
 
 WORKER_TIMEOUT_S = 1800
 
@@ -129,7 +129,7 @@ def _form_files(model_dir: Path, export_dir: str | os.PathLike | None, trt_dir: 
                 ) -> tuple[dict[str, tuple[str, str]], dict[str, dict]]:
     """``({name: (kind, path)}, {name: skipped entry})`` for every form present."""
     from waferflow.export.exporter import FP32_NAME, INT8_NAME
-    from waferflow.export.trt import cuda_status
+    from waferflow.export.trt_common import cuda_status
 
     forms = {"torch_eager": ("torch", str(model_dir))}
     if export_dir is not None:

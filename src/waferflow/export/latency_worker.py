@@ -38,7 +38,7 @@ def make_predictor(kind: str, path: str, threads: int) -> Callable[[np.ndarray],
 
         return onnx_predictor(path, threads=threads)
     if kind == "tensorrt":
-        from waferflow.evaluation import tensorrt_predictor
+        from waferflow.export.trt_predictor import tensorrt_predictor
 
         return tensorrt_predictor(path)
     raise ConfigError(f"latency form kind must be torch, onnx or tensorrt, got {kind!r}")

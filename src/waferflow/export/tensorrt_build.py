@@ -19,7 +19,7 @@ import torch
 
 from waferflow.config import atomic_write_bytes
 from waferflow.errors import ModelFormatError
-from waferflow.export.trt import CalibrationBatches, CalibrationCache, load_engine_bytes
+from waferflow.export.trt_common import CalibrationBatches, CalibrationCache, load_engine_bytes
 
 _LOGGER = trt.Logger(trt.Logger.WARNING)
 
