@@ -39,7 +39,7 @@ def _worker(seed: int, n: int) -> dict:
     with tempfile.TemporaryDirectory() as d:
         inputs = seeds(Path(d) / "seeds", REPO / "tests" / "fixtures" / "LSWMD_small.pkl")
         names = sorted(inputs)
-        for i in range(n):
+        for _ in range(n):
             name = rng.choice(names)
             ops = [(rng.choice(OPS), rng.randrange(2**20), rng.randrange(256)) for _ in range(rng.randint(1, 4))]
             suffix, data = inputs[name]

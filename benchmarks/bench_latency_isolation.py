@@ -5,30 +5,43 @@ forms (each still in its own process), and interleaved in one process. Prints JS
 
     python benchmarks/bench_latency_isolation.py 6
 """
-import json, os, sys, tempfile
+import json
+import os
+import shutil
+import sys
+import tempfile
 from pathlib import Path
-os.environ["WAFERFLOW_PROGRESS"] = "0"
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "export"))
-import torch
-from conftest import make_ds, train_tiny
-from waferflow.export import bench_latency, export_onnx
-from waferflow.models import save_model_dir
-torch.set_num_threads(1)
-root = Path(tempfile.mkdtemp(prefix="wf-spread-"))
-train, test = make_ds(200, seed=1), make_ds(120, seed=2)
-model, spec = train_tiny(train)
-md = save_model_dir(model, spec, root / "model")
-export_onnx(md, root / "export", calib_ds=train, parity_ds=test, calibration_maps=64, fp32_layers="none")
-kw = dict(threads=1, warmup=20, iters=200, batch=8, batch_iters=3)
-alone, beside, inter = [], [], []
-for i in range(int(sys.argv[1])):
-    alone.append(bench_latency(md, root / "export", forms=["onnx_fp32"], **kw)["forms"]["onnx_fp32"]["p50_ms"])
-    beside.append(bench_latency(md, root / "export", **kw)["forms"]["onnx_fp32"]["p50_ms"])
-    inter.append(bench_latency(md, root / "export", isolate=False, **kw)["forms"]["onnx_fp32"]["p50_ms"])
-    print(i, alone[-1], beside[-1], inter[-1], file=sys.stderr, flush=True)
-r = [b / a for a, b in zip(alone, beside)]
-ri = [b / a for a, b in zip(alone, inter)]
-print(json.dumps({"alone_p50_ms": alone, "beside_p50_ms": beside, "interleaved_p50_ms": inter,
-                  "ratio_beside_over_alone": [round(x, 3) for x in r], "max_ratio": max(max(r), 1 / min(r)),
-                  "ratio_interleaved_over_alone": [round(x, 3) for x in ri], "load": os.getloadavg()}))
-import shutil; shutil.rmtree(root)
+
+
+def main(n: int) -> None:
+    os.environ["WAFERFLOW_PROGRESS"] = "0"
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "export"))
+    import torch
+    from conftest import make_ds, train_tiny
+
+    from waferflow.export import bench_latency, export_onnx
+    from waferflow.models import save_model_dir
+
+    torch.set_num_threads(1)
+    root = Path(tempfile.mkdtemp(prefix="wf-spread-"))
+    train, test = make_ds(200, seed=1), make_ds(120, seed=2)
+    model, spec = train_tiny(train)
+    md = save_model_dir(model, spec, root / "model")
+    export_onnx(md, root / "export", calib_ds=train, parity_ds=test, calibration_maps=64, fp32_layers="none")
+    kw = dict(threads=1, warmup=20, iters=200, batch=8, batch_iters=3)
+    alone, beside, inter = [], [], []
+    for i in range(n):
+        alone.append(bench_latency(md, root / "export", forms=["onnx_fp32"], **kw)["forms"]["onnx_fp32"]["p50_ms"])
+        beside.append(bench_latency(md, root / "export", **kw)["forms"]["onnx_fp32"]["p50_ms"])
+        inter.append(bench_latency(md, root / "export", isolate=False, **kw)["forms"]["onnx_fp32"]["p50_ms"])
+        print(i, alone[-1], beside[-1], inter[-1], file=sys.stderr, flush=True)
+    r = [b / a for a, b in zip(alone, beside)]
+    ri = [b / a for a, b in zip(alone, inter)]
+    print(json.dumps({"alone_p50_ms": alone, "beside_p50_ms": beside, "interleaved_p50_ms": inter,
+                      "ratio_beside_over_alone": [round(x, 3) for x in r], "max_ratio": max(max(r), 1 / min(r)),
+                      "ratio_interleaved_over_alone": [round(x, 3) for x in ri], "load": os.getloadavg()}))
+    shutil.rmtree(root)
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 6)

@@ -39,7 +39,7 @@ def train_candidate(
 
     from waferflow.config import load_config
     from waferflow.data.contract import load_dataset
-    from waferflow.orchestration.runtime import dataset_file, stage, tracking_uri, versions
+    from waferflow.orchestration.runtime import dataset_file, stage, versions
     from waferflow.train import TrainConfig
     from waferflow.train.loop import train as train_model
     from waferflow.selection import candidate_name

@@ -1,5 +1,6 @@
 """The frozen-config loader: defaults, YAML, overrides, unknown keys, types."""
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import pytest
@@ -27,7 +28,7 @@ def test_defaults_yaml_and_overrides(tmp_path):
     p.write_text("epochs: 5\ninner:\n  lr: 0.01\n")
     cfg = load_config(Cfg, p, ["inner.names=[x, y]", "flag=true", "maybe=4"])
     assert cfg == Cfg(epochs=5, flag=True, inner=Inner(lr=0.01, names=("x", "y")), maybe=4)
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.epochs = 1  # frozen
 
 

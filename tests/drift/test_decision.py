@@ -181,7 +181,7 @@ def test_mixed_batch_keeps_labeled_first_and_drops_labels_for_the_check():
     assert len(allm) == 8 and not allm.labeled
     assert np.array_equal(allm.get(0), lab.maps[0]) and np.array_equal(allm.get(7), unl.maps[2])
     with pytest.raises(DataError, match="no wafer maps"):
-        Batch(labeled=None, unlabeled=None, source="x").all_maps
+        _ = Batch(labeled=None, unlabeled=None, source="x").all_maps
 
 
 def test_reference_rows_come_from_held_out_maps_and_pca_from_training_maps(tiny_model, tmp_path):

@@ -3,11 +3,10 @@
 import json
 import os
 
-import numpy as np
 import pytest
 from kfp import dsl
 
-from waferflow.data.contract import WaferDataset, load_dataset, save_dataset
+from waferflow.data.contract import load_dataset, save_dataset
 from waferflow.errors import DataError, WaferflowError
 
 

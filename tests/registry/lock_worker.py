@@ -73,7 +73,7 @@ def main() -> None:
         except RegistryError as e:
             assert "lost" in str(e), e
             log["lost"] += 1
-    for attempt in range(10):
+    for _attempt in range(10):
         try:
             res = registry.promote_if_passing(uri, version, GateReport(results=()), name=name, lock_timeout_s=60)
             log["promoted"], log["reason"] = res.promoted, res.reason

@@ -36,7 +36,7 @@ def run_demo(workdir: str | os.PathLike = "waferflow_demo_drift", n: int = 1000,
     from waferflow.data.contract import save_dataset
     from waferflow.data.synth import TAXONOMIES, default_config, generate
     from waferflow.drift.check import drift_check
-    from waferflow.drift.reference import REFERENCE_DIRNAME, build_reference
+    from waferflow.drift.reference import build_reference
     from waferflow.drift.tracking import resolve_champion, store_reference
     from waferflow.profiles import get_profile
     from waferflow.tracking.registry import get_champion

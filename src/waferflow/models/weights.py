@@ -101,7 +101,7 @@ def _from_url(url: str) -> LoadedWeights:
 
 def _from_mlflow(uri: str, tracking_uri: str | None = None) -> LoadedWeights:
     try:
-        import mlflow
+        import mlflow  # noqa: F401  (an ImportError here says mlflow is missing)
         from mlflow.artifacts import download_artifacts
     except ImportError:  # pragma: no cover
         raise WeightsError(f"{uri} is an MLflow URI but mlflow is not installed (pip install mlflow)") from None

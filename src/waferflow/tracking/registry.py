@@ -474,7 +474,7 @@ def promote(tracking_uri: str, version: str, *, reason: str, actor: str | None =
             f", violations: {tags.get('gates.violations')})" if tags.get("gates.passed") == "false" else ")")
         key = _move_alias(c, tracking_uri, name, CHAMPION, version, action="manual_promote", actor=actor,
                           reason=full, metrics=_summary_metrics(tags), retry=retry, old=cur,
-                          before_move=_before_move)
+                          before_move=_before_move, fence=lock)
     return PromotionResult(True, version, cur, version, full, key)
 
 

@@ -487,8 +487,8 @@ def log_candidate(
                                 artifacts or {}, log_models, retry, serve_form)
     except BaseException as e:
         # two separate best-effort steps: a failed tag write must not keep the run from being marked FAILED
-        _best_effort(lambda: c.set_tag(run_id, "error", f"{type(e).__name__}: {e}"[:5000]), "tag run error",
-                     tracking_uri, retry)
+        error = f"{type(e).__name__}: {e}"[:5000]
+        _best_effort(lambda: c.set_tag(run_id, "error", error), "tag run error", tracking_uri, retry)
         _best_effort(lambda: c.set_terminated(run_id, "FAILED"), "mark run failed", tracking_uri, retry)
         raise
     end_run(tracking_uri, run_id, "FINISHED", retry)
