@@ -14,10 +14,9 @@ OPS = st.lists(st.tuples(st.sampled_from(["flip", "cut", "dup", "zero", "insert"
 
 
 @pytest.fixture(scope="module")
-def seed_inputs(tmp_path_factory, request):
-    from conftest import LSWMD_SMALL
-
-    return seeds(tmp_path_factory.mktemp("seeds"), LSWMD_SMALL)
+def seed_inputs(tmp_path_factory):
+    # not `from conftest import ...`: in the whole suite that name is another folder's conftest
+    return seeds(tmp_path_factory.mktemp("seeds"), Path(__file__).resolve().parents[1] / "fixtures" / "LSWMD_small.pkl")
 
 
 @pytest.mark.parametrize("name", ["npz", "npz_compressed", "pickle_p5", "pickle_legacy", "pickle_xz", "png"])
