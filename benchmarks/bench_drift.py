@@ -58,7 +58,7 @@ def ks_share(ref_df, cur_df, cols) -> float:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="/tmp/bench_drift")
+    ap.add_argument("--out", default="waferflow_runs/bench_drift", help="output folder (default under the ignored workdir)")
     ap.add_argument("--champion", default=None, help="reuse this model dir (with drift_reference/) ")
     ap.add_argument("--train-n", type=int, default=6000)
     ap.add_argument("--batch", type=int, default=1000)

@@ -65,7 +65,7 @@ def reviewed(tmp_path_factory, candidate_dirs, empty_store):
     (md / "model.json").write_text(json.dumps(spec))
     rounds = [{"round": r, "unlabeled_maps": 500, "kept": k, "threshold": 0.9, "mean_confidence_kept": 0.97,
                "pseudo_label_accuracy": p} for r, k, p in ((1, 120, 0.95), (2, 140, None))]
-    (md / "self_training.json").write_text(json.dumps({"teacher": "/tmp/t", "rounds": rounds}))
+    (md / "self_training.json").write_text(json.dumps({"teacher": "RUN/train/teacher", "rounds": rounds}))
     parent = T.start_pipeline_run(uri, data_manifest=full_manifest(), run_name="pipeline")
     name, y = "m-review", np.arange(400) % len(CLASSES)
     runs = {}
