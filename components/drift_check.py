@@ -1,45 +1,14 @@
-"""Drift stage: check new maps against the champion's reference; start the training pipeline on drift.
-
-Two thin components and one helper:
-- ``check_drift``: runs ``waferflow.drift.check.drift_check`` and writes the evidently report as an ``HTML``
-  artifact, the scores as ``Metrics``, and the decision folder (decision.json, to_label.csv, retrain inputs).
-- ``start_training``: starts the training pipeline from the decision's retrain plan: ``kfp.Client`` on a cluster
-  (``host`` given; in-cluster service-account credentials), or the kfp.local launcher (``host`` empty).
-- ``submit_training(host, profile)``: compile the training pipeline for a profile and create a run with
-  ``kfp.Client().create_run_from_pipeline_package`` (also used by ``waferflow drift --retrain --host``).
+"""Drift stage: check new maps against the champion's reference (``waferflow.drift.check.drift_check``) and write
+the evidently report as an ``HTML`` artifact, the scores as ``Metrics``, and the decision folder (decision.json,
+to_label.csv, retrain inputs). ``start_training`` (its own file) starts the retrain on drift.
 """
 
 from typing import NamedTuple
 
 from kfp import dsl
-from kfp.dsl import HTML, Artifact, Input, Metrics, Output
+from kfp.dsl import HTML, Artifact, Metrics, Output
 
 from waferflow.components._images import CPU_IMAGE
-
-
-def submit_training(host: str, profile, namespace=None, run_name: str = "") -> dict:
-    """Start the training pipeline for ``profile`` on the Kubeflow Pipelines ``host``.
-
-    Compiles it and calls ``kfp.Client().create_run_from_pipeline_package`` through
-    ``waferflow.orchestration.cluster.submit`` (token from ``$KFP_TOKEN`` or the pod's service account).
-    The profile's values (its ``data`` and ``pretrained`` among them) are the run's parameter defaults.
-
-    Args:
-        host: KFP API host (in a cluster pod, e.g. ``http://ml-pipeline.kubeflow:8888``).
-        profile: A :class:`waferflow.profiles.Profile`.
-        namespace: Kubeflow namespace (multi-user installs).
-        run_name: Run name (default: ``waferflow-retrain-<time>``).
-
-    Returns:
-        ``{"where": "kfp", "host", "run_id", "run_name"}``.
-    """
-    import time
-
-    from waferflow.orchestration.cluster import submit
-
-    name = run_name or time.strftime("waferflow-retrain-%Y%m%d-%H%M%S")
-    run_id = submit(host, profile, pipeline="training", run_name=name, namespace=namespace)
-    return {"where": "kfp", "host": host, "run_id": run_id, "run_name": name}
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
@@ -111,62 +80,3 @@ def check_drift(
         print(f"[waferflow] drift_check: drift_detected={d['drift_detected']}; " + "; ".join(d["reasons"]))
     out = namedtuple("DriftResult", ["drift_detected", "share", "embedding_score"])
     return out(bool(d["drift_detected"]), float(d["share"]), float(d["embedding_score"]))
-
-
-@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
-def start_training(
-    decision: Input[Artifact],
-    host: str,
-    namespace: str,
-    profile: str,
-    overrides: list,
-    cluster: dict,
-    workdir: str,
-) -> str:
-    """Start the training pipeline with the decision's retrain plan; return the run id (or local run dir).
-
-    Args:
-        decision: The ``check_drift`` decision folder (``decision.json`` with ``retrain_plan``).
-        host: KFP host ("" = run it here through kfp.local).
-        namespace: Kubeflow namespace ("" = default).
-        profile: Training profile name.
-        overrides: Profile overrides (``["key=value", ...]``).
-        cluster: The drift monitor's own cluster options (image registry, Secret, GPU pool, namespace, service
-            account): the training run it starts is compiled with them.
-        workdir: kfp.local workdir (local only).
-    """
-    import json
-    import os
-
-    from waferflow.components.drift_check import submit_training
-    from waferflow.profiles import get_profile
-
-    with open(os.path.join(decision.path, "decision.json"), encoding="utf-8") as f:
-        d = json.load(f)
-    plan = d["retrain_plan"]
-    if host:
-        # The retrain's pods cannot read this pod's disk: hand them MLflow URIs of the drift run's artifacts.
-        from waferflow.orchestration.runtime import tracking_uri as resolve_uri
-        from waferflow.orchestration.sources import publish_retrain_inputs
-
-        plan = publish_retrain_inputs(plan, d["mlflow_run_id"], resolve_uri(d.get("tracking_uri", "")))
-        print(f"[waferflow] retrain inputs: data={plan.get('data') or '(profile default)'} "
-              f"pretrained={plan.get('pretrained') or '(profile default)'}")
-    from waferflow.config import parse_override
-
-    ov = {f"cluster.{k}": v for k, v in dict(cluster).items()}
-    ov.update(parse_override(item) for item in overrides)
-    if plan.get("data"):
-        ov["data"] = plan["data"]
-    if plan.get("pretrained"):
-        ov["pretrained"] = plan["pretrained"]
-    prof = get_profile(profile, ov)
-    if host:
-        res = submit_training(host, prof, namespace=namespace or None)
-        print(f"[waferflow] retrain submitted to {host}: run {res['run_id']}")
-        return str(res["run_id"])
-    from waferflow.orchestration.local import run_local
-
-    res = run_local(prof, workdir=workdir or "waferflow_runs")
-    print(f"[waferflow] retrain ran through kfp.local: {res.run_dir}; champion {res.champion}")
-    return str(res.run_dir)

@@ -4,12 +4,77 @@
 - CPU and memory requests and a memory limit, so a namespace with a ResourceQuota admits the pod;
 - on the GPU pool: node selector, toleration and accelerator limit;
 - where a task talks to MLflow or S3: the pipeline Secret as environment variables;
-- where a task reads user data: the data PVC, when the profile names one.
+- where a task reads user data: the data PVC, when the profile names one;
+- where a task changes MLflow state: retries with backoff and no caching.
+
+``TASKS`` says, per component, which of these its task needs; :func:`place` applies them. It is the one place
+where a pipeline's images, resources, Secret, volumes, retries and caching are set.
 """
+
+from dataclasses import dataclass
 
 from kfp import dsl, kubernetes
 
 from waferflow.profiles import ClusterOptions
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What one component's task needs on a cluster besides requests (every task gets those)."""
+
+    image: str = "cpu"  # "gpu": the GPU image (the CPU one with ``cluster.cpu_only``)
+    gpu_pool: bool = False  # scheduled on the GPU node pool with an accelerator
+    secret: bool = False  # MLflow/S3 settings and credentials from the pipeline Secret
+    data: bool = False  # reads the user's data: the Secret and the data PVC
+    retry: bool = False  # talks to MLflow: retried with backoff, never cached
+    cache: bool = True
+
+
+#: component name -> its needs. A component missing here is refused by :func:`place`.
+TASKS: dict[str, Needs] = {
+    "prepare-data": Needs(data=True),
+    "start-run": Needs(secret=True, retry=True),
+    "split-data": Needs(),
+    "adapt-batchnorm": Needs(secret=True),  # an MLflow model URI may be the pretrained source
+    "train-candidate": Needs(image="gpu", secret=True),  # the train image is the GPU one either way
+    "evaluate-model": Needs(),
+    "select-best": Needs(),
+    "export-model": Needs(),
+    "compile-tensorrt": Needs(image="gpu", gpu_pool=True),
+    "log-to-mlflow": Needs(secret=True, retry=True),
+    "register-model": Needs(secret=True, retry=True),
+    "build-label-queue": Needs(),
+    "build-report": Needs(cache=False),
+    "promote-model": Needs(secret=True, retry=True),
+    "finish-run": Needs(secret=True, retry=True),
+    "check-drift": Needs(data=True, cache=False),
+    "start-training": Needs(secret=True, cache=False),
+}
+
+
+def place(task: dsl.PipelineTask, c: ClusterOptions, gpu_pool: bool | None = None) -> dsl.PipelineTask:
+    """Apply ``TASKS[task's component]`` to ``task``: image, requests, GPU pool, Secret, data PVC, retries, caching.
+
+    Args:
+        gpu_pool: Overrides the table's ``gpu_pool`` (training goes to the GPU pool when the profile trains on CUDA).
+    """
+    name = task.component_spec.name
+    if name not in TASKS:
+        raise KeyError(f"pipelines/_cluster.py: TASKS has no entry for component {name!r}; add what it needs")
+    n = TASKS[name]
+    if n.gpu_pool if gpu_pool is None else gpu_pool:
+        on_gpu_pool(task, c)
+    else:
+        with_resources(task.set_container_image(c.image("cpu" if c.cpu_only else n.image)), c)
+    if n.data:
+        with_data(task, c)
+    elif n.secret:
+        with_secret(task, c)
+    if n.retry:
+        flaky(task, c)
+    elif not n.cache:
+        task.set_caching_options(enable_caching=False)
+    return task
 
 
 def on_cpu(task: dsl.PipelineTask, c: ClusterOptions) -> dsl.PipelineTask:

@@ -10,10 +10,11 @@ drift, ``start-training`` uploads the retrain's inputs to the drift run in MLflo
 
 from kfp import dsl
 
-from waferflow.components.drift_check import check_drift, start_training
+from waferflow.components.drift_check import check_drift
+from waferflow.components.start_training import start_training
 from waferflow.config import to_dict
 from waferflow.drift.config import DriftConfig
-from waferflow.pipelines._cluster import on_cpu, with_data, with_secret
+from waferflow.pipelines._cluster import place
 from waferflow.profiles import ClusterOptions
 
 PIPELINE_NAME = "waferflow-drift-monitor"
@@ -53,15 +54,13 @@ def build_pipeline(cluster: ClusterOptions | None = None):
             embedding_threshold=embedding_threshold, prediction_threshold=prediction_threshold,
             train_data=train_data, tracking_uri=tracking_uri, registered_model_name=registered_model_name,
         ).set_display_name("drift-check")
-        check.set_caching_options(enable_caching=False)
-        with_data(on_cpu(check, c), c)
+        place(check, c)
         with dsl.If(check.outputs["drift_detected"] == True, name="drift-detected"):  # noqa: E712
             train = start_training(
                 decision=check.outputs["decision"], host=training_host, namespace=namespace,
                 profile=training_profile, overrides=training_overrides, cluster=to_dict(c), workdir=workdir,
             ).set_display_name("start-training")
-            train.set_caching_options(enable_caching=False)
-            with_secret(on_cpu(train, c), c)
+            place(train, c)
 
     return drift_monitor
 

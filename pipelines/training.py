@@ -26,12 +26,16 @@ from waferflow.components.data import prepare_data
 from waferflow.components.evaluate import evaluate_model
 from waferflow.components.export import export_model
 from waferflow.components.label_queue import build_label_queue
-from waferflow.components.register import finish_run, log_to_mlflow, promote_model, register_model, start_run
+from waferflow.components.finish_run import finish_run
+from waferflow.components.log_mlflow import log_to_mlflow
+from waferflow.components.promote_model import promote_model
+from waferflow.components.register_model import register_model
 from waferflow.components.report import build_report
 from waferflow.components.select_best import select_best
 from waferflow.components.split import split_data
+from waferflow.components.start_run import start_run
 from waferflow.components.train import train_candidate
-from waferflow.pipelines._cluster import flaky, on_cpu, on_gpu_pool, with_data, with_resources, with_secret
+from waferflow.pipelines._cluster import place
 from waferflow.profiles import Profile, get_profile
 
 PIPELINE_NAME = "waferflow-training"
@@ -48,6 +52,71 @@ def candidates_of(profile: Profile, strategies=None) -> list:
     return [{"strategy": s, "backbone": b} for b in profile.backbones for s in names]
 
 
+def _candidates(c, split, adapt, candidates, parallelism, gpu_train, **args):
+    """ParallelFor over the candidates: train, then evaluate on validation. Returns (trained, val_eval)."""
+    with dsl.ParallelFor(items=candidates, parallelism=parallelism, name="candidates") as cand:
+        trained = place(train_candidate(
+            train=split.outputs["train"], val=split.outputs["val"], adapted=adapt.outputs["adapted"],
+            candidate=cand, **args,
+        ).set_display_name("train"), c, gpu_pool=gpu_train)
+        val_eval = place(evaluate_model(
+            model=trained.outputs["model"], data=split.outputs["val"], split="val", form="torch"
+        ).set_display_name("evaluate-val"), c)
+    return trained, val_eval
+
+
+def _deployment_forms(c, best, split, int8, bench_iters, export_options, trt_precision):
+    """The selected model on test: evaluated, exported (ONNX FP32/INT8 + latency), INT8 evaluated, TensorRT."""
+    test_eval = place(evaluate_model(
+        model=best.outputs["best"], data=split.outputs["test"], split="test", form="torch"
+    ).set_display_name("evaluate-test"), c)
+    exported = place(export_model(
+        model=best.outputs["best"], calibration=split.outputs["train"], test=split.outputs["test"], int8=int8,
+        bench_iters=bench_iters, options=export_options,
+    ).set_display_name("export"), c)
+    int8_eval = place(evaluate_model(
+        model=exported.outputs["onnx"], data=split.outputs["test"], split="test", form="onnx_int8"
+    ).set_display_name("evaluate-int8"), c)
+    trt = place(compile_tensorrt(
+        onnx=exported.outputs["onnx"], model=best.outputs["best"], calibration=split.outputs["train"],
+        test=split.outputs["test"], precision=trt_precision,
+    ).set_display_name("compile-tensorrt"), c)
+    return {"test": test_eval, "export": exported, "int8": int8_eval, "trt": trt}
+
+
+def _record(c, started, data, split, best, forms, gates, registered_model_name, tracking_uri):
+    """Log the selected candidate to MLflow, judge the gates and register it. Returns the register task."""
+    logged = place(log_to_mlflow(
+        parent_run_id=started.output, model=best.outputs["best"], onnx=forms["export"].outputs["onnx"],
+        test_metrics=forms["test"].outputs["metrics_json"], int8_metrics=forms["int8"].outputs["metrics_json"],
+        latency=forms["export"].outputs["latency"], trt=forms["trt"].outputs["report"],
+        candidates=best.outputs["candidates"], test=split.outputs["test"], train=split.outputs["train"],
+        val=split.outputs["val"], tracking_uri=tracking_uri, data=data.outputs["dataset"],
+        unlabeled=data.outputs["unlabeled"], gates=gates,
+    ).set_display_name("log-mlflow"), c)
+    return place(register_model(
+        run_id=logged.output, parent_run_id=started.output, test=split.outputs["test"],
+        test_metrics=forms["test"].outputs["metrics_json"], int8_metrics=forms["int8"].outputs["metrics_json"],
+        latency=forms["export"].outputs["latency"], gates=gates, registered_model_name=registered_model_name,
+        tracking_uri=tracking_uri, model=best.outputs["best"],
+    ).set_display_name("register-and-gate"), c)
+
+
+def _promote_when_passed(c):
+    """The dsl.If lives in a small sub-pipeline whose condition reads its own input: kfp.local 2.17 cannot
+    resolve a sibling task's output inside an If condition (it looks it up as a parent input and skips the
+    branch), while a sub-DAG input resolves in both places, so one DAG serves the laptop and the cluster."""
+
+    @dsl.pipeline(name="promote-when-passed")
+    def promote_when_passed(passed: bool, verdicts: Input[Artifact], registered_model_name: str, tracking_uri: str):
+        with dsl.If(passed == True, name="gates-passed"):  # noqa: E712 (KFP condition)
+            place(promote_model(
+                verdicts=verdicts, registered_model_name=registered_model_name, tracking_uri=tracking_uri,
+            ).set_display_name("promote"), c)
+
+    return promote_when_passed
+
+
 def build_pipeline(profile: Profile | None = None):
     """Build the training pipeline with ``profile``'s values as parameter defaults and its cluster options.
 
@@ -60,20 +129,7 @@ def build_pipeline(profile: Profile | None = None):
     p = profile or get_profile("local")
     c = p.cluster
     default_candidates = candidates_of(p)
-    gpu_train = p.device == "cuda"
-
-    # The dsl.If lives in a small sub-pipeline whose condition reads its own input: kfp.local 2.17 cannot resolve
-    # a sibling task's output inside an If condition (it looks it up as a parent input and skips the branch),
-    # while a sub-DAG input resolves in both places, so one DAG serves the laptop and the cluster.
-    @dsl.pipeline(name="promote-when-passed")
-    def promote_when_passed(passed: bool, verdicts: Input[Artifact], registered_model_name: str, tracking_uri: str):
-        with dsl.If(passed == True, name="gates-passed"):  # noqa: E712 (KFP condition)
-            promote = promote_model(
-                verdicts=verdicts, registered_model_name=registered_model_name, tracking_uri=tracking_uri,
-            ).set_display_name("promote")
-            on_cpu(promote, c)
-            with_secret(promote, c)
-            flaky(promote, c)
+    promote_when_passed = _promote_when_passed(c)
 
     @dsl.pipeline(
         name=PIPELINE_NAME,
@@ -105,112 +161,45 @@ def build_pipeline(profile: Profile | None = None):
         experiment: str = p.experiment,
         tracking_uri: str = "",
     ):
-        on_exit = finish_run(
+        on_exit = place(finish_run(
             pipeline_run=dsl.PIPELINE_JOB_ID_PLACEHOLDER, experiment=experiment, tracking_uri=tracking_uri
-        ).set_display_name("finish-mlflow-run")
-        on_cpu(on_exit, c)
-        with_secret(on_exit, c)
-        flaky(on_exit, c)
+        ).set_display_name("finish-mlflow-run"), c)
 
         with dsl.ExitHandler(on_exit, name="waferflow-training-run"):
-            data = prepare_data(
+            data = place(prepare_data(
                 source=data_source, source_fingerprint=data_fingerprint, n_maps=n_maps, map_size=map_size,
                 taxonomy=taxonomy, seed=seed,
-            ).set_display_name("data")
-            with_data(on_cpu(data, c), c)
-            started = start_run(
+            ).set_display_name("data"), c)
+            started = place(start_run(
                 experiment=experiment, pipeline_run=dsl.PIPELINE_JOB_ID_PLACEHOLDER, data=data.outputs["dataset"],
                 candidates=candidates, train_config=train_config, epochs=epochs, gates=gates,
                 data_source=data_source, n_maps=n_maps, map_size=map_size, taxonomy=taxonomy, seed=seed,
-                input_size=input_size, pretrained=pretrained, device=device,
-                tracking_uri=tracking_uri,
-            ).set_display_name("start-mlflow-run")
-            on_cpu(started, c)
-            with_secret(started, c)
-            flaky(started, c)
-            split = split_data(
+                input_size=input_size, pretrained=pretrained, device=device, tracking_uri=tracking_uri,
+            ).set_display_name("start-mlflow-run"), c)
+            split = place(split_data(
                 dataset=data.outputs["dataset"], labels_per_class=labels_per_class, seed=seed
-            ).set_display_name("split")
-            on_cpu(split, c)
-            adapt = adapt_batchnorm(
+            ).set_display_name("split"), c)
+            adapt = place(adapt_batchnorm(
                 train=split.outputs["train"], unlabeled=data.outputs["unlabeled"], backbones=backbones,
                 input_size=input_size, pretrained=pretrained, seed=seed,
-            ).set_display_name("adapt-bn")
-            on_cpu(adapt, c)
-            with_secret(adapt, c)  # an MLflow model URI may be the pretrained source
-
-            with dsl.ParallelFor(items=candidates, parallelism=p.parallelism, name="candidates") as cand:
-                trained = train_candidate(
-                    train=split.outputs["train"], val=split.outputs["val"], adapted=adapt.outputs["adapted"],
-                    candidate=cand, train_config=train_config, epochs=epochs, input_size=input_size,
-                    device=device, seed=seed,
-                ).set_display_name("train")
-                with_secret(trained, c)
-                if gpu_train:
-                    on_gpu_pool(trained, c)
-                else:
-                    # the train image is the GPU one either way
-                    with_resources(trained.set_container_image(c.image("cpu" if c.cpu_only else "gpu")), c)
-                val_eval = evaluate_model(
-                    model=trained.outputs["model"], data=split.outputs["val"], split="val", form="torch"
-                ).set_display_name("evaluate-val")
-                on_cpu(val_eval, c)
-
-            best = select_best(
+            ).set_display_name("adapt-bn"), c)
+            trained, val_eval = _candidates(
+                c, split, adapt, candidates, p.parallelism, p.device == "cuda", train_config=train_config,
+                epochs=epochs, input_size=input_size, device=device, seed=seed)
+            best = place(select_best(
                 models=dsl.Collected(trained.outputs["model"]),
                 val_metrics=dsl.Collected(val_eval.outputs["metrics_json"]),
-            ).set_display_name("select-best")
-            on_cpu(best, c)
-            test_eval = evaluate_model(
-                model=best.outputs["best"], data=split.outputs["test"], split="test", form="torch"
-            ).set_display_name("evaluate-test")
-            on_cpu(test_eval, c)
-            exported = export_model(
-                model=best.outputs["best"], calibration=split.outputs["train"], test=split.outputs["test"], int8=int8,
-                bench_iters=bench_iters, options=export_options,
-            ).set_display_name("export")
-            on_cpu(exported, c)
-            int8_eval = evaluate_model(
-                model=exported.outputs["onnx"], data=split.outputs["test"], split="test", form="onnx_int8"
-            ).set_display_name("evaluate-int8")
-            on_cpu(int8_eval, c)
-            trt = compile_tensorrt(
-                onnx=exported.outputs["onnx"], model=best.outputs["best"], calibration=split.outputs["train"],
-                test=split.outputs["test"], precision=trt_precision,
-            ).set_display_name("compile-tensorrt")
-            on_gpu_pool(trt, c)
-
-            logged = log_to_mlflow(
-                parent_run_id=started.output, model=best.outputs["best"], onnx=exported.outputs["onnx"],
-                test_metrics=test_eval.outputs["metrics_json"], int8_metrics=int8_eval.outputs["metrics_json"],
-                latency=exported.outputs["latency"], trt=trt.outputs["report"], candidates=best.outputs["candidates"],
-                test=split.outputs["test"], train=split.outputs["train"], val=split.outputs["val"],
-                tracking_uri=tracking_uri, data=data.outputs["dataset"], unlabeled=data.outputs["unlabeled"],
-                gates=gates,
-            ).set_display_name("log-mlflow")
-            on_cpu(logged, c)
-            with_secret(logged, c)
-            flaky(logged, c)
-            reg = register_model(
-                run_id=logged.output, parent_run_id=started.output, test=split.outputs["test"],
-                test_metrics=test_eval.outputs["metrics_json"], int8_metrics=int8_eval.outputs["metrics_json"],
-                latency=exported.outputs["latency"], gates=gates, registered_model_name=registered_model_name,
-                tracking_uri=tracking_uri, model=best.outputs["best"],
-            ).set_display_name("register-and-gate")
-            on_cpu(reg, c)
-            with_secret(reg, c)
-            flaky(reg, c)
-            queue = build_label_queue(
+            ).set_display_name("select-best"), c)
+            forms = _deployment_forms(c, best, split, int8, bench_iters, export_options, trt_precision)
+            reg = _record(c, started, data, split, best, forms, gates, registered_model_name, tracking_uri)
+            queue = place(build_label_queue(
                 model=best.outputs["best"], unlabeled=data.outputs["unlabeled"], n=label_queue,
-            ).set_display_name("label-queue")
-            on_cpu(queue, c)
-            report = build_report(
-                candidates=best.outputs["candidates"], test_metrics=test_eval.outputs["metrics_json"],
-                latency=exported.outputs["latency"], trt=trt.outputs["report"], verdicts=reg.outputs["verdicts"],
-                queue=queue.outputs["queue"],
-            ).set_display_name("report")
-            on_cpu(report, c)
-            report.set_caching_options(enable_caching=False)
+            ).set_display_name("label-queue"), c)
+            report = place(build_report(
+                candidates=best.outputs["candidates"], test_metrics=forms["test"].outputs["metrics_json"],
+                latency=forms["export"].outputs["latency"], trt=forms["trt"].outputs["report"],
+                verdicts=reg.outputs["verdicts"], queue=queue.outputs["queue"],
+            ).set_display_name("report"), c)
             gated = promote_when_passed(
                 passed=reg.outputs["passed"], verdicts=reg.outputs["verdicts"],
                 registered_model_name=registered_model_name, tracking_uri=tracking_uri,

@@ -34,7 +34,7 @@ def test_drift_monitor_compiles_with_condition_and_secret(tmp_path):
 
 def test_submit_training_uses_kfp_client_with_the_compiled_package(monkeypatch):
     import waferflow.orchestration.cluster as cluster
-    from waferflow.components.drift_check import submit_training
+    from waferflow.orchestration.retrain import submit_training
     from waferflow.profiles import get_profile
 
     class FakeClient:

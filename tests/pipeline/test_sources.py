@@ -78,7 +78,8 @@ def test_start_training_on_a_cluster_hands_over_runs_uris_and_the_drift_monitors
 
     from mlflow import MlflowClient
 
-    import waferflow.components.drift_check as dc
+    import waferflow.orchestration.retrain as rt
+    from waferflow.components.start_training import start_training
     from waferflow.config import to_dict
     from waferflow.profiles import get_profile
 
@@ -92,12 +93,12 @@ def test_start_training_on_a_cluster_hands_over_runs_uris_and_the_drift_monitors
         "mlflow_run_id": run_id, "tracking_uri": uri,
         "retrain_plan": {"data": str(dec / "retrain_data.npz"), "pretrained": "", "notes": []}}))
     seen = {}
-    monkeypatch.setattr(dc, "submit_training",
+    monkeypatch.setattr(rt, "submit_training",
                         lambda host, prof, namespace=None: seen.update(prof=prof, ns=namespace) or {"run_id": "r-1"})
     cluster = to_dict(get_profile("full", ["cluster.image_registry=reg.example.com/wf"]).cluster)
-    rid = dc.start_training.python_func(decision=SimpleNamespace(path=str(dec)), host="http://kfp:8888",
-                                        namespace="team-a", profile="full", overrides=["n_maps=500"],
-                                        cluster=cluster, workdir="")
+    rid = start_training.python_func(decision=SimpleNamespace(path=str(dec)), host="http://kfp:8888",
+                                     namespace="team-a", profile="full", overrides=["n_maps=500"],
+                                     cluster=cluster, workdir="")
     assert rid == "r-1" and seen["ns"] == "team-a"
     prof = seen["prof"]
     assert prof.data == f"runs:/{run_id}/retrain/retrain_data.npz" and prof.n_maps == 500

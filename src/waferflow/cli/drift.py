@@ -141,7 +141,7 @@ def make_launcher(profile: str, overrides: list[str], workdir: str | Path, host:
 
     if host:
         def launch_cluster(plan) -> dict:
-            from waferflow.components.drift_check import submit_training
+            from waferflow.orchestration.retrain import submit_training
 
             prof = profile_for(plan)
             if plan.pretrained or (plan.data and not plan.data.startswith(("s3://", "gs://", "/mnt"))):
