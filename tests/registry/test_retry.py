@@ -9,7 +9,7 @@ from wfreg_helpers import free_port
 
 from waferflow.errors import RegistryError
 from waferflow.tracking import RetryPolicy, start_pipeline_run, with_retries
-from waferflow.tracking.retry import is_transient
+from waferflow.tracking.client import is_transient
 
 
 def test_transient_errors_are_retried_with_exponential_backoff():
