@@ -38,6 +38,8 @@ _TRANSIENT_TEXT = (
     "could not connect to the endpoint", "endpointconnectionerror", "remote end closed", "bad gateway",
     "service unavailable", "internal server error", "500 server error", "502", "503", "504",
 )
+# 503, 504, 429 (twice)
+_TRANSIENT_CODES = ("TEMPORARILY_UNAVAILABLE", "DEADLINE_EXCEEDED", "REQUEST_LIMIT_EXCEEDED", "RESOURCE_EXHAUSTED")
 _GLOBAL_URI_LOCK = threading.Lock()
 
 
@@ -86,14 +88,19 @@ def is_transient(exc: BaseException) -> bool:
         pass
     if isinstance(exc, (ConnectionError, TimeoutError)):
         return True
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException, RestException
 
     if isinstance(exc, MlflowException):
-        if exc.error_code in ("TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED"):
+        if exc.error_code in _TRANSIENT_CODES:
             return True
-        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS", "INVALID_PARAMETER_VALUE",
-                              "PERMISSION_DENIED", "UNAUTHENTICATED", "INVALID_STATE"):
+        if exc.error_code == "INVALID_STATE":
             return False
+        status = exc.get_http_status_code()
+        if 400 <= status < 500:  # the request is wrong (missing, exists, invalid, denied): retrying cannot help
+            return False
+        if isinstance(exc, RestException) and status >= 500:  # the server answered 5xx
+            return True
+        # a local MlflowException defaults to INTERNAL_ERROR whatever went wrong: judged by its text below
     text = f"{type(exc).__name__}: {exc}".lower()
     return any(t in text for t in _TRANSIENT_TEXT)
 
