@@ -10,9 +10,7 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
-KNOWN_CYCLES: list[set[str]] = [
-    {"waferflow.tracking.registry", "waferflow.tracking.runs"},
-]
+KNOWN_CYCLES: list[set[str]] = []
 
 
 def module_graph(src: Path) -> dict[str, set[str]]:

@@ -129,10 +129,10 @@ def test_mlflow_run_uri_is_a_weights_source(tmp_path):
 
     src, spec = create_model("resnet18", 3, pretrained="none", input_size=16)
     d = save_model_dir(src, spec, tmp_path / "m")
-    from waferflow.tracking.runs import _fluent
+    from waferflow.tracking.client import global_tracking_uri
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    with _fluent(uri):  # restores mlflow's globals and MLFLOW_TRACKING_URI afterwards
+    with global_tracking_uri(uri):  # restores mlflow's globals and MLFLOW_TRACKING_URI afterwards
         exp = mlflow.create_experiment("core", artifact_location=(tmp_path / "art").as_uri())
         with mlflow.start_run(experiment_id=exp) as run:
             mlflow.log_artifacts(str(d), artifact_path="model")

@@ -14,8 +14,7 @@ def test_drift_starts_a_kfp_local_training_run_that_registers_a_version(
         tmp_path, tiny_model, tiny_reference, shifted_batch):
     from waferflow.cli.drift import make_launcher
     from waferflow.drift.check import drift_check
-    from waferflow.tracking.registry import list_versions
-    from waferflow.tracking.runs import resolve_tracking_uri
+    from waferflow.tracking import list_versions, resolve_tracking_uri
 
     wd = tmp_path / "wd"
     uri = resolve_tracking_uri(None, wd)

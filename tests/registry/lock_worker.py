@@ -41,9 +41,10 @@ def main() -> None:
     lease_s, stalls = float(lease_s), {int(x) for x in stalls.split(",") if x}
     from mlflow.tracking import MlflowClient
 
+    from waferflow import tracking
     from waferflow.errors import RegistryError
     from waferflow.gates import GateReport
-    from waferflow.tracking import lock, registry
+    from waferflow.tracking import lock
 
     lock.DEFAULT_LEASE_S = lease_s
     who = f"v{version}/pid{os.getpid()}"
@@ -75,7 +76,7 @@ def main() -> None:
             log["lost"] += 1
     for _attempt in range(10):
         try:
-            res = registry.promote_if_passing(uri, version, GateReport(results=()), name=name, lock_timeout_s=60)
+            res = tracking.promote_if_passing(uri, version, GateReport(results=()), name=name, lock_timeout_s=60)
             log["promoted"], log["reason"] = res.promoted, res.reason
             break
         except RegistryError as e:

@@ -12,7 +12,7 @@ from wfreg_helpers import CLASSES, make_latency, make_metrics, manifest
 from waferflow import tracking as T
 from waferflow.errors import ModelFormatError, RegistryError
 from waferflow.gates import GateConfig, check_gates
-from waferflow.tracking.runs import client_for
+from waferflow.tracking import client_for
 
 
 @pytest.fixture(scope="module")
@@ -82,16 +82,17 @@ def test_logged_onnx_models_have_signature_and_load_back(store, candidate_dirs):
     import mlflow
     import onnxruntime as ort
 
-    from waferflow.tracking.runs import _example_input, _fluent
+    from waferflow.tracking.client import global_tracking_uri
+    from waferflow.tracking.model_logging import example_input
 
     uri = store["uri"]
     rid = store["runs"]["good"][0]
     tags = client_for(uri).get_run(rid).data.tags
-    x = _example_input(json.loads((candidate_dirs[0] / "model.json").read_text()))
+    x = example_input(json.loads((candidate_dirs[0] / "model.json").read_text()))
     ref = ort.InferenceSession(str(candidate_dirs[1] / "model.onnx")).run(None, {"input": x})[0]
     for form in ("onnx_fp32", "onnx_int8"):
         mid = tags[f"waferflow.logged_model.{form}"]
-        with _fluent(uri):
+        with global_tracking_uri(uri):
             info = mlflow.models.get_model_info(f"models:/{mid}")
             assert info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] in ([-1, 1, 16, 16], (-1, 1, 16, 16))
             assert info.saved_input_example_info is not None

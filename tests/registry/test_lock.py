@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from waferflow import tracking as R
 from waferflow.errors import RegistryError
+from waferflow.gates import GateReport
+from waferflow.tracking import client_for
 from waferflow.tracking import lock as L
-from waferflow.tracking import registry as R
-from waferflow.tracking.runs import client_for
 
 WORKER = Path(__file__).with_name("lock_worker.py")
 TEST_HASH = "ab" * 32
@@ -79,7 +80,7 @@ def test_promotion_stops_before_the_alias_move_when_the_lock_was_broken(uri):
     L.DEFAULT_LEASE_S, old = 0.3, L.DEFAULT_LEASE_S
     try:
         with pytest.raises(RegistryError, match="lost"):
-            R.promote_if_passing(uri, v, R.GateReport(results=()), name="m", _before_move=stall_and_break)
+            R.promote_if_passing(uri, v, GateReport(results=()), name="m", _before_move=stall_and_break)
     finally:
         L.DEFAULT_LEASE_S = old
     assert R.champion_version(uri, name="m") is None

@@ -1,15 +1,17 @@
 """Bounded retries with backoff, and a clear error for an unreachable MLflow."""
 
+import os
 import time
 
 import pytest
 import requests
-from mlflow.exceptions import MlflowException
+from mlflow.exceptions import MlflowException, RestException
+from mlflow.protos.databricks_pb2 import ErrorCode
 from wfreg_helpers import free_port
 
 from waferflow.errors import RegistryError
 from waferflow.tracking import RetryPolicy, start_pipeline_run, with_retries
-from waferflow.tracking.retry import is_transient
+from waferflow.tracking.client import is_transient
 
 
 def test_transient_errors_are_retried_with_exponential_backoff():
@@ -68,3 +70,58 @@ def test_unreachable_mlflow_is_a_bounded_clear_failure():
         start_pipeline_run(uri, retry=RetryPolicy(attempts=3, base_delay_s=0.05))
     assert time.monotonic() - t0 < 20
     assert uri in str(ei.value) and "after 3 attempt(s)" in str(ei.value)
+
+
+class _FlakyMlflowClient:
+    """Stands in for MlflowClient: fails ``fails`` times with ``error``, then answers."""
+
+    def __init__(self, error: Exception, fails: int):
+        self.error, self.fails, self.calls = error, fails, 0
+
+    def get_run(self, run_id):
+        self.calls += 1
+        if self.calls <= self.fails:
+            raise self.error
+        return run_id
+
+
+def test_retrying_client_retries_5xx_and_429_but_not_4xx():
+    from waferflow.tracking.client import RetryingClient
+
+    for code in ("TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED"):  # 503, 429
+        raw = _FlakyMlflowClient(MlflowException("server busy", error_code=ErrorCode.Value(code)), fails=2)
+        c = RetryingClient("http://h:1", RetryPolicy(3, 0.0), raw=raw)
+        assert c.call("read run", raw.get_run, "r1") == "r1" and raw.calls == 3
+    for code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):  # 404, 400: at once, unchanged
+        raw = _FlakyMlflowClient(MlflowException("no such run", error_code=ErrorCode.Value(code)), fails=5)
+        c = RetryingClient("http://h:1", RetryPolicy(3, 0.0), raw=raw)
+        with pytest.raises(MlflowException, match="no such run"):
+            c.call("read run", raw.get_run, "r1")
+        assert raw.calls == 1
+    raw = _FlakyMlflowClient(RestException({"error_code": "INTERNAL_ERROR", "message": "db hiccup"}), fails=1)
+    c = RetryingClient("http://h:1", RetryPolicy(3, 0.0), raw=raw)
+    assert c.call("read run", raw.get_run, "r1") == "r1" and raw.calls == 2  # a 500 from the server
+    raw = _FlakyMlflowClient(requests.exceptions.ConnectionError("Connection refused"), fails=5)
+    with pytest.raises(RegistryError, match=r"^read run failed after 2 attempt\(s\) against MLflow at http://h:1"
+                       ) as ei:
+        RetryingClient("http://h:1", RetryPolicy(2, 0.0), raw=raw).call("read run", raw.get_run, "r1")
+    assert raw.calls == 2 and "\n" not in str(ei.value)  # one line
+
+
+def test_global_tracking_uri_is_restored_exactly(tmp_path, monkeypatch):
+    import mlflow
+
+    from waferflow.tracking.client import global_tracking_uri
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    mlflow.set_tracking_uri(None)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    with global_tracking_uri(uri):
+        assert mlflow.get_tracking_uri() == uri and mlflow.get_registry_uri() == uri
+    assert not mlflow.is_tracking_uri_set() and "MLFLOW_TRACKING_URI" not in os.environ
+    assert "MLFLOW_REGISTRY_URI" not in os.environ
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://elsewhere:5000")
+    with global_tracking_uri(uri):
+        assert mlflow.get_tracking_uri() == uri
+    assert mlflow.get_tracking_uri() == "http://elsewhere:5000" == os.environ["MLFLOW_TRACKING_URI"]

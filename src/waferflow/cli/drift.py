@@ -203,7 +203,7 @@ def _cmd_reference(args) -> int:
     print(f"drift reference written to {out}")
     if args.store_run:
         from waferflow.drift.tracking import store_reference
-        from waferflow.tracking.runs import resolve_tracking_uri
+        from waferflow.tracking import resolve_tracking_uri
 
         uri = resolve_tracking_uri(args.tracking_uri)
         store_reference(uri, args.store_run, out)

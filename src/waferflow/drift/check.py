@@ -75,7 +75,7 @@ def drift_check(current: str | os.PathLike, out_dir: str | os.PathLike, *, model
     Returns:
         The decision (also ``out_dir/decision.json``), with ``retrain`` filled when one was started.
     """
-    from waferflow.tracking.runs import resolve_tracking_uri
+    from waferflow.tracking import resolve_tracking_uri
 
     cfg = cfg or DriftConfig()
     if retrain and launcher is None:

@@ -39,8 +39,7 @@ def run_demo(workdir: str | os.PathLike = "waferflow_demo_drift", n: int = 1000,
     from waferflow.drift.reference import build_reference
     from waferflow.drift.tracking import resolve_champion, store_reference
     from waferflow.profiles import get_profile
-    from waferflow.tracking.registry import get_champion
-    from waferflow.tracking.runs import resolve_tracking_uri
+    from waferflow.tracking import get_champion, resolve_tracking_uri
 
     out = out or sys.stdout
     wd = Path(workdir).expanduser().resolve()
@@ -120,7 +119,7 @@ def run_demo(workdir: str | os.PathLike = "waferflow_demo_drift", n: int = 1000,
     _show(say, d_shift)
     after = get_champion(uri, wd / "champion_after", name=name)
     if retrain and d_shift.get("retrain", {}).get("started"):
-        from waferflow.tracking.registry import list_versions
+        from waferflow.tracking import list_versions
 
         vs = list_versions(uri, name=name)
         say(f"retrain finished: {len(vs)} registered version(s) of {name}; champion now "

@@ -37,8 +37,7 @@ def resolve_champion(tracking_uri: str, dest_dir: str | os.PathLike,
     """
     from mlflow.exceptions import MlflowException
 
-    from waferflow.tracking.registry import get_champion
-    from waferflow.tracking.runs import download_run_artifacts
+    from waferflow.tracking import download_run_artifacts, get_champion
 
     info = get_champion(tracking_uri, dest_dir, name=name)
     if info is None:
@@ -58,7 +57,7 @@ def resolve_champion(tracking_uri: str, dest_dir: str | os.PathLike,
 
 def store_reference(tracking_uri: str, run_id: str, reference_dir: str | os.PathLike) -> None:
     """Log ``reference_dir`` as the ``drift_reference/`` artifact of the model version's run."""
-    from waferflow.tracking.runs import client_for
+    from waferflow.tracking import client_for
 
     client_for(tracking_uri).log_artifacts(run_id, str(reference_dir), artifact_path=REFERENCE_DIRNAME)
 
@@ -68,7 +67,7 @@ def log_decision(decision: dict[str, Any], out_dir: str | os.PathLike, tracking_
     """Log a drift decision (thresholds, scores, the report files) as an MLflow run; return its run id."""
     import json
 
-    from waferflow.tracking.runs import client_for, ensure_experiment
+    from waferflow.tracking import client_for, ensure_experiment
 
     c = client_for(tracking_uri)
     exp = ensure_experiment(tracking_uri, experiment)

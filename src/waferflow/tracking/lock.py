@@ -26,10 +26,10 @@ import os
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 from waferflow.errors import RegistryError
-from waferflow.tracking.retry import RetryPolicy, with_retries
+from waferflow.tracking.client import RetryingClient, RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -39,45 +39,33 @@ DEFAULT_LEASE_S = 300.0  # seconds; a crashed holder blocks promotions this long
 TAG_TOKEN, TAG_LEASE, TAG_OWNER, TAG_RELEASED = "lock.token", "lock.lease_s", "lock.owner", "lock.released"
 
 
-def _r(uri: str, what: str, fn: Callable[[], Any], retry: RetryPolicy | None) -> Any:
-    return with_retries(fn, what=what, uri=uri, policy=retry)
-
-
-def _client(uri: str) -> Any:
-    # not tracking.runs.client_for: runs imports registry, which imports this module (no import cycle)
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
-
-
 def _code(e: Exception) -> str:
     return getattr(e, "error_code", "")
 
 
-def server_now_ms(c, uri: str, name: str, retry: RetryPolicy | None = None) -> int:
+def server_now_ms(c: RetryingClient, name: str) -> int:
     """The registry server's current time in ms: the timestamp it sets when it updates the probe model."""
     from mlflow.exceptions import MlflowException
 
     clock = name + CLOCK_SUFFIX
     for _ in range(3):
         try:
-            rm = _r(uri, "read the registry clock",
-                    lambda: c.update_registered_model(clock, description="waferflow promotion-lock clock probe"),
-                    retry)
+            rm = c.call("read the registry clock", c.raw.update_registered_model, clock,
+                        description="waferflow promotion-lock clock probe")
             return int(rm.last_updated_timestamp)
         except MlflowException as e:
             if _code(e) != "RESOURCE_DOES_NOT_EXIST":
                 raise
         with contextlib.suppress(MlflowException):
-            c.create_registered_model(clock, description="waferflow promotion-lock clock probe")
-    raise RegistryError(f"could not create the clock model '{clock}' at {uri}")
+            c.raw.create_registered_model(clock, description="waferflow promotion-lock clock probe")
+    raise RegistryError(f"could not create the clock model '{clock}' at {c.uri}")
 
 
-def _epochs(c, uri: str, name: str, retry: RetryPolicy | None) -> dict[int, Any]:
+def _epochs(c: RetryingClient, name: str) -> dict[int, Any]:
     """Existing lock epochs ``{n: RegisteredModel}`` of ``name``."""
     prefix = name + LOCK_INFIX
-    found = _r(uri, "list promotion-lock epochs",
-               lambda: c.search_registered_models(filter_string=f"name LIKE '{prefix}%'", max_results=1000), retry)
+    found = c.call("list promotion-lock epochs", c.raw.search_registered_models,
+                   filter_string=f"name LIKE '{prefix}%'", max_results=1000)
     out = {}
     for rm in found:
         tail = rm.name[len(prefix):]
@@ -95,17 +83,15 @@ def _is_free(rm: Any, now_ms: int) -> bool:
 
 @dataclass
 class LockHandle:
-    """The held lock: epoch, token and the server timestamp it was taken at."""
+    """The held lock: epoch, token and the server timestamp it was taken at (``client`` retries its calls)."""
 
-    client: Any
-    uri: str
+    client: RetryingClient
     name: str
     epoch: int
     token: str
     created_ms: int
     lease_s: float
     margin_s: float
-    retry: RetryPolicy | None = None
 
     @property
     def lock_name(self) -> str:
@@ -115,16 +101,15 @@ class LockHandle:
         from mlflow.exceptions import MlflowException
 
         try:
-            rm = _r(self.uri, "read promotion lock", lambda: self.client.get_registered_model(self.lock_name),
-                    self.retry)
+            rm = self.client.call("read promotion lock", self.client.raw.get_registered_model, self.lock_name)
         except MlflowException:
             return f"the lock '{self.lock_name}' was deleted"
         if rm.tags.get(TAG_TOKEN) != self.token or rm.tags.get(TAG_RELEASED) == "true":
             return f"the lock '{self.lock_name}' no longer carries this holder's token"
-        newer = [n for n in _epochs(self.client, self.uri, self.name, self.retry) if n > self.epoch]
+        newer = [n for n in _epochs(self.client, self.name) if n > self.epoch]
         if newer:
             return f"the lock was broken and taken again (epoch {max(newer)})"
-        age_s = (server_now_ms(self.client, self.uri, self.name, self.retry) - self.created_ms) / 1000.0
+        age_s = (server_now_ms(self.client, self.name) - self.created_ms) / 1000.0
         if age_s > self.lease_s - self.margin_s:
             return (f"the lease runs out ({age_s:.1f}s held of {self.lease_s:g}s, by the registry's clock; "
                     f"{self.margin_s:g}s are kept for the alias move)")
@@ -146,24 +131,22 @@ class LockHandle:
         from mlflow.exceptions import MlflowException
 
         try:
-            rm = self.client.get_registered_model(self.lock_name)
+            rm = self.client.raw.get_registered_model(self.lock_name)
         except MlflowException:
             return
         if rm.tags.get(TAG_TOKEN) == self.token:
-            _r(self.uri, "release promotion lock",
-               lambda: self.client.set_registered_model_tag(self.lock_name, TAG_RELEASED, "true"), self.retry)
+            self.client.call("release promotion lock", self.client.raw.set_registered_model_tag, self.lock_name,
+                             TAG_RELEASED, "true")
 
 
-def _try_take(c, uri: str, name: str, epoch: int, token: str, owner: str, lease_s: float,
-              retry: RetryPolicy | None) -> Any | None:
+def _try_take(c: RetryingClient, name: str, epoch: int, token: str, owner: str, lease_s: float) -> Any | None:
     """Create epoch ``epoch``; None when another process created it first."""
     from mlflow.exceptions import MlflowException
 
     tags = {TAG_TOKEN: token, TAG_LEASE: repr(float(lease_s)), TAG_OWNER: owner, TAG_RELEASED: "false"}
     try:
-        return _r(uri, "take promotion lock", lambda: c.create_registered_model(
-            f"{name}{LOCK_INFIX}{epoch}", tags=tags,
-            description=f"waferflow promotion lock held by {owner} (pid {os.getpid()})"), retry)
+        return c.call("take promotion lock", c.raw.create_registered_model, f"{name}{LOCK_INFIX}{epoch}", tags=tags,
+                      description=f"waferflow promotion lock held by {owner} (pid {os.getpid()})")
     except MlflowException as e:
         # on a name clash the sqlalchemy store re-reads the model for its message; a concurrent delete makes that
         # read fail with RESOURCE_DOES_NOT_EXIST: contention either way
@@ -172,13 +155,13 @@ def _try_take(c, uri: str, name: str, epoch: int, token: str, owner: str, lease_
         raise
 
 
-def _delete_older(c, name: str, epochs: dict[int, Any], below: int) -> None:
+def _delete_older(c: RetryingClient, name: str, epochs: dict[int, Any], below: int) -> None:
     from mlflow.exceptions import MlflowException
 
     for n in epochs:
         if n < below:
             with contextlib.suppress(MlflowException):
-                c.delete_registered_model(f"{name}{LOCK_INFIX}{n}")
+                c.raw.delete_registered_model(f"{name}{LOCK_INFIX}{n}")
 
 
 def acquire(tracking_uri: str, name: str, *, owner: str, timeout_s: float = 60.0, lease_s: float = 300.0,
@@ -191,23 +174,22 @@ def acquire(tracking_uri: str, name: str, *, owner: str, timeout_s: float = 60.0
     margin_s = lease_s / 4.0 if margin_s is None else margin_s
     if lease_s <= 0 or not 0 < margin_s < lease_s:
         raise RegistryError(f"lease_s must be > 0 and 0 < margin_s < lease_s; got {lease_s}, {margin_s}")
-    c = _client(tracking_uri)
+    c = RetryingClient(tracking_uri, retry)
     token = uuid.uuid4().hex
     deadline = time.monotonic() + timeout_s
     while True:
-        epochs = _epochs(c, tracking_uri, name, retry)
+        epochs = _epochs(c, name)
         top = max(epochs, default=0)
         released = not top or epochs[top].tags.get(TAG_RELEASED) == "true"
-        now_ms = 0 if released else server_now_ms(c, tracking_uri, name, retry)
+        now_ms = 0 if released else server_now_ms(c, name)
         if released or _is_free(epochs[top], now_ms):
             if not released:
                 log.warning("breaking stale promotion lock %s%s%d of %s", name, LOCK_INFIX, top,
                             epochs[top].tags.get(TAG_OWNER, "?"))
-            rm = _try_take(c, tracking_uri, name, top + 1, token, owner, lease_s, retry)
+            rm = _try_take(c, name, top + 1, token, owner, lease_s)
             if rm is not None:
                 _delete_older(c, name, epochs, top)
-                return LockHandle(c, tracking_uri, name, top + 1, token, int(rm.creation_timestamp), lease_s,
-                                  margin_s, retry)
+                return LockHandle(c, name, top + 1, token, int(rm.creation_timestamp), lease_s, margin_s)
             continue
         if time.monotonic() > deadline:
             held = epochs[top]
