@@ -15,10 +15,10 @@ def test_the_table_names_every_form_and_its_file():
         "torch": "weights.pt", "onnx_fp32": "model.onnx", "onnx_int8": "model.int8.onnx",
         "tensorrt_fp16": "model.fp16.engine", "tensorrt_int8": "model.int8.engine"}
     assert FORMS["tta"].file is None
-    from waferflow.forms import WEIGHTS_NAME
+    from waferflow.forms import FORM_NAMES, WEIGHTS_NAME
     from waferflow.models.spec import WEIGHTS_PT
 
-    assert WEIGHTS_NAME == WEIGHTS_PT
+    assert WEIGHTS_NAME == WEIGHTS_PT and FORM_NAMES == BASE_FORMS  # the import-free names match the table
 
 
 def test_unknown_form_is_a_clear_error(tmp_path):

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from waferflow.errors import ModelFormatError
-from waferflow.forms import ENGINE_PRECISIONS, FORM_NAMES, FP32_NAME, INT8_NAME, WEIGHTS_NAME, engine_name
+from waferflow.forms import ENGINE_PRECISIONS, FP32_NAME, INT8_NAME, WEIGHTS_NAME, engine_name
 from waferflow.predictors.batches import Predictor
 
 
@@ -73,7 +73,6 @@ FORMS: dict[str, Form] = {f.name: f for f in (
     Form("tta", None, "any form's artifact; pass tta=symmetries with that form", None),
 )}
 BASE_FORMS: tuple[str, ...] = tuple(name for name, f in FORMS.items() if f.file is not None)
-assert BASE_FORMS == FORM_NAMES, "waferflow.forms.FORM_NAMES and the table disagree"
 
 
 def get_form(form: str) -> Form:
