@@ -26,13 +26,14 @@ def previous_default(export_dir: Path, train, test, spec, maps: int, fp32_overal
 
     (Before, the ReLU6 Clip nodes were also removed when possible, which S8S8's symmetric ranges never allow.)
     """
-    from waferflow.evaluation import evaluate, onnx_predictor
+    from waferflow.evaluation import evaluate
     from waferflow.export.quantize import calibration_batches, quantize_int8
+    from waferflow.predictors import FP32_NAME, onnx_predictor
 
     calib = list(calibration_batches(train, spec, maps, batch_size=32, seed=0))
     with tempfile.TemporaryDirectory(prefix="wf-int8-prev-") as td:
         out = Path(td) / "prev.int8.onnx"
-        quantize_int8(export_dir / "model.onnx", out, calib, reduce_range=False, int8_format="s8s8")
+        quantize_int8(export_dir / FP32_NAME, out, calib, reduce_range=False, int8_format="s8s8")
         m = evaluate(onnx_predictor(out, threads), test, spec, form="onnx_int8")["overall"]
     return {"metrics": m, "accuracy_drop_points": 100 * (fp32_overall["accuracy"] - m["accuracy"]),
             "macro_f1_drop": fp32_overall["macro_f1"] - m["macro_f1"]}
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     from waferflow.data.contract import load_dataset
     from waferflow.export import export_onnx
     from waferflow.models import read_spec
+    from waferflow.predictors import FP32_NAME, INT8_NAME
 
     torch.set_num_threads(args.threads)
     train = load_dataset(args.train, require_labels=False)
@@ -79,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         "accuracy_drop_points": 100 * q["accuracy_drop"], "macro_f1_drop": q["macro_f1_drop"],
         "argmax_agreement_int8_vs_fp32": q["argmax_agreement_vs_fp32"],
         "prune": info["prune"], "sizes": info["sizes"],
-        "size_ratio_int8_vs_fp32": info["sizes"]["model.int8.onnx"] / info["sizes"]["model.onnx"],
+        "size_ratio_int8_vs_fp32": info["sizes"][INT8_NAME] / info["sizes"][FP32_NAME],
         "acceptance": {"max_drop_points": 100 * args.max_drop, "drop_ok": q["accuracy_drop"] <= args.max_drop,
                        "max_macro_f1_drop": args.max_f1_drop, "f1_ok": q["macro_f1_drop"] <= args.max_f1_drop,
                        "parity_ok": info["parity"]["argmax_agreement"] >= 0.999},

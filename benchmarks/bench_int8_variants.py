@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from waferflow.data.contract import concat_datasets, load_dataset
     from waferflow.data.synth import generate
-    from waferflow.evaluation import onnx_predictor, predict_dataset
+    from waferflow.predictors import FP32_NAME, onnx_predictor, predict_dataset
     from waferflow.export.quantize import _reader, calibration_batches
     from waferflow.models import read_spec
 
@@ -55,11 +55,11 @@ def main(argv: list[str] | None = None) -> int:
         test = concat_datasets([test, generate(args.extra_maps, size=int(test.map_shapes()[0][0]), seed=777,
                                                taxonomy=args.taxonomy)])
     y = test.labels
-    fp32 = predict_dataset(onnx_predictor(Path(args.export) / "model.onnx"), test, spec, 256)
+    fp32 = predict_dataset(onnx_predictor(Path(args.export) / FP32_NAME), test, spec, 256)
     acc32 = float((fp32.argmax(1) == y).mean())
     td = Path(tempfile.mkdtemp(prefix="wf-int8-variants-"))
     pre = str(td / "pre.onnx")
-    quant_pre_process(str(Path(args.export) / "model.onnx"), pre, skip_symbolic_shape=False)
+    quant_pre_process(str(Path(args.export) / FP32_NAME), pre, skip_symbolic_shape=False)
     calib = {n: list(calibration_batches(train, spec, n, batch_size=32, seed=0)) for n in (256, 1024)}
 
     def run(name: str, maps: int = 256, exclude=(), symmetric: bool = True, act=QuantType.QInt8,

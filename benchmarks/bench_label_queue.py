@@ -57,7 +57,8 @@ def main(argv=None) -> int:
 
     from waferflow.config import load_config
     from waferflow.data.contract import concat_datasets
-    from waferflow.evaluation import evaluate, torch_predictor
+    from waferflow.evaluation import evaluate
+    from waferflow.predictors import torch_predictor
     from waferflow.labelqueue import build_queue
     from waferflow.models import load_model_dir
     from waferflow.train import TrainConfig, train

@@ -118,7 +118,8 @@ def main(argv=None) -> int:
     import torch
 
     from waferflow.config import load_config
-    from waferflow.evaluation import evaluate, torch_predictor, tta_predictor
+    from waferflow.evaluation import evaluate
+    from waferflow.predictors import torch_predictor, tta_predictor
     from waferflow.train.augment import model_symmetries
     from waferflow.train import TrainConfig, adapt_bn, train
 

@@ -37,7 +37,8 @@ def main(argv=None) -> int:
     from waferflow.config import load_config
     from waferflow.data.split import split_dataset
     from waferflow.data.synth import generate
-    from waferflow.evaluation import evaluate, torch_predictor
+    from waferflow.evaluation import evaluate
+    from waferflow.predictors import torch_predictor
     from waferflow.models import load_model_dir
     from waferflow.train import TrainConfig, train
 

@@ -32,22 +32,22 @@ def evaluate_model(
     from waferflow.config import atomic_write_json
     from waferflow.data.contract import load_dataset
     from waferflow.errors import ConfigError
-    from waferflow.evaluation import evaluate, onnx_predictor, torch_predictor
+    from waferflow.evaluation import evaluate
     from waferflow.export.onnx_export import onnx_spec, read_onnx_metadata
     from waferflow.models import load_model_dir
     from waferflow.orchestration.runtime import dataset_file, persist_metadata, stage, versions
+    from waferflow.predictors import create_predictor, form_file
 
     name = model.metadata.get("candidate", "model")
-    files = {"onnx_fp32": "model.onnx", "onnx_int8": "model.int8.onnx"}
     with stage("evaluate", model=name, split=split, form=form) as rec:
         ds = load_dataset(dataset_file(data.path), require_labels=True)
         if form == "torch":
             net, spec = load_model_dir(model.path)
-            predict = torch_predictor(net)
-        elif form in files:
-            path = os.path.join(model.path, files[form])
+            predict = create_predictor(form, net)
+        elif form in ("onnx_fp32", "onnx_int8"):
+            path = form_file(form, model.path)  # the one table of forms names the file
             spec = onnx_spec(read_onnx_metadata(path))  # the export's own preprocessing record
-            predict = onnx_predictor(path)
+            predict = create_predictor(form, path)
         else:
             raise ConfigError(f"form must be torch, onnx_fp32 or onnx_int8, got {form!r}")
         m = evaluate(predict, ds, spec, form=form)

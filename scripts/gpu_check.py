@@ -24,8 +24,9 @@ def quick_model(out: Path, train, val, epochs: int, weights: str) -> Path:
     """Fine-tune Lite0 on the GPU for a few epochs (bf16 autocast) and save a model dir."""
     import torch
 
-    from waferflow.evaluation import evaluate, torch_predictor
+    from waferflow.evaluation import evaluate
     from waferflow.models import create_model, preprocess, save_model_dir
+    from waferflow.predictors import torch_predictor
 
     model, spec = create_model("tf_efficientnet_lite0", train.num_classes, pretrained=weights, input_size=64,
                                class_names=train.class_names)
@@ -73,9 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from waferflow.data.synth import generate
-    from waferflow.evaluation import evaluate, onnx_predictor, torch_predictor
+    from waferflow.evaluation import evaluate
     from waferflow.export import bench_latency, compile_trt, export_onnx
     from waferflow.models import load_model_dir
+    from waferflow.predictors import create_predictor
 
     t0 = time.perf_counter()
     out = Path(args.out)
@@ -92,14 +94,14 @@ def main(argv: list[str] | None = None) -> int:
                           calibration_maps=512, bench=False)
     model, spec = load_model_dir(model_dir)
     metrics = {
-        "torch_cuda": evaluate(torch_predictor(model, "cuda"), test, spec, form="torch_cuda")["overall"],
+        "torch_cuda": evaluate(create_predictor("torch", model, device="cuda"), test, spec, form="torch_cuda")["overall"],
         "onnx_fp32_cpu": export["metrics"]["onnx_fp32"],
         "onnx_int8_cpu": export["int8"]["metrics"],
         **(trt_res.get("metrics") or {}),
     }
     try:
-        metrics["onnx_fp32_cuda"] = evaluate(onnx_predictor(out / "export" / "model.onnx", device="cuda"), test,
-                                             spec, form="onnx_fp32_cuda")["overall"]
+        metrics["onnx_fp32_cuda"] = evaluate(create_predictor("onnx_fp32", out / "export", device="cuda"),
+                                             test, spec, form="onnx_fp32_cuda")["overall"]
     except Exception as e:  # onnxruntime-gpu may be absent from the image; say so instead of hiding it
         metrics["onnx_fp32_cuda"] = {"error": f"{type(e).__name__}: {e}"[:300]}
     latency = bench_latency(model_dir, out / "export", threads=2, iters=args.iters, trt_dir=out / "trt")

@@ -6,7 +6,8 @@ import sys
 
 LIBRARY = [
     "waferflow", "waferflow.config", "waferflow.errors", "waferflow.profiles", "waferflow.data.contract",
-    "waferflow.evaluation", "waferflow.gates", "waferflow.models", "waferflow.train", "waferflow.export",
+    "waferflow.evaluation", "waferflow.gates", "waferflow.models", "waferflow.predictors", "waferflow.train",
+    "waferflow.export",
     "waferflow.tracking", "waferflow.drift", "waferflow.orchestration", "waferflow.orchestration.runtime",
     "waferflow.orchestration.local", "waferflow.orchestration.cluster", "waferflow.orchestration.mlflow_steps",
     "waferflow.orchestration.retrain", "waferflow.cli",

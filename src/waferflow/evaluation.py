@@ -1,28 +1,32 @@
-"""One evaluator for every model form (PyTorch, ONNX FP32/INT8, TensorRT).
+"""One evaluator for every model form (PyTorch, ONNX FP32/INT8, TensorRT): metrics only.
 
-A *predictor* is any callable that maps a float32 array [B, C, S, S] (already
-preprocessed for the model) to logits [B, K]. ``evaluate`` runs it over a
-dataset and returns a plain dict; ``metrics_from_logits`` is the pure core.
+``evaluate`` runs a predictor (``waferflow.predictors``: any callable float32 [B, C, S, S] -> logits [B, K],
+made by ``create_predictor``) over a dataset and returns a plain dict; ``metrics_from_logits`` is the pure core.
+The predictors and the batched loop live in ``waferflow.predictors``; their names are re-exported here for
+older callers.
 """
 
 from __future__ import annotations
 
-import os
 import time
-from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from waferflow.config import progress_enabled
 from waferflow.data.contract import WaferDataset
-from waferflow.errors import ConfigError, DataError, ModelFormatError
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+from waferflow.errors import DataError
+from waferflow.predictors import (  # noqa: F401  (re-exported: the former home of the predictors)
+    Predictor,
+    batches_for,
+    onnx_predictor,
+    onnx_session,
+    predict_dataset,
+    spec_field,
+    torch_predictor,
+    tta_predictor,
+    tta_views,
+)
+from waferflow.predictors import softmax as _softmax
 
 
 def expected_calibration_error(probs: np.ndarray, y_true: np.ndarray, n_bins: int = 15) -> float:
@@ -90,66 +94,6 @@ def metrics_from_logits(y_true: np.ndarray, logits: np.ndarray, class_names: Seq
 
 # --------------------------------------------------------------------------- the evaluator
 
-Predictor = Callable[[np.ndarray], np.ndarray]
-
-
-def spec_field(spec: Any, key: str) -> Any:
-    """Read ``key`` from a ModelSpec (attribute) or a plain dict (item)."""
-    if isinstance(spec, Mapping):
-        if key not in spec:
-            raise ModelFormatError(f"model spec has no '{key}'; re-save the model with save_model_dir")
-        return spec[key]
-    if not hasattr(spec, key):
-        raise ModelFormatError(f"model spec has no '{key}'; re-save the model with save_model_dir")
-    return getattr(spec, key)
-
-
-def _preprocess(maps: np.ndarray, spec: Any) -> np.ndarray:
-    from waferflow.models import preprocess
-
-    return preprocess(maps, spec)
-
-
-def batches_for(ds: WaferDataset, spec: Any, batch_size: int = 256, indices: np.ndarray | None = None
-                ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield ``(indices, x)`` with ``x`` = ``models.preprocess`` of each batch (float32 [B, C, S, S]).
-
-    Variable-size maps are first resized (nearest) to the model's input size, so every form sees the
-    bytes that ``preprocess`` makes of them.
-    """
-    if batch_size < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-    size = int(spec_field(spec, "input_size"))
-    idx_all = np.arange(len(ds)) if indices is None else np.asarray(indices, dtype=np.int64)
-    for a in range(0, len(idx_all), batch_size):
-        idx = idx_all[a:a + batch_size]
-        x = _preprocess(ds.resized(size, idx), spec)
-        yield idx, np.ascontiguousarray(x, dtype=np.float32)
-
-
-def predict_dataset(predict: Predictor, ds: WaferDataset, spec: Any, batch_size: int = 256,
-                    desc: str = "predict") -> np.ndarray:
-    """Run ``predict`` over every map of ``ds``; returns float32 logits [N, K]."""
-    from tqdm import tqdm
-
-    k = len(spec_field(spec, "class_names"))
-    if batch_size < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-    if len(ds) == 0:
-        raise DataError("the dataset is empty; evaluate needs at least one map")
-    out = np.empty((len(ds), k), dtype=np.float32)
-    n_batches = (len(ds) + batch_size - 1) // batch_size
-    for idx, x in tqdm(batches_for(ds, spec, batch_size), total=n_batches, desc=desc, unit="batch",
-                       disable=not progress_enabled()):
-        logits = np.asarray(predict(x))
-        if logits.shape != (len(idx), k):
-            raise ModelFormatError(
-                f"the {desc} predictor returned shape {logits.shape} for a batch of {len(idx)}; expected "
-                f"({len(idx)}, {k}) logits; is the model built for {k} classes?"
-            )
-        out[idx] = logits
-    return out
-
 
 def check_classes(ds: WaferDataset, spec: Any) -> None:
     """Raise DataError unless the dataset's class names are the model's, in the same order."""
@@ -165,8 +109,7 @@ def evaluate(predict: Predictor, ds: WaferDataset, spec: Any, batch_size: int = 
     """Evaluate any model form on a labeled dataset with the one shared metric code.
 
     Args:
-        predict: float32 [B, C, S, S] -> logits [B, K] (see ``torch_predictor``, ``onnx_predictor``,
-            ``waferflow.export.trt.tensorrt_predictor``).
+        predict: float32 [B, C, S, S] -> logits [B, K] (``waferflow.predictors.create_predictor``).
         ds: labeled WaferDataset with the model's class names.
         spec: the model's ModelSpec (or its dict); ``models.preprocess`` uses it.
         batch_size: maps per predictor call.
@@ -189,132 +132,3 @@ def evaluate(predict: Predictor, ds: WaferDataset, spec: Any, batch_size: int = 
     m["form"] = form
     m["seconds"] = float(seconds)
     return m
-
-
-def torch_predictor(model: Any, device: str = "cpu") -> Predictor:
-    """A predictor around a torch module (eval mode, inference_mode, float32 logits back on the CPU).
-
-    Raises:
-        ConfigError: ``device`` asks for CUDA and no CUDA device is present (never falls back to CPU).
-    """
-    import torch
-
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={device!r} was asked for but torch sees no CUDA device; use device='cpu'")
-    # channels-last: oneDNN runs the conv backbones about 2x faster this way on the CPU
-    model = model.to(dev, memory_format=torch.channels_last).eval()
-
-    def predict(x: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            xt = torch.from_numpy(x).to(dev)
-            if xt.ndim == 4:
-                xt = xt.contiguous(memory_format=torch.channels_last)
-            return model(xt).float().cpu().numpy()
-
-    return predict
-
-
-def tta_views(symmetries: Sequence[str]) -> list[tuple[int, bool, bool]]:
-    """Distinct label-preserving views ``(rot90 k, hflip, vflip)`` that ``symmetries`` allow (identity first).
-
-    ``rot90`` gives 4 rotations, ``rot180`` 2; with ``hflip``/``vflip`` the group is closed and duplicates
-    (e.g. vflip = rot180 + hflip) are dropped, so the dihedral group gives 8 views, not 16.
-    """
-    from waferflow.train.config import SYMMETRIES
-
-    bad = [s for s in symmetries if s not in SYMMETRIES]
-    if bad:
-        raise ConfigError(f"unknown symmetries {bad}; use {list(SYMMETRIES)}")
-    rots = (0, 1, 2, 3) if "rot90" in symmetries else (0, 2) if "rot180" in symmetries else (0,)
-    probe = np.arange(16).reshape(4, 4)
-    seen, views = set(), []
-    for k in rots:
-        for h in ((False, True) if "hflip" in symmetries else (False,)):
-            for v in ((False, True) if "vflip" in symmetries else (False,)):
-                key = _view(probe, (k, h, v)).tobytes()
-                if key not in seen:
-                    seen.add(key)
-                    views.append((k, h, v))
-    return views
-
-
-def _view(x: np.ndarray, view: tuple[int, bool, bool]) -> np.ndarray:
-    k, h, v = view
-    x = np.rot90(x, k, axes=(-2, -1)) if k else x
-    x = x[..., ::-1] if h else x
-    x = x[..., ::-1, :] if v else x
-    return np.ascontiguousarray(x)
-
-
-def tta_predictor(predict: Predictor, symmetries: Sequence[str]) -> Predictor:
-    """Test-time augmentation around any predictor: the mean softmax over ``tta_views(symmetries)``.
-
-    Returns log(mean probability) as logits, so argmax and softmax of the result are the averaged ones.
-    Only the transforms the taxonomy allows are used (seed20's vertical vs horizontal scratch forbid rot90).
-    """
-    views = tta_views(symmetries)
-
-    def predict_tta(x: np.ndarray) -> np.ndarray:
-        acc = None
-        for view in views:
-            p = _softmax(np.asarray(predict(_view(x, view)), dtype=np.float64))
-            acc = p if acc is None else acc + p
-        return np.log(np.maximum(acc / len(views), 1e-12)).astype(np.float32)
-
-    predict_tta.views = views  # type: ignore[attr-defined]
-    return predict_tta
-
-
-def onnx_session(path: str | os.PathLike, threads: int | None = None, device: str = "cpu") -> Any:
-    """An onnxruntime InferenceSession with a clear error for a missing, corrupt or truncated file.
-
-    Args:
-        path: the .onnx file.
-        threads: intra-op threads (None: onnxruntime's default).
-        device: ``cpu`` (CPUExecutionProvider) or ``cuda`` (CUDAExecutionProvider; an error when absent).
-
-    Raises:
-        ModelFormatError: the file is missing, empty, or onnxruntime cannot load it.
-        ConfigError: CUDA was asked for and onnxruntime has no CUDA provider.
-    """
-    import onnxruntime as ort
-
-    p = Path(path)
-    if not p.is_file():
-        raise ModelFormatError(f"ONNX model {p} does not exist; run `waferflow export` first")
-    if p.stat().st_size == 0:
-        raise ModelFormatError(f"ONNX model {p} is empty (0 bytes); re-run `waferflow export`")
-    if device == "cuda":
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise ConfigError("device='cuda' was asked for but onnxruntime has no CUDAExecutionProvider; "
-                              "install onnxruntime-gpu on a CUDA machine or use device='cpu'")
-        providers = ["CUDAExecutionProvider"]
-    elif device == "cpu":
-        providers = ["CPUExecutionProvider"]
-    else:
-        raise ConfigError(f"device must be 'cpu' or 'cuda', got {device!r}")
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if threads is not None:
-        so.intra_op_num_threads = int(threads)
-        so.inter_op_num_threads = 1
-    try:
-        return ort.InferenceSession(str(p), sess_options=so, providers=providers)
-    except Exception as e:  # onnxruntime raises its own Fail/InvalidProtobuf/InvalidGraph types
-        raise ModelFormatError(
-            f"ONNX model {p} is corrupt or truncated and cannot be loaded ({type(e).__name__}: "
-            f"{str(e).strip()[:300]}); re-run `waferflow export` to rebuild it"
-        ) from None
-
-
-def onnx_predictor(path: str | os.PathLike, threads: int | None = None, device: str = "cpu") -> Predictor:
-    """A predictor around an ONNX model (input ``input``, output ``logits``); see ``onnx_session``."""
-    sess = onnx_session(path, threads=threads, device=device)
-    in_name = sess.get_inputs()[0].name
-    out_name = sess.get_outputs()[0].name
-
-    def predict(x: np.ndarray) -> np.ndarray:
-        return sess.run([out_name], {in_name: x})[0]
-
-    return predict

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from waferflow.config import atomic_write_bytes, atomic_write_json, atomic_write_text, progress_enabled
+from waferflow.config import atomic_write_bytes, atomic_write_json, atomic_write_text
 from waferflow.data.contract import WaferDataset, concat_datasets, dataset_hash
 from waferflow.errors import ConfigError, DataError, ModelFormatError
 
@@ -47,26 +47,23 @@ def embed(model_dir: str | Path, ds: WaferDataset, batch_size: int = 256) -> tup
         ModelFormatError: The model has no timm ``forward_features``/``forward_head`` to take features from.
     """
     import torch
-    from tqdm import tqdm
 
-    from waferflow.evaluation import _softmax, batches_for
     from waferflow.models import load_model_dir
+    from waferflow.predictors import batches_for, penultimate_features, softmax
 
     model, spec = load_model_dir(model_dir)
     if not all(hasattr(model, a) for a in ("forward_features", "forward_head", "get_classifier")):
         raise ModelFormatError(f"{model_dir}: {type(model).__name__} has no forward_features/forward_head; the "
                                "label queue needs a timm backbone to take embeddings from")
     probs, feats = np.empty((len(ds), spec.num_classes), np.float32), None
-    n_batches = (len(ds) + batch_size - 1) // batch_size
     with torch.inference_mode():
-        for idx, x in tqdm(batches_for(ds, spec, batch_size), total=n_batches, desc="label queue", unit="batch",
-                           disable=not progress_enabled()):
-            f = model.forward_head(model.forward_features(torch.from_numpy(x)), pre_logits=True)
+        for idx, x in batches_for(ds, spec, batch_size, desc="label queue"):
+            f = penultimate_features(model, torch.from_numpy(x))
             logits = model.get_classifier()(f)
             if feats is None:
                 feats = np.empty((len(ds), f.shape[1]), np.float32)
             feats[idx] = f.numpy()
-            probs[idx] = _softmax(logits.numpy())
+            probs[idx] = softmax(logits.numpy())
     return probs, feats, spec
 
 

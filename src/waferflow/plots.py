@@ -193,7 +193,7 @@ def gradcam_overlays(model: Any, spec: Any, ds: WaferDataset, path: str | os.Pat
 
     Rows are classes; each panel's title gives the true and the predicted class.
     """
-    from waferflow.evaluation import spec_field
+    from waferflow.predictors import spec_field
     from waferflow.models import preprocess
 
     plt = _plt()

@@ -10,7 +10,7 @@ from dataclasses import replace
 from waferflow.config import load_config
 from waferflow.data.contract import WaferDataset
 from waferflow.errors import ConfigError, DataError
-from waferflow.evaluation import tta_predictor, tta_views
+from waferflow.predictors import tta_predictor, tta_views
 from waferflow.train import TrainConfig, train
 from waferflow.train.selftrain import pseudo_label, self_train
 

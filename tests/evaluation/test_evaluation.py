@@ -7,7 +7,8 @@ import pytest
 
 from waferflow.data.contract import WaferDataset
 from waferflow.errors import ConfigError, DataError, ModelFormatError
-from waferflow.evaluation import evaluate, expected_calibration_error, metrics_from_logits, torch_predictor
+from waferflow.evaluation import evaluate, expected_calibration_error, metrics_from_logits
+from waferflow.predictors import torch_predictor
 from waferflow.models import ModelSpec
 
 NAMES = ("a", "b", "c")

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from waferflow.evaluation import onnx_predictor, predict_dataset
+from waferflow.predictors import onnx_predictor, predict_dataset
 from waferflow.models import read_spec
 
 REPO = Path(__file__).resolve().parents[2]

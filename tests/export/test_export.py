@@ -9,7 +9,8 @@ import onnx
 import pytest
 
 from waferflow.errors import DataError, ModelFormatError
-from waferflow.evaluation import evaluate, onnx_predictor, predict_dataset, torch_predictor
+from waferflow.evaluation import evaluate
+from waferflow.predictors import onnx_predictor, predict_dataset, torch_predictor
 from waferflow.export import export_onnx, read_onnx_metadata, sha256_file, verify_export_dir
 from waferflow.models import load_model_dir
 

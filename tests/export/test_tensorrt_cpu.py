@@ -125,7 +125,7 @@ def test_metadata_layout(tiny):
 
 def test_tensorrt_predictor_refuses_without_cuda(tmp_path, monkeypatch):
     from waferflow.errors import ConfigError
-    from waferflow.export import trt_predictor
+    from waferflow.predictors import tensorrt as trt_predictor
 
     monkeypatch.setattr(trt_predictor, "cuda_status", lambda: (False, "torch.cuda.is_available() is False"))
     with pytest.raises(ConfigError, match="CUDA"):

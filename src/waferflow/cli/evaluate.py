@@ -6,7 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-FORMS = ("torch", "onnx_fp32", "onnx_int8", "tensorrt_fp16", "tensorrt_int8")
+from waferflow.forms import FORM_NAMES as FORMS
+from waferflow.forms import FP32_NAME, INT8_NAME
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="labeled dataset .npz with the model's class names")
     p.add_argument("--out", required=True, help="output dir for metrics.json and the PNGs")
     p.add_argument("--form", choices=FORMS, default="torch", help="model form to evaluate (default torch)")
-    p.add_argument("--export", help="export dir (model.onnx / model.int8.onnx) for the onnx_* forms")
+    p.add_argument("--export", help=f"export dir ({FP32_NAME} / {INT8_NAME}) for the onnx_* forms")
     p.add_argument("--trt", help="compile-trt output dir for the tensorrt_* forms")
     p.add_argument("--batch-size", type=int, default=256, help="maps per predictor call (default 256)")
     p.add_argument("--threads", type=int, default=None, help="torch / onnxruntime threads (default: library default)")
@@ -43,9 +44,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from waferflow.config import atomic_write_json
     from waferflow.data.contract import load_dataset
     from waferflow.errors import ConfigError
-    from waferflow.evaluation import evaluate, onnx_predictor, torch_predictor
-    from waferflow.export.trt_predictor import tensorrt_predictor
-    from waferflow.export.exporter import FP32_NAME, INT8_NAME, verify_export_dir
+    from waferflow.evaluation import evaluate
+    from waferflow.export.exporter import verify_export_dir
+    from waferflow.predictors import create_predictor
     from waferflow.models import load_model_dir
     from waferflow.plots import gradcam_overlays, plot_confusion, plot_history
 
@@ -54,25 +55,23 @@ def run_evaluate(args: argparse.Namespace) -> int:
     out = Path(args.out)
     ds = load_dataset(args.data, require_labels=True)
     model, spec = load_model_dir(args.model)
-    if args.form == "torch":
-        predict = torch_predictor(model)
-    elif args.form.startswith("onnx"):
+    artifact = model
+    if args.form.startswith("onnx"):
         if not args.export:
             raise ConfigError(f"--form {args.form} needs --export DIR (the output of `waferflow export`)")
         verify_export_dir(args.export)
-        predict = onnx_predictor(Path(args.export) / (FP32_NAME if args.form == "onnx_fp32" else INT8_NAME),
-                                 threads=args.threads)
-    else:
+        artifact = args.export
+    elif args.form.startswith("tensorrt"):
         if not args.trt:
             raise ConfigError(f"--form {args.form} needs --trt DIR (the output of `waferflow compile-trt`)")
-        predict = tensorrt_predictor(Path(args.trt) / f"model.{args.form.split('_')[1]}.engine")
-    form = args.form
+        artifact = args.trt
+    tta = None
     if args.tta:
-        from waferflow.evaluation import tta_predictor
         from waferflow.train.augment import model_symmetries
 
-        predict = tta_predictor(predict, model_symmetries(spec, ds.meta.get("taxonomy")))
-        form = f"{args.form}+tta{len(predict.views)}"
+        tta = model_symmetries(spec, ds.meta.get("taxonomy"))
+    predict = create_predictor(args.form, artifact, threads=args.threads, tta=tta)
+    form = f"{args.form}+tta{len(predict.views)}" if args.tta else args.form
     metrics = evaluate(predict, ds, spec, batch_size=args.batch_size, form=form)
     metrics["model_dir"] = str(Path(args.model).resolve())
     metrics["data"] = str(Path(args.data).resolve())

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from waferflow.forms import FP32_NAME, INT8_NAME
+
 
 def _data_pair(data: str | None, calib: str | None) -> tuple[str | None, str | None]:
     """``--data DIR`` (a split dir) means DIR/test.npz for parity and DIR/train.npz for calibration."""
@@ -20,8 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     fmt = argparse.RawDescriptionHelpFormatter
     p = sub.add_parser(
         "export", help="export a model dir to ONNX FP32 (+ INT8) with a parity check", formatter_class=fmt,
-        description="Export to DIR/model.onnx (opset >= 17, dynamic batch, metadata), check parity against PyTorch\n"
-                    "on real maps (fails beyond tolerance), quantize to DIR/model.int8.onnx (static QDQ S8S8 per-channel,\n"
+        description=f"Export to DIR/{FP32_NAME} (opset >= 17, dynamic batch, metadata), check parity against PyTorch\n"
+                    f"on real maps (fails beyond tolerance), quantize to DIR/{INT8_NAME} (static QDQ S8S8 per-channel,\n"
                     "7-bit weights, calibrated on training maps, the most quantization-sensitive layers kept in FP32;\n"
                     "dynamic as a recorded fallback) and write DIR/export.json.",
         epilog="example: waferflow export --model runs/m1 --data data/split --out runs/m1/export\n"
@@ -32,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="test maps .npz for parity (or a split dir with test/train.npz)")
     p.add_argument("--calib", help="training-split maps .npz for INT8 calibration")
     p.add_argument("--int8", action=argparse.BooleanOptionalAction, default=True,
-                   help="also write model.int8.onnx (default on)")
+                   help=f"also write {INT8_NAME} (default on)")
     p.add_argument("--int8-method", choices=("static", "dynamic"), default="static")
     p.add_argument("--calibration", choices=("minmax", "percentile", "entropy"), default="minmax",
                    help="activation-range calibration of static INT8 (default minmax)")
@@ -71,7 +73,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog="example: waferflow bench latency --model runs/m1 --export runs/m1/export --threads 2",
     )
     lat.add_argument("--model", required=True, help="model dir (the PyTorch baseline)")
-    lat.add_argument("--export", help="export dir with model.onnx / model.int8.onnx")
+    lat.add_argument("--export", help=f"export dir with {FP32_NAME} / {INT8_NAME}")
     lat.add_argument("--trt", help="compile-trt output dir (timed only on CUDA)")
     lat.add_argument("--threads", type=int, default=2)
     lat.add_argument("--warmup", type=int, default=20)
@@ -87,12 +89,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     t = sub.add_parser(
         "compile-trt", help="build TensorRT FP16/INT8 engines (skipped without CUDA)", formatter_class=fmt,
-        description="Build TensorRT engines from EXPORT/model.onnx (dynamic-batch profile; INT8 with an entropy\n"
+        description=f"Build TensorRT engines from EXPORT/{FP32_NAME} (dynamic-batch profile; INT8 with an entropy\n"
                     "calibrator whose cache OUT/calibration.cache is reused), then evaluate and time them. Without a\n"
                     "CUDA device it records 'skipped: no CUDA device' in OUT/tensorrt.json, writes no engine, exits 0.",
         epilog="example: waferflow compile-trt --export runs/m1/export --out runs/m1/trt --calib data/split/train.npz",
     )
-    t.add_argument("--export", required=True, help="export dir (model.onnx)")
+    t.add_argument("--export", required=True, help=f"export dir ({FP32_NAME})")
     t.add_argument("--out", required=True, help="output dir for engines and tensorrt.json")
     t.add_argument("--precision", choices=("fp16", "int8", "both"), default="both")
     t.add_argument("--calib", help="training-split maps .npz for INT8 calibration")

@@ -114,7 +114,8 @@ def load_splits(data: str, val_fraction: float, seed: int):
 
 def _evaluate_dir(model_dir: Path, test) -> dict:
     from waferflow.config import atomic_write_json
-    from waferflow.evaluation import evaluate, torch_predictor
+    from waferflow.evaluation import evaluate
+    from waferflow.predictors import torch_predictor
     from waferflow.models import load_model_dir
 
     model, spec = load_model_dir(model_dir)

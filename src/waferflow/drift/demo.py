@@ -31,13 +31,11 @@ DEMO_PROFILE = "tiny"
 def run_demo(workdir: str | os.PathLike = "waferflow_demo_drift", n: int = 1000, seed: int = 0,
              retrain: bool = True, launcher_factory: Callable | None = None, out=None) -> dict:
     """Run the demo; print each step; return ``{"clean": decision, "shifted": decision, ...}``."""
-    import numpy as np
-
     from waferflow.data.contract import save_dataset
-    from waferflow.data.synth import TAXONOMIES, default_config, generate
+    from waferflow.data.synth import generate
     from waferflow.drift.check import drift_check
-    from waferflow.drift.reference import build_reference
-    from waferflow.drift.tracking import resolve_champion, store_reference
+    from waferflow.drift.tracking import resolve_champion
+    from waferflow.models import read_spec
     from waferflow.profiles import get_profile
     from waferflow.tracking import get_champion, resolve_tracking_uri
 
@@ -54,38 +52,11 @@ def run_demo(workdir: str | os.PathLike = "waferflow_demo_drift", n: int = 1000,
         print(f"[demo {time.perf_counter() - t0:6.1f}s] {msg}", file=out, flush=True)
 
     say(f"workdir {wd}; MLflow store {uri}")
-    say("step 1/4: the champion")
-    info = get_champion(uri, wd / "champion", name=name)
-    if info is None:
-        if launcher_factory is None:
-            raise WaferflowError("no champion in the local store and no launcher to train one")
-        say(f"no champion of {name!r} yet: training a quick one through kfp.local (profile {DEMO_PROFILE} with "
-            f"{' '.join(DEMO_OVERRIDES[:4])}; demo gates relaxed for a 4-epoch model)")
-        from waferflow.drift.retrain import RetrainPlan
-
-        launcher_factory(DEMO_PROFILE, DEMO_OVERRIDES, wd, out=out)(RetrainPlan())
-        info = get_champion(uri, wd / "champion", name=name)
-        if info is None:
-            raise WaferflowError("the quick training run promoted no champion (its gates failed); see the log above")
-    say(f"champion: {name} v{info.version} (run {info.run_id}), model dir {info.model_dir}")
-
+    info = _champion(say, uri, wd, name, launcher_factory, out)
     ch = resolve_champion(uri, wd / "champion", name=name)
-    from waferflow.models import read_spec
-
-    spec = read_spec(ch.model_dir)
-    taxonomy = spec.taxonomy or prof.taxonomy
+    taxonomy = read_spec(ch.model_dir).taxonomy or prof.taxonomy
     size = prof.map_size
-    step_ref = "step 2/4: the champion's drift reference"
-    if ch.reference_dir is None:
-        say(f"{step_ref}: none stored with v{ch.version}; building it from its training distribution "
-            f"({prof.n_maps} synthetic {taxonomy} maps, seed {prof.seed}) and storing it with the version")
-        train = generate(prof.n_maps, size=size, seed=prof.seed, taxonomy=taxonomy)
-        held = generate(max(prof.n_maps // 3, 300), size=size, seed=prof.seed, taxonomy=taxonomy, start=prof.n_maps)
-        ref_dir = build_reference(ch.model_dir, train, wd / "reference" / f"v{ch.version}", holdout=[held])
-        store_reference(uri, ch.run_id, ref_dir)
-    else:
-        ref_dir = ch.reference_dir
-        say(f"{step_ref}: stored with v{ch.version} -> {ref_dir}")
+    ref_dir = _reference(say, uri, wd, ch, prof, taxonomy)
 
     batches = wd / "batches"
     batches.mkdir(exist_ok=True)
@@ -96,17 +67,8 @@ def run_demo(workdir: str | os.PathLike = "waferflow_demo_drift", n: int = 1000,
                           tracking_uri=uri, workdir=wd)
     _show(say, d_clean)
 
-    tax = TAXONOMIES[taxonomy]
-    freqs = np.asarray(tax.default_freqs, float)
-    k = int(np.argmin(np.abs(freqs - 0.05)))  # a defect class near 5%
-    freqs = freqs * (0.75 / (1 - freqs[k]))
-    freqs[k] = 0.25
-    d0 = default_config(taxonomy)
-    shift = default_config(taxonomy, class_freqs=tuple(freqs),
-                           background_fail_rate=(2 * d0.background_fail_rate[0], 2 * d0.background_fail_rate[1]),
-                           grid_range=(d0.grid_range[1] + 10, d0.grid_range[1] + 60))
-    say(f"step 4/4: a shifted batch: {tax.class_names[k]} {tax.default_freqs[k]:.0%} -> 25%, background fail rate "
-        f"{d0.background_fail_rate} -> {shift.background_fail_rate}, die grid {d0.grid_range} -> {shift.grid_range}")
+    shift, what = _shift_config(taxonomy)
+    say(f"step 4/4: a shifted batch: {what}")
     shifted = generate(n, size=size, seed=seed + 202, taxonomy=taxonomy, config=shift)
     save_dataset(shifted, batches / "shifted.npz")
     launcher = None
@@ -127,6 +89,68 @@ def run_demo(workdir: str | os.PathLike = "waferflow_demo_drift", n: int = 1000,
     say(f"reports: {d_clean['report_html']} and {d_shift['report_html']}")
     return {"clean": d_clean, "shifted": d_shift, "champion_before": info.version,
             "champion_after": after.version if after else None}
+
+
+def _champion(say, uri: str, wd: Path, name: str, launcher_factory: Callable | None, out):
+    """Step 1: the champion of the local store, trained quickly through kfp.local when there is none."""
+    from waferflow.tracking.registry import get_champion
+
+    say("step 1/4: the champion")
+    info = get_champion(uri, wd / "champion", name=name)
+    if info is None:
+        if launcher_factory is None:
+            raise WaferflowError("no champion in the local store and no launcher to train one")
+        say(f"no champion of {name!r} yet: training a quick one through kfp.local (profile {DEMO_PROFILE} with "
+            f"{' '.join(DEMO_OVERRIDES[:4])}; demo gates relaxed for a 4-epoch model)")
+        from waferflow.drift.retrain import RetrainPlan
+
+        launcher_factory(DEMO_PROFILE, DEMO_OVERRIDES, wd, out=out)(RetrainPlan())
+        info = get_champion(uri, wd / "champion", name=name)
+        if info is None:
+            raise WaferflowError("the quick training run promoted no champion (its gates failed); see the log above")
+    say(f"champion: {name} v{info.version} (run {info.run_id}), model dir {info.model_dir}")
+    return info
+
+
+def _reference(say, uri: str, wd: Path, ch, prof, taxonomy: str):
+    """Step 2: the champion's drift reference, built from its training distribution and stored when missing."""
+    from waferflow.data.synth import generate
+    from waferflow.drift.reference import build_reference
+    from waferflow.drift.tracking import store_reference
+
+    step_ref = "step 2/4: the champion's drift reference"
+    if ch.reference_dir is not None:
+        say(f"{step_ref}: stored with v{ch.version} -> {ch.reference_dir}")
+        return ch.reference_dir
+    say(f"{step_ref}: none stored with v{ch.version}; building it from its training distribution "
+        f"({prof.n_maps} synthetic {taxonomy} maps, seed {prof.seed}) and storing it with the version")
+    size = prof.map_size
+    train = generate(prof.n_maps, size=size, seed=prof.seed, taxonomy=taxonomy)
+    held = generate(max(prof.n_maps // 3, 300), size=size, seed=prof.seed, taxonomy=taxonomy, start=prof.n_maps)
+    ref_dir = build_reference(ch.model_dir, train, wd / "reference" / f"v{ch.version}", holdout=[held])
+    store_reference(uri, ch.run_id, ref_dir)
+    return ref_dir
+
+
+def _shift_config(taxonomy: str):
+    """Step 4's synthetic shift (one defect class near 5% -> 25%, background fail rate x2, a different die grid):
+    ``(SynthConfig, what changed in words)``."""
+    import numpy as np
+
+    from waferflow.data.synth import TAXONOMIES, default_config
+
+    tax = TAXONOMIES[taxonomy]
+    freqs = np.asarray(tax.default_freqs, float)
+    k = int(np.argmin(np.abs(freqs - 0.05)))  # a defect class near 5%
+    freqs = freqs * (0.75 / (1 - freqs[k]))
+    freqs[k] = 0.25
+    d0 = default_config(taxonomy)
+    shift = default_config(taxonomy, class_freqs=tuple(freqs),
+                           background_fail_rate=(2 * d0.background_fail_rate[0], 2 * d0.background_fail_rate[1]),
+                           grid_range=(d0.grid_range[1] + 10, d0.grid_range[1] + 60))
+    what = (f"{tax.class_names[k]} {tax.default_freqs[k]:.0%} -> 25%, background fail rate "
+            f"{d0.background_fail_rate} -> {shift.background_fail_rate}, die grid {d0.grid_range} -> {shift.grid_range}")
+    return shift, what
 
 
 def _show(say, d: dict) -> None:

@@ -10,9 +10,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from waferflow.config import atomic_write_bytes, progress_enabled
+from waferflow.config import atomic_write_bytes
 from waferflow.data.contract import WaferDataset
 from waferflow.errors import ModelFormatError
+from waferflow.predictors import batches_for, features_and_logits
 
 N_PCA = 8
 PC_COLUMNS: tuple[str, ...] = tuple(f"emb_pc{i + 1}" for i in range(N_PCA))
@@ -68,56 +69,17 @@ class EmbeddingPCA:
             raise ModelFormatError(f"reference PCA {p} is unreadable ({e}); rebuild the reference") from None
 
 
-def _preprocess(maps: np.ndarray, spec: Any) -> np.ndarray:
-    # The one preprocessing function of waferflow.models (docs/ARCHITECTURE.md).
-    from waferflow.models import preprocess
-
-    return preprocess(maps, spec)
-
-
-def _embed_and_logits(model: Any, x: "Any") -> tuple["Any", "Any"]:
-    """Penultimate embedding and logits of a timm model for a float batch."""
-    if hasattr(model, "forward_features") and hasattr(model, "forward_head"):
-        feats = model.forward_features(x)
-        emb = model.forward_head(feats, pre_logits=True)
-        logits = model.forward_head(feats)
-        return emb.flatten(1), logits
-    if hasattr(model, "get_classifier"):
-        captured: dict = {}
-        head = model.get_classifier()
-        h = head.register_forward_pre_hook(lambda m, a: captured.__setitem__("emb", a[0]))
-        try:
-            logits = model(x)
-        finally:
-            h.remove()
-        return captured["emb"].flatten(1), logits
-    raise ModelFormatError(
-        f"{type(model).__name__} exposes neither forward_features/forward_head nor get_classifier; "
-        "drift needs a timm backbone to read its penultimate embedding"
-    )
-
-
 def embed(model: Any, spec: Any, ds: WaferDataset, batch_size: int = 256,
           progress: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Run the model over ``ds``; return (embeddings [N, D], softmax probabilities [N, K])."""
     import torch
 
-    n = len(ds)
     embs, probs = [], []
-    starts = range(0, n, batch_size)
-    show = progress_enabled(progress)
-    if show:
-        from tqdm.auto import tqdm
-
-        starts = tqdm(starts, desc="champion view", unit="batch")
     model.eval()
     device = next(model.parameters()).device
     with torch.inference_mode():
-        for s in starts:
-            idx = np.arange(s, min(s + batch_size, n))
-            maps = ds.resized(int(spec.input_size), indices=idx)
-            x = torch.from_numpy(_preprocess(maps, spec)).to(device)
-            e, logits = _embed_and_logits(model, x)
+        for _, x in batches_for(ds, spec, batch_size, desc="champion view", progress=progress):
+            e, logits = features_and_logits(model, torch.from_numpy(x).to(device))
             embs.append(e.float().cpu().numpy())
             probs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
     return np.concatenate(embs), np.concatenate(probs)

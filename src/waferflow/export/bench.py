@@ -23,7 +23,7 @@ import numpy as np
 
 from waferflow.config import progress_enabled
 from waferflow.errors import ConfigError
-from waferflow.evaluation import spec_field
+from waferflow.predictors import spec_field
 from waferflow.export.trt_common import SKIP_NO_CUDA
 
 WORKER_TIMEOUT_S = 1800
@@ -69,7 +69,7 @@ def run_isolated(forms: dict[str, tuple[str, str]], x1: np.ndarray, xb: np.ndarr
     """Time each form alone in a fresh process, one process at a time; ``rounds`` repeats and pools the samples.
 
     Args:
-        forms: ``{name: (kind, path)}`` with kind ``torch`` (model dir), ``onnx`` or ``tensorrt``.
+        forms: ``{name: (form, path)}``: a form of ``waferflow.predictors.FORMS`` and its file (or model dir).
         x1, xb: one preprocessed map and a batch.
         threads: intra-op threads of each form.
         warmup, iters, batch_iters: per form and round.
@@ -95,8 +95,8 @@ def run_isolated(forms: dict[str, tuple[str, str]], x1: np.ndarray, xb: np.ndarr
         np.save(Path(td) / "xb.npy", xb)
         jobs = [(r, name) for r in range(rounds) for name in forms]
         for r, name in tqdm(jobs, desc="latency (each form alone)", disable=not progress_enabled()):
-            kind, path = forms[name]
-            job = {"kind": kind, "path": str(path), "threads": threads, "warmup": warmup, "iters": iters,
+            form, path = forms[name]
+            job = {"form": form, "path": str(path), "threads": threads, "warmup": warmup, "iters": iters,
                    "batch_iters": batch_iters, "x1": str(Path(td) / "x1.npy"), "xb": str(Path(td) / "xb.npy")}
             jf = Path(td) / f"job-{r}-{name}.json"
             jf.write_text(json.dumps(job))
@@ -127,31 +127,32 @@ def _run_worker(name: str, job_file: Path) -> dict:
 
 def _form_files(model_dir: Path, export_dir: str | os.PathLike | None, trt_dir: str | os.PathLike | None
                 ) -> tuple[dict[str, tuple[str, str]], dict[str, dict]]:
-    """``({name: (kind, path)}, {name: skipped entry})`` for every form present."""
-    from waferflow.export.exporter import FP32_NAME, INT8_NAME
-    from waferflow.export.trt_common import cuda_status
+    """``({name: (form, path)}, {name: skipped entry})`` for every form present (files from the one table)."""
+    from waferflow.predictors import ENGINE_PRECISIONS, FORMS, cuda_status
 
     forms = {"torch_eager": ("torch", str(model_dir))}
     if export_dir is not None:
-        for name, fname in (("onnx_fp32", FP32_NAME), ("onnx_int8", INT8_NAME)):
-            if (Path(export_dir) / fname).is_file():
-                forms[name] = ("onnx", str(Path(export_dir) / fname))
+        for name in ("onnx_fp32", "onnx_int8"):
+            if (Path(export_dir) / FORMS[name].file).is_file():
+                forms[name] = (name, str(Path(export_dir) / FORMS[name].file))
     skipped: dict[str, dict] = {}
     cuda, why = cuda_status()
-    for prec in ("fp16", "int8"):
+    for prec in ENGINE_PRECISIONS:
         name = f"tensorrt_{prec}"
-        engine = Path(trt_dir) / f"model.{prec}.engine" if trt_dir is not None else None
+        engine = Path(trt_dir) / FORMS[name].file if trt_dir is not None else None
         if not cuda:
             skipped[name] = {"skipped": SKIP_NO_CUDA, "reason": why}
         elif engine is None or not engine.is_file():
             skipped[name] = {"skipped": f"skipped: no {prec} engine (run `waferflow compile-trt`)"}
         else:
-            forms[name] = ("tensorrt", str(engine))
+            forms[name] = (name, str(engine))
     return forms, skipped
 
 
-def _size(kind: str, path: str) -> int:
-    return (Path(path) / "weights.pt" if kind == "torch" else Path(path)).stat().st_size
+def _size(form: str, path: str) -> int:
+    from waferflow.predictors import form_file
+
+    return form_file(form, path).stat().st_size
 
 
 def bench_latency(model_dir: str | os.PathLike, export_dir: str | os.PathLike | None = None, threads: int = 2,
@@ -204,10 +205,10 @@ def bench_latency(model_dir: str | os.PathLike, export_dir: str | os.PathLike | 
     else:
         from waferflow.export.latency_worker import make_predictor
 
-        res = run_interleaved({k: make_predictor(kind, p, threads) for k, (kind, p) in files.items()},
+        res = run_interleaved({k: make_predictor(form, p, threads) for k, (form, p) in files.items()},
                               x1, xb, warmup, iters, n_batch)
-    for name, (kind, path) in files.items():
-        res[name]["size_bytes"] = _size(kind, path)
+    for name, (form, path) in files.items():
+        res[name]["size_bytes"] = _size(form, path)
     base = res["torch_eager"]["p99_ms"] if "torch_eager" in res else None
     sizes = {k: v["size_bytes"] for k, v in res.items()}
     return {

@@ -17,14 +17,7 @@ from waferflow import __version__
 from waferflow.config import atomic_write_json
 from waferflow.data.contract import WaferDataset
 from waferflow.errors import DataError, ModelFormatError
-from waferflow.evaluation import (
-    check_classes,
-    metrics_from_logits,
-    onnx_predictor,
-    predict_dataset,
-    spec_field,
-    torch_predictor,
-)
+from waferflow.evaluation import check_classes, metrics_from_logits
 from waferflow.export.onnx_export import (
     MIN_OPSET,
     check_parity,
@@ -40,11 +33,18 @@ from waferflow.export.quantize import (
     prune_model,
     quantize_int8,
 )
+from waferflow.predictors import (
+    FP32_NAME,
+    INT8_NAME,
+    WEIGHTS_NAME,
+    onnx_predictor,
+    predict_dataset,
+    spec_field,
+    torch_predictor,
+)
 
 log = logging.getLogger(__name__)
 
-FP32_NAME = "model.onnx"
-INT8_NAME = "model.int8.onnx"
 EXPORT_JSON = "export.json"
 
 
@@ -101,54 +101,9 @@ def choose_int8_layers(fp32: Path, calib: list[np.ndarray], calib_ds: WaferDatas
     return {"mode": "auto", "nodes": nodes, "selection": report}
 
 
-def export_onnx(model_dir: str | os.PathLike, out_dir: str | os.PathLike, calib_ds: WaferDataset | None = None,
-                parity_ds: WaferDataset | None = None, int8: bool = True, calibration_maps: int = 256,
-                prune: float | None = None, opset: int = MIN_OPSET, exporter: str = "torchscript",
-                int8_method: str = "static", calibration: str = "minmax", fp32_layers: str | Sequence[str] = "auto",
-                reduce_range: bool = True, int8_target_agreement: float = 0.995, int8_format: str = "s8s8",
-                min_agreement: float = 0.999,
-                max_rel_diff: float = 1e-3,
-                max_abs_diff: float | None = None,
-                batch_size: int = 256, threads: int | None = None, seed: int = 0) -> dict:
-    """Export a model dir to ONNX FP32 (+ INT8), check parity on real maps, write ``export.json``.
-
-    Everything is built in a temp folder beside ``out_dir`` and renamed into place only when every check
-    passed, so a failure leaves no half-written export.
-
-    Args:
-        model_dir: a model directory (``models.save_model_dir``).
-        out_dir: the export directory to create (replaced if it exists).
-        calib_ds: maps from the training split for INT8 calibration (needed when ``int8``).
-        parity_ds: real maps (the test split) for the parity check and the INT8 accuracy drop.
-        int8: also write ``model.int8.onnx``.
-        calibration_maps: number of calibration maps drawn (class-stratified) from ``calib_ds``.
-        prune: optional magnitude-pruning amount in (0, 1) applied before export.
-        opset: ONNX opset (>= 17).
-        exporter: ``torchscript`` (default) or ``dynamo``.
-        int8_method: ``static`` (QDQ per-channel; dynamic fallback recorded) or ``dynamic``.
-        calibration: activation-range calibration of static INT8: ``minmax``, ``percentile`` or ``entropy``.
-        fp32_layers: layers kept in FP32 in the INT8 model: ``auto`` (by measured sensitivity until top-1
-            agreement with FP32 on held-out training maps reaches ``int8_target_agreement``), ``none``, or node
-            names (a previous ``export.json``'s ``int8.fp32_layers.nodes``); see :func:`choose_int8_layers`.
-        reduce_range: 7-bit INT8 weights, so x86 CPUs without VNNI compute the INT8 model exactly (default on).
-        int8_format: ``s8s8`` (symmetric int8 activations, the accurate default) or ``u8s8`` (asymmetric uint8,
-            faster on x86, less accurate on real maps); see :func:`waferflow.export.quantize.static_qdq`.
-        min_agreement, max_rel_diff: parity tolerance (FP32 vs PyTorch): argmax agreement and
-            max |logit diff| / max(1, max |logit|); ``max_abs_diff`` optionally bounds the absolute diff too;
-            beyond them -> ModelFormatError.
-        batch_size: maps per predictor call. threads: onnxruntime intra-op threads.
-        seed: calibration sampling seed.
-
-    Returns:
-        The ``export.json`` dict.
-
-    Raises:
-        DataError: missing/unlabeled parity data, missing calibration data, class-name mismatch.
-        ModelFormatError: parity beyond tolerance or an unreadable model dir.
-    """
-    t_start = time.perf_counter()
-    model_dir = Path(model_dir)
-    out_dir = Path(out_dir)
+def _load_for_export(model_dir: Path, calib_ds: WaferDataset | None, parity_ds: WaferDataset | None, int8: bool
+                     ) -> tuple[Any, Any, Path, str]:
+    """``(model, spec, weights file, its sha256)`` after checking the data the export needs."""
     if parity_ds is None or len(parity_ds) == 0:
         raise DataError("export needs real maps for the parity check: pass the test split (--data FILE.npz)")
     if int8 and (calib_ds is None or len(calib_ds) == 0):
@@ -157,12 +112,17 @@ def export_onnx(model_dir: str | os.PathLike, out_dir: str | os.PathLike, calib_
     if int8 and not parity_ds.labeled:
         raise DataError("the parity data has no labels; the INT8 accuracy drop needs labeled test maps")
     model, spec = _load_model_dir(model_dir)
-    check_classes(parity_ds, spec)
-    if calib_ds is not None:
-        check_classes(calib_ds, spec)
-    weights = model_dir / "weights.pt"
-    src_sha = sha256_file(weights) if weights.is_file() else "unknown"
+    for ds in (parity_ds, calib_ds):
+        if ds is not None:
+            check_classes(ds, spec)
+    weights = model_dir / WEIGHTS_NAME
+    return model, spec, weights, sha256_file(weights) if weights.is_file() else "unknown"
 
+
+def _torch_reference(model: Any, spec: Any, parity_ds: WaferDataset, prune: float | None, batch_size: int
+                     ) -> tuple[np.ndarray, dict | None, dict | None]:
+    """``(reference logits, their overall metrics, prune report)``: PyTorch on the parity maps, pruned first
+    when ``prune`` is set (then the pruned model is the reference)."""
     ref_logits = predict_dataset(torch_predictor(model), parity_ds, spec, batch_size, desc="torch")
     torch_overall = _overall(parity_ds, ref_logits, spec)
     prune_info = None
@@ -172,64 +132,144 @@ def export_onnx(model_dir: str | os.PathLike, out_dir: str | os.PathLike, calib_
         pruned_overall = _overall(parity_ds, pruned_logits, spec)
         prune_info.update(_drop(torch_overall, pruned_overall), metrics=pruned_overall)
         ref_logits, torch_overall = pruned_logits, pruned_overall
+    return ref_logits, torch_overall, prune_info
 
+
+def _write_fp32(tmp: Path, model: Any, spec: Any, metadata: dict, opset: int, exporter: str,
+                parity_ds: WaferDataset, ref_logits: np.ndarray, tolerance: dict, batch_size: int,
+                threads: int | None) -> tuple[Path, np.ndarray, dict]:
+    """Write ``tmp/model.onnx`` and check its parity with ``ref_logits``: ``(path, FP32 logits, parity report)``.
+
+    ``tolerance``: ``min_agreement``, ``max_rel_diff``, ``max_abs_diff`` (see :func:`export_onnx`).
+    """
+    fp32 = tmp / FP32_NAME
+    export_fp32(model, spec, fp32, metadata, opset, exporter)
+    fp32_logits = predict_dataset(onnx_predictor(fp32, threads), parity_ds, spec, batch_size, desc="onnx fp32")
+    par = parity(ref_logits, fp32_logits)
+    par["min_agreement"], par["max_rel_diff_tolerance"] = tolerance["min_agreement"], tolerance["max_rel_diff"]
+    par["max_abs_diff_tolerance"] = tolerance["max_abs_diff"]
+    check_parity(par, tolerance["min_agreement"], tolerance["max_rel_diff"], tolerance["max_abs_diff"])
+    return fp32, fp32_logits, par
+
+
+def _write_int8(tmp: Path, fp32: Path, fp32_logits: np.ndarray, fp32_overall: dict | None, calib_ds: WaferDataset,
+                parity_ds: WaferDataset, spec: Any, calibration_maps: int, int8_method: str = "static",
+                calibration: str = "minmax", fp32_layers: str | Sequence[str] = "auto", reduce_range: bool = True,
+                int8_target_agreement: float = 0.995, int8_format: str = "s8s8", batch_size: int = 256,
+                threads: int | None = None, seed: int = 0) -> dict:
+    """Quantize ``fp32`` to ``tmp/model.int8.onnx`` and measure it on the parity maps: ``export.json``'s ``int8``.
+
+    ``int8_method``: ``static`` (QDQ per-channel; dynamic fallback recorded) or ``dynamic``. ``calibration``:
+    activation-range calibration of static INT8 (``minmax``, ``percentile``, ``entropy``). ``fp32_layers``:
+    layers kept in FP32: ``auto`` (by measured sensitivity until top-1 agreement with FP32 on held-out training
+    maps reaches ``int8_target_agreement``), ``none``, or node names (see :func:`choose_int8_layers`).
+    ``reduce_range``: 7-bit weights, exact on x86 CPUs without VNNI. ``int8_format``: ``s8s8`` (accurate default)
+    or ``u8s8`` (faster on x86, less accurate; see :func:`waferflow.export.quantize.static_qdq`).
+    """
+    calib = list(calibration_batches(calib_ds, spec, calibration_maps, batch_size=32, seed=seed))
+    layers = (choose_int8_layers(fp32, calib, calib_ds, spec, fp32_layers, calibration_maps, calibration,
+                                 reduce_range, int8_target_agreement, threads=threads, seed=seed,
+                                 int8_format=int8_format)
+              if int8_method == "static" else {"mode": "none", "nodes": [], "selection": None})
+    q = quantize_int8(fp32, tmp / INT8_NAME, calib, method=int8_method, calibration=calibration,
+                      reduce_range=reduce_range, fp32_nodes=layers["nodes"], int8_format=int8_format)
+    layers["nodes"] = q.pop("fp32_nodes")  # what was applied ([] after a dynamic fallback)
+    q["fp32_layers"] = layers
+    int8_logits = predict_dataset(onnx_predictor(tmp / INT8_NAME, threads), parity_ds, spec, batch_size,
+                                  desc="onnx int8")
+    int8_overall = _overall(parity_ds, int8_logits, spec)
+    return {
+        **q,
+        "calibration_maps": int(sum(len(b) for b in calib)),
+        **_drop(fp32_overall, int8_overall),
+        "argmax_agreement_vs_fp32": parity(fp32_logits, int8_logits)["argmax_agreement"],
+        "metrics": int8_overall,
+    }
+
+
+def _export_info(model_dir: Path, src_sha: str, spec: Any, opset: int, exporter: str, par: dict,
+                 parity_ds: WaferDataset, metrics: dict, int8_info: dict | None, prune_info: dict | None,
+                 files: dict[str, Path]) -> dict:
+    """The ``export.json`` dict (``seconds`` filled in by the caller)."""
+    return {
+        "format_version": 1,
+        "source": {"model_dir": str(model_dir.resolve()), "weights_sha256": src_sha,
+                   "backbone": spec_field(spec, "backbone")},
+        "onnx": {"opset": opset if exporter == "torchscript" else max(opset, 18), "exporter": exporter,
+                 "input": "input", "output": "logits", "dynamic_axis": "batch",
+                 "input_size": int(spec_field(spec, "input_size")), "in_chans": int(spec_field(spec, "in_chans"))},
+        "parity": par,
+        "parity_data": parity_ds.meta.get("source") if isinstance(parity_ds.meta, dict) else None,
+        "metrics": metrics,
+        "int8": int8_info,
+        "prune": prune_info,
+        "sizes": {name: p.stat().st_size for name, p in files.items()},
+        "sha256": {name: sha256_file(p) for name, p in files.items()},
+        "waferflow_version": __version__,
+        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "seconds": None,
+    }
+
+
+def _publish(tmp: Path, out_dir: Path) -> None:
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+
+
+def export_onnx(model_dir: str | os.PathLike, out_dir: str | os.PathLike, calib_ds: WaferDataset | None = None,
+                parity_ds: WaferDataset | None = None, int8: bool = True, calibration_maps: int = 256,
+                prune: float | None = None, opset: int = MIN_OPSET, exporter: str = "torchscript",
+                int8_method: str = "static", calibration: str = "minmax", fp32_layers: str | Sequence[str] = "auto",
+                reduce_range: bool = True, int8_target_agreement: float = 0.995, int8_format: str = "s8s8",
+                min_agreement: float = 0.999, max_rel_diff: float = 1e-3, max_abs_diff: float | None = None,
+                batch_size: int = 256, threads: int | None = None, seed: int = 0) -> dict:
+    """Export a model dir to ONNX FP32 (+ INT8), check parity on real maps, write ``export.json``.
+
+    Everything is built in a temp folder beside ``out_dir`` and renamed into place only when every check
+    passed, so a failure leaves no half-written export.
+
+    Args:
+        model_dir: a model directory (``models.save_model_dir``). out_dir: the export directory to create
+            (replaced if it exists).
+        calib_ds: maps from the training split for INT8 calibration (needed when ``int8``).
+        parity_ds: real maps (the test split) for the parity check and the INT8 accuracy drop.
+        int8: also write ``model.int8.onnx``; ``calibration_maps`` are drawn (class-stratified) from ``calib_ds``.
+        prune: optional magnitude-pruning amount in (0, 1) applied before export.
+        opset: ONNX opset (>= 17). exporter: ``torchscript`` (default) or ``dynamo``.
+        int8_method, calibration, fp32_layers, reduce_range, int8_target_agreement, int8_format: the INT8
+            settings, see :func:`_write_int8`.
+        min_agreement, max_rel_diff: parity tolerance (FP32 vs PyTorch): argmax agreement and
+            max |logit diff| / max(1, max |logit|); ``max_abs_diff`` optionally bounds the absolute diff too;
+            beyond them -> ModelFormatError.
+        batch_size: maps per predictor call. threads: onnxruntime intra-op threads. seed: calibration sampling.
+
+    Returns the ``export.json`` dict. Raises DataError (missing/unlabeled parity data, missing calibration data,
+    class-name mismatch) or ModelFormatError (parity beyond tolerance, an unreadable model dir).
+    """
+    t_start = time.perf_counter()
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    model, spec, weights, src_sha = _load_for_export(model_dir, calib_ds, parity_ds, int8)
+    ref_logits, torch_overall, prune_info = _torch_reference(model, spec, parity_ds, prune, batch_size)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
-        fp32 = tmp / FP32_NAME
-        export_fp32(model, spec, fp32, onnx_metadata(spec, str(weights.resolve()), src_sha), opset, exporter)
-        fp32_logits = predict_dataset(onnx_predictor(fp32, threads), parity_ds, spec, batch_size, desc="onnx fp32")
-        par = parity(ref_logits, fp32_logits)
-        par["min_agreement"], par["max_rel_diff_tolerance"] = min_agreement, max_rel_diff
-        par["max_abs_diff_tolerance"] = max_abs_diff
-        check_parity(par, min_agreement, max_rel_diff, max_abs_diff)
+        fp32, fp32_logits, par = _write_fp32(
+            tmp, model, spec, onnx_metadata(spec, str(weights.resolve()), src_sha), opset, exporter, parity_ds,
+            ref_logits, {"min_agreement": min_agreement, "max_rel_diff": max_rel_diff, "max_abs_diff": max_abs_diff},
+            batch_size, threads)
         fp32_overall = _overall(parity_ds, fp32_logits, spec)
-        files = {FP32_NAME: fp32}
-        int8_info = None
+        files, int8_info = {FP32_NAME: fp32}, None
         if int8:
-            calib = list(calibration_batches(calib_ds, spec, calibration_maps, batch_size=32, seed=seed))
-            layers = (choose_int8_layers(fp32, calib, calib_ds, spec, fp32_layers, calibration_maps, calibration,
-                                         reduce_range, int8_target_agreement, threads=threads, seed=seed,
-                                         int8_format=int8_format)
-                      if int8_method == "static" else {"mode": "none", "nodes": [], "selection": None})
-            q = quantize_int8(fp32, tmp / INT8_NAME, calib, method=int8_method, calibration=calibration,
-                              reduce_range=reduce_range, fp32_nodes=layers["nodes"], int8_format=int8_format)
-            layers["nodes"] = q.pop("fp32_nodes")  # what was applied ([] after a dynamic fallback)
-            q["fp32_layers"] = layers
-            int8_logits = predict_dataset(onnx_predictor(tmp / INT8_NAME, threads), parity_ds, spec, batch_size,
-                                          desc="onnx int8")
-            int8_overall = _overall(parity_ds, int8_logits, spec)
-            int8_info = {
-                **q,
-                "calibration_maps": int(sum(len(b) for b in calib)),
-                **_drop(fp32_overall, int8_overall),
-                "argmax_agreement_vs_fp32": parity(fp32_logits, int8_logits)["argmax_agreement"],
-                "metrics": int8_overall,
-            }
+            int8_info = _write_int8(tmp, fp32, fp32_logits, fp32_overall, calib_ds, parity_ds, spec, calibration_maps,
+                                    int8_method, calibration, fp32_layers, reduce_range, int8_target_agreement,
+                                    int8_format, batch_size, threads, seed)
             files[INT8_NAME] = tmp / INT8_NAME
-        info = {
-            "format_version": 1,
-            "source": {"model_dir": str(model_dir.resolve()), "weights_sha256": src_sha,
-                       "backbone": spec_field(spec, "backbone")},
-            "onnx": {"opset": opset if exporter == "torchscript" else max(opset, 18), "exporter": exporter,
-                     "input": "input", "output": "logits", "dynamic_axis": "batch",
-                     "input_size": int(spec_field(spec, "input_size")), "in_chans": int(spec_field(spec, "in_chans"))},
-            "parity": par,
-            "parity_data": parity_ds.meta.get("source") if isinstance(parity_ds.meta, dict) else None,
-            "metrics": {"torch": torch_overall, "onnx_fp32": fp32_overall},
-            "int8": int8_info,
-            "prune": prune_info,
-            "sizes": {name: p.stat().st_size for name, p in files.items()},
-            "sha256": {name: sha256_file(p) for name, p in files.items()},
-            "waferflow_version": __version__,
-            "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "seconds": None,
-        }
+        info = _export_info(model_dir, src_sha, spec, opset, exporter, par, parity_ds,
+                            {"torch": torch_overall, "onnx_fp32": fp32_overall}, int8_info, prune_info, files)
         info["seconds"] = round(time.perf_counter() - t_start, 2)
         atomic_write_json(tmp / EXPORT_JSON, info)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        _publish(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

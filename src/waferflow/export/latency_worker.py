@@ -2,7 +2,7 @@
 
 ``waferflow.export.bench`` starts this module once per form, one process at a time, so no other form's thread
 pool (PyTorch's OpenMP pool, another onnxruntime session's) is alive while a form is timed. An ONNX form's process
-never imports torch. The job file names the form, its file, the thread count and the ``.npy`` inputs; the result is
+never imports torch. The job file names the form (a row of ``waferflow.predictors.FORMS``), its file, the thread count and the ``.npy`` inputs; the result is
 one JSON line on stdout.
 """
 
@@ -17,31 +17,16 @@ from typing import Any, Callable
 import numpy as np
 
 
-def make_predictor(kind: str, path: str, threads: int) -> Callable[[np.ndarray], Any]:
-    """The predictor of one form: ``torch`` (a model dir), ``onnx`` (a .onnx file) or ``tensorrt`` (an engine).
+def make_predictor(form: str, path: str, threads: int) -> Callable[[np.ndarray], Any]:
+    """The predictor of one form of ``waferflow.predictors.FORMS`` (``torch``: a model dir; ``onnx_*``,
+    ``tensorrt_*``: the form's file or its dir), with ``threads`` torch / onnxruntime threads.
 
     Raises:
-        ConfigError: an unknown kind.
+        ModelFormatError: an unknown form or a missing file.
     """
-    from waferflow.errors import ConfigError
+    from waferflow.predictors import create_predictor
 
-    if kind == "torch":
-        import torch
-
-        from waferflow.evaluation import torch_predictor
-        from waferflow.models import load_model_dir
-
-        torch.set_num_threads(threads)
-        return torch_predictor(load_model_dir(path)[0])
-    if kind == "onnx":
-        from waferflow.evaluation import onnx_predictor
-
-        return onnx_predictor(path, threads=threads)
-    if kind == "tensorrt":
-        from waferflow.export.trt_predictor import tensorrt_predictor
-
-        return tensorrt_predictor(path)
-    raise ConfigError(f"latency form kind must be torch, onnx or tensorrt, got {kind!r}")
+    return create_predictor(form, path, threads=threads)
 
 
 def time_form(predict: Callable[[np.ndarray], Any], x1: np.ndarray, xb: np.ndarray, warmup: int, iters: int,
@@ -83,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     from waferflow.errors import WaferflowError
 
     try:
-        predict = make_predictor(job["kind"], job["path"], int(job["threads"]))
+        predict = make_predictor(job["form"], job["path"], int(job["threads"]))
     except WaferflowError as e:  # the parent re-raises it with the same class and message
         print(json.dumps({"error": type(e).__name__, "message": str(e)}))
         return 3

@@ -21,7 +21,7 @@ import numpy as np
 
 from waferflow import __version__
 from waferflow.errors import ConfigError, ModelFormatError
-from waferflow.evaluation import spec_field
+from waferflow.predictors import spec_field
 
 log = logging.getLogger(__name__)
 

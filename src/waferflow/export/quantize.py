@@ -15,7 +15,7 @@ import numpy as np
 
 from waferflow.data.contract import WaferDataset
 from waferflow.errors import ConfigError, DataError
-from waferflow.evaluation import batches_for
+from waferflow.predictors import batches_for
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ TRIAL_SIZES = (1, 2, 3, 4, 6, 8, 12, 16)
 
 
 def _top1(path: Path, maps: Sequence[np.ndarray], threads: int | None) -> np.ndarray:
-    from waferflow.evaluation import onnx_predictor
+    from waferflow.predictors import onnx_predictor
 
     predict = onnx_predictor(path, threads)
     return np.concatenate([predict(x).argmax(1) for x in maps])

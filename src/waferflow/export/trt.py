@@ -1,7 +1,8 @@
 """TensorRT compile: everything that runs without CUDA (skip path, calibration data and cache, metadata).
 
-The CUDA-only code (builder, calibrator subclass, engine runner) is in ``tensorrt_build``, imported only
-when a CUDA device and the ``tensorrt`` package are both present.
+The CUDA-only code (builder, calibrator subclass) is in ``tensorrt_build``, the engine runner in
+``waferflow.predictors.tensorrt_runner``; both are imported only when a CUDA device and the ``tensorrt`` package
+are both present.
 """
 
 from __future__ import annotations
@@ -24,17 +25,12 @@ from waferflow.export.trt_common import (  # noqa: F401  (re-exported: the publi
     cuda_status,
     load_engine_bytes,
 )
-from waferflow.export.trt_predictor import tensorrt_predictor  # noqa: F401
+from waferflow.predictors import ENGINE_PRECISIONS, FP32_NAME, engine_name, tensorrt_predictor
 
 log = logging.getLogger(__name__)
 
 TRT_JSON = "tensorrt.json"
-PRECISIONS = ("fp16", "int8")
-
-
-def engine_name(precision: str) -> str:
-    """File name of the engine for a precision (``model.fp16.engine``)."""
-    return f"model.{precision}.engine"
+PRECISIONS = ENGINE_PRECISIONS
 
 
 def cache_name() -> str:
@@ -58,7 +54,7 @@ def trt_metadata(export_dir: Path, precision: str, profile: tuple[int, int, int]
         "status": status,
         "precision": precision,
         "engine": engine_file,
-        "source_onnx": str((export_dir / "model.onnx").resolve()),
+        "source_onnx": str((export_dir / FP32_NAME).resolve()),
         "input": "input", "output": "logits",
         "profile": {"min": [profile[0]], "opt": [profile[1]], "max": [profile[2]], "axis": "batch"},
         "class_names": onnx_meta.get("class_names"),
@@ -95,7 +91,7 @@ def compile_trt(export_dir: str | os.PathLike, out_dir: str | os.PathLike, preci
 
     export_dir, out_dir = Path(export_dir), Path(out_dir)
     precisions = parse_precisions(precision)
-    onnx_path = export_dir / "model.onnx"
+    onnx_path = export_dir / FP32_NAME
     onnx_meta = read_onnx_metadata(onnx_path)  # fails fast on a bad export dir even when skipping
     if not (profile[0] >= 1 and profile[0] <= profile[1] <= profile[2]):
         raise ConfigError(f"profile must satisfy 1 <= min <= opt <= max, got {profile}")

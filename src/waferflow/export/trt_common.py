@@ -1,11 +1,10 @@
 """What every part of the TensorRT path shares and can import without TensorRT: the skip reason, the CUDA
-check, INT8 calibration batches and cache, engine bytes. ``trt`` (the compile step), ``tensorrt_build`` (CUDA-only)
-and ``trt_predictor`` build on it; it imports none of them.
+check and engine bytes (re-exported from ``waferflow.predictors.tensorrt``), INT8 calibration batches and cache.
+``trt`` (the compile step) and ``tensorrt_build`` (CUDA-only) build on it; it imports neither of them.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 from pathlib import Path
@@ -15,25 +14,12 @@ import numpy as np
 
 from waferflow.config import atomic_write_bytes
 from waferflow.data.contract import WaferDataset
-from waferflow.errors import ConfigError, DataError, ModelFormatError
+from waferflow.errors import ConfigError, DataError
+from waferflow.predictors.tensorrt import cuda_status, load_engine_bytes  # noqa: F401  (re-exported)
 
 log = logging.getLogger("waferflow.export.trt")
 
 SKIP_NO_CUDA = "skipped: no CUDA device"
-
-def cuda_status() -> tuple[bool, str]:
-    """``(usable, why)``: usable only when torch sees a CUDA device and ``tensorrt`` is importable."""
-    try:
-        import torch
-
-        has_cuda = bool(torch.cuda.is_available())
-    except Exception:  # a broken CUDA setup counts as no device
-        has_cuda = False
-    if not has_cuda:
-        return False, "torch.cuda.is_available() is False"
-    if importlib.util.find_spec("tensorrt") is None:
-        return False, "the tensorrt package is not installed (pip install tensorrt==10.13.3.9)"
-    return True, "ok"
 
 
 class CalibrationBatches:
@@ -58,7 +44,7 @@ class CalibrationBatches:
         return len(self.indices) // self.batch_size
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        from waferflow.evaluation import batches_for
+        from waferflow.predictors import batches_for
 
         usable = self.indices[: len(self) * self.batch_size]
         for _, x in batches_for(self.ds, self.spec, self.batch_size, indices=usable):
@@ -85,11 +71,3 @@ class CalibrationCache:
     def write_calibration_cache(self, cache: Any) -> None:
         """Save TensorRT's calibration table beside the engine."""
         atomic_write_bytes(self.cache_path, bytes(cache))
-
-
-def load_engine_bytes(path: str | os.PathLike) -> bytes:
-    """Engine bytes, with a clear error for a missing or empty file."""
-    p = Path(path)
-    if not p.is_file() or p.stat().st_size == 0:
-        raise ModelFormatError(f"TensorRT engine {p} is missing or empty; run `waferflow compile-trt`")
-    return p.read_bytes()

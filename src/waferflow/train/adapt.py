@@ -10,6 +10,7 @@ from torch import nn
 
 from waferflow.data.contract import WaferDataset
 from waferflow.models.spec import ModelSpec, preprocess
+from waferflow.predictors import predict_batches
 
 
 def _bn_layers(model: nn.Module) -> dict[str, nn.modules.batchnorm._BatchNorm]:
@@ -20,10 +21,8 @@ def _bn_layers(model: nn.Module) -> dict[str, nn.modules.batchnorm._BatchNorm]:
 @torch.no_grad()
 def _predict(model: nn.Module, spec: ModelSpec, maps: np.ndarray, batch_size: int, device: str) -> np.ndarray:
     model.eval()
-    out = []
-    for i in range(0, len(maps), batch_size):
-        x = torch.from_numpy(preprocess(maps[i:i + batch_size], spec)).to(device)
-        out.append(model(x).float().cpu().numpy())
+    out = list(predict_batches(
+        lambda m: model(torch.from_numpy(preprocess(m, spec)).to(device)).float().cpu().numpy(), maps, batch_size))
     return np.concatenate(out) if out else np.zeros((0, spec.num_classes), np.float32)
 
 

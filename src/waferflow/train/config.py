@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from waferflow.errors import ConfigError
+from waferflow.predictors.runtime import SYMMETRIES  # one list: TTA checks its views against it too
 
 LOSSES = ("ce", "focal")
 CLASS_WEIGHTS = ("none", "sqrt", "inverse")
@@ -121,9 +122,6 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(msg)
         parse_symmetries(self.symmetries)
-
-
-SYMMETRIES = ("hflip", "vflip", "rot90", "rot180")
 
 
 def parse_symmetries(s: str) -> tuple[str, ...] | None:

@@ -21,6 +21,7 @@ from waferflow.config import atomic_write_bytes, atomic_write_json, progress_ena
 from waferflow.data.contract import WaferDataset, dataset_hash
 from waferflow.errors import ConfigError, DataError, ModelFormatError
 from waferflow.models import ModelSpec, create_model, preprocess_tensor, save_model_dir
+from waferflow.predictors import penultimate_features, predict_batches
 from waferflow.train.adapt import adapt_bn
 from waferflow.train.augment import Augmenter, resolve_symmetries
 from waferflow.train.config import TrainConfig
@@ -30,7 +31,6 @@ from waferflow.train.strategies import (
     Phase,
     PhaseSetup,
     apply_phase,
-    features,
     layer_groups,
     phase_epochs,
     set_train_mode,
@@ -223,11 +223,7 @@ class _Run:
             self.model.eval()
             out = {}
             for split, x in (("train", self.x_train), ("val", self.x_val)):
-                chunks = []
-                for i in range(0, len(x), self.cfg.eval_batch_size):
-                    with self.autocast():
-                        chunks.append(features(self.model, self.to_input(x[i:i + self.cfg.eval_batch_size])).float())
-                out[split] = torch.cat(chunks)
+                out[split] = torch.cat(list(predict_batches(self._features, x, self.cfg.eval_batch_size)))
             self._feat_cache = out
             self.cache_seconds = time.perf_counter() - t
         return self._feat_cache
@@ -237,11 +233,15 @@ class _Run:
         self.model.eval()
         if cached:
             return self.model.get_classifier()(self.feature_cache()["val"]).float().cpu().numpy()
-        out = []
-        for i in range(0, len(self.x_val), self.cfg.eval_batch_size):
-            with self.autocast():
-                out.append(self.model(self.to_input(self.x_val[i:i + self.cfg.eval_batch_size])).float().cpu())
-        return torch.cat(out).numpy()
+        return torch.cat(list(predict_batches(self._logits, self.x_val, self.cfg.eval_batch_size))).numpy()
+
+    def _features(self, xb: torch.Tensor) -> torch.Tensor:
+        with self.autocast():
+            return penultimate_features(self.model, self.to_input(xb)).float()
+
+    def _logits(self, xb: torch.Tensor) -> torch.Tensor:
+        with self.autocast():
+            return self.model(self.to_input(xb)).float().cpu()
 
     def make_optimizer(self, setup, phase_idx: int):
         from timm.optim import create_optimizer_v2
@@ -382,7 +382,7 @@ def _forward(run: _Run, pr: _PhaseRun, idx: torch.Tensor, aug: Augmenter) -> tor
     else:  # the no-cache baseline: the frozen backbone runs on every step
         xb = aug(run.x_train[idx]) if run.cfg.augment else run.x_train[idx]
         with torch.no_grad():
-            f = features(run.model, run.to_input(xb)).float()
+            f = penultimate_features(run.model, run.to_input(xb)).float()
     if pr.std_head is not None:
         return pr.std_head(f, run.cfg.drop_rate)
     return run.model.get_classifier()(F.dropout(f, run.cfg.drop_rate, training=True))

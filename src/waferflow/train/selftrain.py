@@ -36,7 +36,8 @@ def pseudo_label(teacher_dir: str | Path, unlabeled: WaferDataset, labeled: Wafe
         ConfigError: threshold outside (0, 1] or a non-positive cap. DataError: no unlabeled maps, or the
         teacher's classes differ from the labeled data's.
     """
-    from waferflow.evaluation import _softmax, check_classes, predict_dataset, torch_predictor, tta_predictor
+    from waferflow.evaluation import check_classes
+    from waferflow.predictors import predict_dataset, softmax, torch_predictor, tta_predictor
     from waferflow.models import load_model_dir
     from waferflow.train.augment import model_symmetries
 
@@ -49,7 +50,7 @@ def pseudo_label(teacher_dir: str | Path, unlabeled: WaferDataset, labeled: Wafe
     if tta:
         predict = tta_predictor(predict, model_symmetries(spec, labeled.meta.get("taxonomy")))
     # only the maps are read: labels and class names of the unlabeled file play no part
-    prob = _softmax(predict_dataset(predict, unlabeled, spec, batch_size, desc="pseudo-label"))
+    prob = softmax(predict_dataset(predict, unlabeled, spec, batch_size, desc="pseudo-label"))
     conf, pred = prob.max(1), prob.argmax(1)
     labeled_counts = np.bincount(labeled.labels, minlength=len(spec.class_names))
     keep: list[np.ndarray] = []

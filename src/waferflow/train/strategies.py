@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
 from torch import nn
 
 
@@ -212,8 +211,3 @@ def set_train_mode(model: nn.Module, frozen_bn: list[str]) -> None:
     mods = dict(model.named_modules())
     for name in frozen_bn:
         mods[name].eval()
-
-
-def features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Pooled pre-logit features (what the classifier sees)."""
-    return model.forward_head(model.forward_features(x), pre_logits=True)
