@@ -74,7 +74,7 @@ def main(argv=None) -> int:
 
     from waferflow.data.contract import WaferDataset, concat_datasets, load_dataset
     from waferflow.data.synth import TAXONOMIES, default_config, generate, generate_pattern
-    from waferflow.drift.detect import DriftConfig, check_drift, current_frame
+    from waferflow.drift.detect import DriftConfig, judge_drift, current_frame
     from waferflow.drift.features import READABLE_FEATURES
     from waferflow.drift.reference import build_reference_from_model, load_reference
     from waferflow.models import load_model_dir
@@ -139,7 +139,7 @@ def main(argv=None) -> int:
             ds = batch(kind, s)
             t = time.perf_counter()
             cur = current_frame(model, spec, ds, ref)
-            d = check_drift(model, spec, ref, ds, out / "batches" / f"{kind}_{s}", cfg, current_df=cur)
+            d = judge_drift(model, spec, ref, ds, out / "batches" / f"{kind}_{s}", cfg, current_df=cur)
             sec = time.perf_counter() - t
             ks = ks_share(ref.frame, cur, READABLE_FEATURES)
             rows.append({"kind": kind, "seed": s, "drift": bool(d["drift_detected"]), "share": d["share"],

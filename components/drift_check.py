@@ -1,4 +1,4 @@
-"""Drift stage: check new maps against the champion's reference (``waferflow.drift.check.drift_check``) and write
+"""Drift stage: check new maps against the champion's reference (``waferflow.drift.check.run_drift_check``) and write
 the evidently report as an ``HTML`` artifact, the scores as ``Metrics``, and the decision folder (decision.json,
 to_label.csv, retrain inputs). ``start_training`` (its own file) starts the retrain on drift.
 """
@@ -45,7 +45,7 @@ def check_drift(
     from pathlib import Path
 
     from waferflow.config import atomic_write_json
-    from waferflow.drift.check import drift_check
+    from waferflow.drift.check import run_drift_check
     from waferflow.drift.config import DriftConfig
     from waferflow.orchestration.runtime import persist_metadata, stage, tracking_uri as resolve_uri, versions
     from waferflow.orchestration.sources import fetch_source
@@ -60,7 +60,7 @@ def check_drift(
             local_train = str(fetch_source(train_data, os.path.join(work, "train"), tracking_uri=uri)) \
                 if train_data else None
             os.makedirs(decision.path, exist_ok=True)
-            d = drift_check(local_current, decision.path, model=model or None, cfg=cfg, tracking_uri=uri,
+            d = run_drift_check(local_current, decision.path, model=model or None, cfg=cfg, tracking_uri=uri,
                             workdir=work, registered_model_name=registered_model_name,
                             train_data=local_train, prepare_retrain=True)
         finally:

@@ -103,3 +103,23 @@ def test_the_checker_finds_a_cycle_through_a_lazy_import(tmp_path):
     (pkg / "c.py").write_text("from pkg.a import x\n")
     (pkg / "d.py").write_text("import pkg.a\n")
     assert cycles(module_graph(tmp_path)) == [{"pkg.a", "pkg.sub.b", "pkg.c"}]
+
+
+#: The library's layers, lowest first (docs/ARCHITECTURE.md draws them). A module may import its own layer and
+#: the layers before it, never a later one.
+LAYERS = ["errors", "config", "forms", "data", "models", "predictors", "plots", "evaluation", "train", "export",
+          "gates", "profiles", "selection", "labelqueue", "tracking", "drift", "orchestration", "cli", "__main__"]
+
+
+def _layer(module: str) -> int | None:
+    top = module.split(".")[1] if "." in module else None
+    return LAYERS.index(top) if top in LAYERS else None
+
+
+def test_every_module_has_a_layer_and_imports_only_downwards():
+    graph = module_graph(SRC)
+    unplaced = sorted(m for m in graph if m != "waferflow" and _layer(m) is None)
+    assert not unplaced, f"modules outside LAYERS: {unplaced}; add their top-level name where it belongs"
+    upward = sorted(f"{m} -> {t}" for m, ts in graph.items() for t in ts
+                    if _layer(m) is not None and _layer(t) is not None and _layer(t) > _layer(m))
+    assert not upward, f"imports against the dependency order: {upward}"

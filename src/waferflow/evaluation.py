@@ -15,17 +15,7 @@ import numpy as np
 
 from waferflow.data.contract import WaferDataset
 from waferflow.errors import DataError
-from waferflow.predictors import (  # noqa: F401  (re-exported: the former home of the predictors)
-    Predictor,
-    batches_for,
-    onnx_predictor,
-    onnx_session,
-    predict_dataset,
-    spec_field,
-    torch_predictor,
-    tta_predictor,
-    tta_views,
-)
+from waferflow.predictors import Predictor, predict_dataset, spec_field
 from waferflow.predictors import softmax as _softmax
 
 

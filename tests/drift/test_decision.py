@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 
 from waferflow.data.contract import WaferDataset, load_dataset, save_dataset
-from waferflow.drift.check import drift_check
-from waferflow.drift.detect import DriftConfig, check_drift, domain_classifier_auc
+from waferflow.drift.check import run_drift_check
+from waferflow.drift.detect import DriftConfig, judge_drift, domain_classifier_auc
 from waferflow.drift.reference import load_reference
 from waferflow.errors import ConfigError, DataError
 
 
 def _check(tmp_path, batch, model_dir, launcher=None, retrain=False, **kw):
-    return drift_check(batch, tmp_path / "out", model=str(model_dir), workdir=tmp_path / "wd",
+    return run_drift_check(batch, tmp_path / "out", model=str(model_dir), workdir=tmp_path / "wd",
                        retrain=retrain, launcher=launcher, **kw)
 
 
@@ -136,7 +136,7 @@ def test_unknown_die_coding(tmp_path, tiny_model, tiny_reference, launcher):
 
 def test_missing_reference(tmp_path, tiny_model, clean_batch, launcher):
     with pytest.raises(DataError, match="drift reference .* does not exist"):
-        drift_check(clean_batch, tmp_path / "out", model=str(tiny_model[0]), reference=tmp_path / "nope",
+        run_drift_check(clean_batch, tmp_path / "out", model=str(tiny_model[0]), reference=tmp_path / "nope",
                     workdir=tmp_path / "wd", retrain=True, launcher=launcher)
     assert launcher.calls == [] and not (tmp_path / "out" / "decision.json").exists()
 
@@ -148,7 +148,7 @@ def test_incomplete_reference(tmp_path, tiny_model, tiny_reference, clean_batch,
     shutil.copytree(tiny_reference, broken)
     (broken / "pca.npz").unlink()
     with pytest.raises(DataError, match="lacks pca.npz"):
-        drift_check(clean_batch, tmp_path / "out", model=str(tiny_model[0]), reference=broken,
+        run_drift_check(clean_batch, tmp_path / "out", model=str(tiny_model[0]), reference=broken,
                     workdir=tmp_path / "wd", retrain=True, launcher=launcher)
     assert launcher.calls == []
 
@@ -157,7 +157,7 @@ def test_no_champion_in_the_registry(tmp_path, clean_batch, launcher):
     from waferflow.errors import RegistryError
 
     with pytest.raises(RegistryError, match="no champion"):
-        drift_check(clean_batch, tmp_path / "out", workdir=tmp_path / "wd", retrain=True, launcher=launcher)
+        run_drift_check(clean_batch, tmp_path / "out", workdir=tmp_path / "wd", retrain=True, launcher=launcher)
     assert launcher.calls == []
 
 
@@ -168,7 +168,7 @@ def test_reference_of_another_model_is_refused(tmp_path, tiny_model, tiny_refere
     other = dataclasses.replace(s, class_names=tuple(f"c{i}" for i in range(s.num_classes)))
     ds = WaferDataset(class_names=s.class_names, maps=np.ones((5, 32, 32), np.uint8))
     with pytest.raises(ConfigError, match="reference was built for classes"):
-        check_drift(m, other, load_reference(tiny_reference), ds, tmp_path / "o")
+        judge_drift(m, other, load_reference(tiny_reference), ds, tmp_path / "o")
 
 
 def test_mixed_batch_keeps_labeled_first_and_drops_labels_for_the_check():

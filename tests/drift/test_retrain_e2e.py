@@ -13,7 +13,7 @@ RETRAIN_OVERRIDES = ["strategies=[feature_extraction]", "epochs={feature_extract
 def test_drift_starts_a_kfp_local_training_run_that_registers_a_version(
         tmp_path, tiny_model, tiny_reference, shifted_batch):
     from waferflow.cli.drift import make_launcher
-    from waferflow.drift.check import drift_check
+    from waferflow.drift.check import run_drift_check
     from waferflow.tracking import list_versions, resolve_tracking_uri
 
     wd = tmp_path / "wd"
@@ -21,7 +21,7 @@ def test_drift_starts_a_kfp_local_training_run_that_registers_a_version(
     saved = dict(os.environ)  # run_local exports its settings to the task subprocesses; restore them after
     try:
         launcher = make_launcher("tiny", RETRAIN_OVERRIDES, wd)
-        d = drift_check(shifted_batch, tmp_path / "out", model=str(tiny_model[0]), workdir=wd, tracking_uri=uri,
+        d = run_drift_check(shifted_batch, tmp_path / "out", model=str(tiny_model[0]), workdir=wd, tracking_uri=uri,
                         retrain=True, launcher=launcher)
     finally:
         os.environ.clear()

@@ -163,14 +163,14 @@ def make_launcher(profile: str, overrides: list[str], workdir: str | Path, host:
 
 
 def _cmd_drift(args) -> int:
-    from waferflow.drift.check import drift_check
+    from waferflow.drift.check import run_drift_check
 
     cfg = _cfg(args)
     if not args.retrain and (args.host or args.train_data or args.overrides):
         raise ConfigError("--host/--train-data/--set only apply with --retrain; add --retrain or drop them")
     launcher = make_launcher(args.profile, args.overrides, args.workdir, args.host, args.namespace) \
         if args.retrain else None
-    d = drift_check(args.current, args.out, model=args.model, reference=args.reference, cfg=cfg,
+    d = run_drift_check(args.current, args.out, model=args.model, reference=args.reference, cfg=cfg,
                     tracking_uri=args.tracking_uri, workdir=args.workdir,
                     registered_model_name=args.registered_model, retrain=args.retrain, launcher=launcher,
                     train_data=args.train_data)
@@ -202,7 +202,7 @@ def _cmd_reference(args) -> int:
     out = build_reference(args.model, args.data, args.out, max_rows=args.max_rows, holdout=args.holdout)
     print(f"drift reference written to {out}")
     if args.store_run:
-        from waferflow.drift.tracking import store_reference
+        from waferflow.drift.store import store_reference
         from waferflow.tracking import resolve_tracking_uri
 
         uri = resolve_tracking_uri(args.tracking_uri)

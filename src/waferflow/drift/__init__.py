@@ -4,8 +4,8 @@ Public API:
 - :func:`map_features`, :data:`READABLE_FEATURES` (``features``)
 - :func:`model_view`, :class:`EmbeddingPCA` (``model_view``)
 - :func:`build_reference`, :func:`build_reference_from_model`, :func:`load_reference` (``reference``)
-- :class:`DriftConfig` (``config``), :func:`check_drift` (``detect``)
-- :func:`drift_check` (``check``): the whole check, MLflow log and retrain trigger
+- :class:`DriftConfig` (``config``), :func:`judge_drift` (``detect``)
+- :func:`run_drift_check` (``check``): the whole check, MLflow log and retrain trigger
 
 Submodules are imported lazily so ``import waferflow.drift`` stays light.
 """
@@ -19,8 +19,8 @@ _EXPORTS = {
     "model_view": "model_view", "EmbeddingPCA": "model_view",
     "build_reference": "reference", "build_reference_from_model": "reference", "load_reference": "reference",
     "Reference": "reference", "REFERENCE_DIRNAME": "reference",
-    "DriftConfig": "config", "check_drift": "detect",
-    "drift_check": "check",
+    "DriftConfig": "config", "judge_drift": "detect",
+    "run_drift_check": "check",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -15,7 +15,7 @@ import numpy as np
 
 from waferflow.config import atomic_write_json
 from waferflow.drift.config import DriftConfig
-from waferflow.drift.detect import check_drift
+from waferflow.drift.detect import judge_drift
 from waferflow.drift.features import check_batch
 from waferflow.drift.reference import REFERENCE_DIRNAME, load_reference
 from waferflow.drift.retrain import RetrainPlan, load_batch, plan_retrain
@@ -41,14 +41,14 @@ def _load_model(model: str | None, tracking_uri: str, workdir: Path, registered_
             raise ConfigError(f"--model {model}: drift is judged against the champion; use models:/NAME@champion "
                               "or a model directory")
         name = body.split("@", 1)[0]
-    from waferflow.drift.tracking import resolve_champion
+    from waferflow.drift.store import resolve_champion
 
     ch = resolve_champion(tracking_uri, workdir / "champion", name=name)
     m, spec = load_model_dir(ch.model_dir)
     return m, spec, f"{ch.uri} (v{ch.version})", ch.reference_dir
 
 
-def drift_check(current: str | os.PathLike, out_dir: str | os.PathLike, *, model: str | None = None,
+def run_drift_check(current: str | os.PathLike, out_dir: str | os.PathLike, *, model: str | None = None,
                 reference: str | os.PathLike | None = None, cfg: DriftConfig | None = None,
                 tracking_uri: str | None = None, workdir: str | os.PathLike = "waferflow_runs",
                 registered_model_name: str = "wafer-defect-classifier", retrain: bool = False,
@@ -96,7 +96,7 @@ def drift_check(current: str | os.PathLike, out_dir: str | os.PathLike, *, model
     n_lab = len(batch.labeled) if batch.labeled is not None else 0
     n_unl = len(batch.unlabeled) if batch.unlabeled is not None else 0
     # all_maps puts the labeled maps first, then the unlabeled ones
-    decision = check_drift(net, spec, ref, maps, out_dir, cfg, current_source=str(current),
+    decision = judge_drift(net, spec, ref, maps, out_dir, cfg, current_source=str(current),
                            unlabeled_index=np.arange(n_lab, n_lab + n_unl))
     decision["model"] = model_ref
     if log_to_mlflow:
@@ -121,6 +121,6 @@ def drift_check(current: str | os.PathLike, out_dir: str | os.PathLike, *, model
 
 
 def _log(decision: dict, out_dir, uri: str) -> str:
-    from waferflow.drift.tracking import log_decision
+    from waferflow.drift.store import log_decision
 
     return log_decision(decision, out_dir, uri)

@@ -33,8 +33,8 @@ def run_demo(workdir: str | os.PathLike = "waferflow_demo_drift", n: int = 1000,
     """Run the demo; print each step; return ``{"clean": decision, "shifted": decision, ...}``."""
     from waferflow.data.contract import save_dataset
     from waferflow.data.synth import generate
-    from waferflow.drift.check import drift_check
-    from waferflow.drift.tracking import resolve_champion
+    from waferflow.drift.check import run_drift_check
+    from waferflow.drift.store import resolve_champion
     from waferflow.models import read_spec
     from waferflow.profiles import get_profile
     from waferflow.tracking import get_champion, resolve_tracking_uri
@@ -63,7 +63,7 @@ def run_demo(workdir: str | os.PathLike = "waferflow_demo_drift", n: int = 1000,
     say(f"step 3/4: a clean batch ({n} maps from the champion's own distribution)")
     clean = generate(n, size=size, seed=seed + 101, taxonomy=taxonomy)
     save_dataset(clean, batches / "clean.npz")
-    d_clean = drift_check(batches / "clean.npz", wd / "drift_clean", model=str(ch.model_dir), reference=ref_dir,
+    d_clean = run_drift_check(batches / "clean.npz", wd / "drift_clean", model=str(ch.model_dir), reference=ref_dir,
                           tracking_uri=uri, workdir=wd)
     _show(say, d_clean)
 
@@ -76,7 +76,7 @@ def run_demo(workdir: str | os.PathLike = "waferflow_demo_drift", n: int = 1000,
         launcher = launcher_factory(DEMO_PROFILE, DEMO_OVERRIDES, wd, out=out)
         say("drift check with --retrain: on drift the training pipeline starts through kfp.local "
             "(the labeled shifted maps are its data)")
-    d_shift = drift_check(batches / "shifted.npz", wd / "drift_shifted", model=str(ch.model_dir),
+    d_shift = run_drift_check(batches / "shifted.npz", wd / "drift_shifted", model=str(ch.model_dir),
                           reference=ref_dir, tracking_uri=uri, workdir=wd, retrain=retrain, launcher=launcher)
     _show(say, d_shift)
     after = get_champion(uri, wd / "champion_after", name=name)
@@ -93,7 +93,7 @@ def run_demo(workdir: str | os.PathLike = "waferflow_demo_drift", n: int = 1000,
 
 def _champion(say, uri: str, wd: Path, name: str, launcher_factory: Callable | None, out):
     """Step 1: the champion of the local store, trained quickly through kfp.local when there is none."""
-    from waferflow.tracking.registry import get_champion
+    from waferflow.tracking import get_champion
 
     say("step 1/4: the champion")
     info = get_champion(uri, wd / "champion", name=name)
@@ -116,7 +116,7 @@ def _reference(say, uri: str, wd: Path, ch, prof, taxonomy: str):
     """Step 2: the champion's drift reference, built from its training distribution and stored when missing."""
     from waferflow.data.synth import generate
     from waferflow.drift.reference import build_reference
-    from waferflow.drift.tracking import store_reference
+    from waferflow.drift.store import store_reference
 
     step_ref = "step 2/4: the champion's drift reference"
     if ch.reference_dir is not None:

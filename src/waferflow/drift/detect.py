@@ -110,7 +110,7 @@ def _value_drift_scores(snap_dict: dict) -> dict[str, float]:
     return out
 
 
-def check_drift(model: Any, spec: Any, reference: Reference, current: WaferDataset,
+def judge_drift(model: Any, spec: Any, reference: Reference, current: WaferDataset,
                 out_dir: str | os.PathLike, cfg: DriftConfig | None = None,
                 current_source: str | None = None, current_df: pd.DataFrame | None = None,
                 unlabeled_index: np.ndarray | None = None) -> dict[str, Any]:

@@ -64,7 +64,7 @@ def log_selected(uri: str, parent_run_id: str, model_dir: str, *, export_dir: st
         The candidate run id.
     """
     from waferflow.drift.reference import build_reference
-    from waferflow.drift.tracking import store_reference
+    from waferflow.drift.store import store_reference
     from waferflow.tracking import log_candidate
 
     run_id = log_candidate(
@@ -79,7 +79,8 @@ def log_selected(uri: str, parent_run_id: str, model_dir: str, *, export_dir: st
 
 
 def _predict_test(model_dir: str, test_ds: Any) -> tuple[Any, dict]:
-    from waferflow.evaluation import check_classes, metrics_from_logits, predict_dataset, torch_predictor
+    from waferflow.evaluation import check_classes, metrics_from_logits
+    from waferflow.predictors import predict_dataset, torch_predictor
     from waferflow.models import load_model_dir
 
     net, spec = load_model_dir(model_dir)
@@ -146,8 +147,7 @@ def close_pipeline_run(uri: str, experiment: str, pipeline_run: str, state: str,
     """End this pipeline run's MLflow parent run (found by its ``kfp_run`` tag), FINISHED when ``state`` is
     SUCCEEDED; otherwise record it FAILED with the error and the failing task (creating a FAILED run when the
     failure came before the parent run existed). Returns the failed run's id, or None."""
-    from waferflow.tracking import end_run, record_failed_run
-    from waferflow.tracking.runs import client_for
+    from waferflow.tracking import client_for, end_run, record_failed_run
 
     client = client_for(uri)
     exp = client.get_experiment_by_name(experiment)

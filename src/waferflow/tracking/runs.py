@@ -19,7 +19,6 @@ from typing import Any, Iterator, Mapping
 from waferflow.errors import ModelFormatError
 from waferflow.tracking.audit import record_pipeline_failure
 from waferflow.tracking.client import RetryingClient, RetryPolicy, artifact_root_for
-from waferflow.tracking.client import client_for  # noqa: F401 - components/register.py imports it from here
 
 log = logging.getLogger(__name__)
 
