@@ -44,7 +44,10 @@ def _recipe_lines(spec: Mapping[str, Any], config: Mapping[str, Any] | None,
                   self_training: Mapping[str, Any] | None) -> list[str]:
     cfg = config or {}
     keys = ("epochs", "lr", "batch_size", "class_weights", "label_smoothing", "augment", "input_size")
-    knobs = ", ".join(f"{k}={cfg[k]}" for k in keys if k in cfg)
+    shown = {k: cfg[k] for k in keys if k in cfg}
+    if shown.get("lr") == 0:  # 0 in the config means the strategy's own default peak learning rate
+        shown["lr"] = "the strategy's default"
+    knobs = ", ".join(f"{k}={v}" for k, v in shown.items())
     lines = [f"- Strategy: `{spec.get('strategy')}`" + (f"; {knobs}" if knobs else "")]
     rounds = (self_training or {}).get("rounds") or []
     if not rounds:
