@@ -26,10 +26,13 @@ def adapt_batchnorm(
         backbones: timm backbone names.
         input_size: Model input size (0 = the backbone's pretrained size).
         pretrained: Pretrained weights source (see ``waferflow.models.create_model``).
-        seed: Seed for the map sample.
+        seed: Seed for the map sample and for the new classifier head's initial weights (fine-tuning candidates
+            start from it, so it must not change between runs).
         max_maps: At most this many maps are sampled (never stacked whole) from a larger train + unlabeled pool.
     """
     import os
+
+    import torch
 
     from waferflow.data.contract import load_dataset
     from waferflow.models import create_model, save_model_dir
@@ -45,10 +48,12 @@ def adapt_batchnorm(
         os.makedirs(adapted.path, exist_ok=True)
         info = {}
         for b in backbones:
-            model, spec = create_model(
-                b, num_classes=train_ds.num_classes, pretrained=pretrained, input_size=input_size or None,
-                class_names=list(train_ds.class_names), taxonomy=train_ds.meta.get("taxonomy"),
-            )
+            with torch.random.fork_rng():  # the new classifier head starts the same on every run
+                torch.manual_seed(seed)
+                model, spec = create_model(
+                    b, num_classes=train_ds.num_classes, pretrained=pretrained, input_size=input_size or None,
+                    class_names=list(train_ds.class_names), taxonomy=train_ds.meta.get("taxonomy"),
+                )
             maps = sample_maps(target, spec.input_size, max_maps, seed)
             report = adapt_bn(model, spec, maps)
             save_model_dir(model, spec, os.path.join(adapted.path, b))

@@ -146,3 +146,24 @@ def test_train_component_scratch_candidate_ignores_the_adapted_start(tmp_path):
     assert spec["weights_source"] == "random" and spec["strategy"] == "scratch"
     assert model.metadata["candidate"] == res.name and model.metadata["data_hash"] == "htr"
     assert model.metadata["epochs_run"] == 1
+
+
+def test_adapt_component_gives_the_same_weights_on_every_run_head_included(tmp_path):
+    """The adapted model's new classifier head is where full fine-tuning starts: an unseeded init made the main job's
+    full_finetune candidate differ between two identical runs."""
+    import torch
+
+    from waferflow.components.adapt_bn import adapt_batchnorm
+    from waferflow.data.synth import generate
+
+    tr = _dataset_artifact(tmp_path, "train", generate(40, size=32, seed=1))
+    unl = art(dsl.Dataset, tmp_path, "unlabeled")  # no unlabeled maps
+    weights = []
+    for run in ("a", "b"):
+        torch.manual_seed(1000 + ord(run))  # whatever the process's RNG state, the result is the same
+        out = art(dsl.Model, tmp_path, f"adapted-{run}")
+        adapt_batchnorm.python_func(train=tr, unlabeled=unl, backbones=["tf_efficientnet_lite0"], input_size=32,
+                                    pretrained="auto", seed=0, adapted=out)
+        weights.append(torch.load(os.path.join(out.path, "tf_efficientnet_lite0", "weights.pt"), weights_only=True))
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0]), "adapted weights differ between runs"
