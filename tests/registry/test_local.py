@@ -294,3 +294,41 @@ def test_system_metrics_are_logged_even_for_a_stage_shorter_than_one_interval(st
         pass
     m = c.get_run(rid).data.metrics
     assert "system/cpu_utilization_percentage" in m and "system/system_memory_usage_megabytes" in m, sorted(m)
+
+
+def test_evaluate_scores_a_registered_version_in_its_deployed_form_with_no_other_flag(store, tmp_path, capsys,
+                                                                                      monkeypatch):
+    """`waferflow evaluate --model models:/NAME@champion --data F --out D`: the version is downloaded with its ONNX
+    forms and scored in the form its gates deployed (onnx_int8 here); a wrong URI or a missing alias is one clear
+    line; the download leaves nothing behind."""
+    from waferflow.cli import main
+    from waferflow.data.contract import WaferDataset, save_dataset
+    from wfreg_helpers import S
+
+    uri, name = store["uri"], "m-eval"
+    rid, m, m8 = store["runs"]["good"]
+    rep = report(m, m8)
+    v = T.register_candidate(uri, rid, rep, name=name)
+    assert T.promote_if_passing(uri, v, rep, name=name).promoted
+    rng = np.random.default_rng(0)
+    maps = rng.integers(0, 3, (24, S, S)).astype(np.uint8)
+    save_dataset(WaferDataset(CLASSES, labels=np.arange(24) % len(CLASSES), maps=maps), tmp_path / "d.npz")
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    assert main(["evaluate", "--model", f"models:/{name}@champion", "--data", str(tmp_path / "d.npz"),
+                 "--out", str(tmp_path / "e"), "--tracking-uri", uri, "--gradcam-per-class", "0"]) == 0
+    out = capsys.readouterr().out
+    assert f"is version {v}" in out and "evaluating form onnx_int8" in out
+    got = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert got["form"] == "onnx_int8" and got["model_uri"] == f"models:/{name}@champion" and got["overall"]["n"] == 24
+    assert not list((tmp_path / "tmp").iterdir()), "the download was left behind"
+    assert main(["evaluate", "--model", f"models:/{name}/{v}", "--form", "onnx_fp32", "--data",
+                 str(tmp_path / "d.npz"), "--out", str(tmp_path / "e2"), "--tracking-uri", uri]) == 0
+    assert json.loads((tmp_path / "e2" / "metrics.json").read_text())["form"] == "onnx_fp32"
+    for bad, msg in ((f"models:/{name}@nosuchalias", "no registered model 'm-eval' with 'nosuchalias'"),
+                     (f"models:/{name}/latest", "expected models:/NAME@ALIAS or models:/NAME/VERSION")):
+        assert main(["evaluate", "--model", bad, "--data", str(tmp_path / "d.npz"), "--out", str(tmp_path / "e3"),
+                     "--tracking-uri", uri]) != 0
+        assert msg in capsys.readouterr().err

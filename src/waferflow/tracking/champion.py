@@ -89,6 +89,14 @@ def get_champion(tracking_uri: str, dest_dir: str | os.PathLike, *, name: str = 
     Returns:
         :class:`ChampionInfo`, or None when ``name`` has no champion (or does not exist yet).
     """
+    return get_version(tracking_uri, dest_dir, CHAMPION, name=name, retry=retry)
+
+
+def get_version(tracking_uri: str, dest_dir: str | os.PathLike, ref: str, *, name: str = DEFAULT_MODEL_NAME,
+                retry: RetryPolicy | None = None) -> ChampionInfo | None:
+    """Download version ``ref`` of ``name`` (an alias such as ``champion``, or a version number) like
+    :func:`get_champion`. Returns None when the model or the alias does not exist; an unknown version number is an
+    ``MlflowException`` (RESOURCE_DOES_NOT_EXIST)."""
     from mlflow.exceptions import MlflowException
 
     c = RetryingClient(tracking_uri, retry)
@@ -98,10 +106,10 @@ def get_champion(tracking_uri: str, dest_dir: str | os.PathLike, *, name: str = 
         if e.error_code == "RESOURCE_DOES_NOT_EXIST":
             return None
         raise
-    version = alias_version(c, name, CHAMPION)
+    version = str(ref) if str(ref).isdigit() else alias_version(c, name, str(ref))
     if version is None:
         return None
-    mv = c.call("read champion version", c.raw.get_model_version, name, version)
+    mv = c.call(f"read version {version}", c.raw.get_model_version, name, version)
     dest_root = Path(dest_dir)
     dest_root.mkdir(parents=True, exist_ok=True)
     final = dest_root / f"v{version}"
