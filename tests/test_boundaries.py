@@ -84,3 +84,14 @@ def test_placing_a_component_the_table_does_not_know_is_refused():
             place(unknown_step(), ClusterOptions())
 
     assert p is not None
+
+
+def test_every_library_package_is_in_the_wheel():
+    """pyproject.toml lists packages by hand: a new package missing there works in the editable install and the
+    tests, and fails in the images (a ModuleNotFoundError inside a containerized task)."""
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(root / "src").parts) for p in (root / "src").rglob("__init__.py")}
+    assert found - listed == set(), f"packages missing from [tool.setuptools] packages: {sorted(found - listed)}"
