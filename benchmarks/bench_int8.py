@@ -6,7 +6,7 @@ macro-F1 drop of at most 0.01. ``--compare-previous`` also quantizes the same FP
 chosen by sensitivity is measured in one run. Prints JSON (parity, metrics of every form, drops, FP32 layers, sizes).
 
 Usage: python benchmarks/bench_int8.py --model MODEL_DIR --train TRAIN.npz --test TEST.npz --out EXPORT_DIR
-       [--calibration-maps 256] [--max-drop 0.005] [--max-f1-drop 0.01] [--prune 0.3] [--compare-previous]
+       [--calibration-maps 256] [--int8-format s8s8|u8s8] [--no-reduce-range] [--max-drop 0.005] [--max-f1-drop 0.01] [--prune 0.3] [--compare-previous]
 """
 
 from __future__ import annotations
@@ -47,7 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="export dir to write")
     ap.add_argument("--calibration-maps", type=int, default=256)
     ap.add_argument("--fp32-layers", default="auto", help="auto | none | comma-separated node names")
-    ap.add_argument("--int8-format", choices=("s8s8", "u8s8"), default="s8s8")
+    ap.add_argument("--int8-format", choices=("auto", "s8s8", "u8s8"), default="auto")
+    ap.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=None,
+                    help="7-bit INT8 weights (default: unless this CPU has VNNI; 8-bit weights are exact only there)")
+    ap.add_argument("--calibration", choices=("minmax", "percentile", "entropy"), default="minmax")
+    ap.add_argument("--int8-target-agreement", type=float, default=0.995,
+                    help="auto FP32 layers: stop when INT8 agrees with FP32 on this share of held-out training maps")
     ap.add_argument("--max-drop", type=float, default=0.005)
     ap.add_argument("--max-f1-drop", type=float, default=0.01)
     ap.add_argument("--prune", type=float, default=None)
@@ -70,13 +75,15 @@ def main(argv: list[str] | None = None) -> int:
     layers = args.fp32_layers if args.fp32_layers in ("auto", "none") else args.fp32_layers.split(",")
     t0 = time.perf_counter()
     info = export_onnx(args.model, args.out, calib_ds=train, parity_ds=test, int8=True, fp32_layers=layers,
-                       int8_format=args.int8_format,
+                       int8_format=args.int8_format, reduce_range=args.reduce_range,
+                       calibration=args.calibration, int8_target_agreement=args.int8_target_agreement,
                        calibration_maps=args.calibration_maps, prune=args.prune, threads=args.threads)
     q = info["int8"]
     out = {
         "model": args.model, "test": args.test, "n_test": len(test), "calibration_maps": q["calibration_maps"],
         "parity": info["parity"], "metrics": {**info["metrics"], "onnx_int8": q["metrics"]},
         "int8_method": q["method"], "int8_format": q["format"], "reduce_range": q["reduce_range"],
+        "int8_host": q["host"],
         "fallback_reason": q["fallback_reason"], "fp32_layers": q["fp32_layers"],
         "accuracy_drop_points": 100 * q["accuracy_drop"], "macro_f1_drop": q["macro_f1_drop"],
         "argmax_agreement_int8_vs_fp32": q["argmax_agreement_vs_fp32"],

@@ -8,6 +8,8 @@ values 0 = off-wafer, 1 = pass, 2 = fail. Everything preprocessing needs is read
 
 import argparse
 import json
+import platform
+import sys
 
 import numpy as np
 import onnxruntime as ort
@@ -41,6 +43,21 @@ def load_maps(path):
         return [flat[offsets[i]:offsets[i + 1]].reshape(shapes[i]) for i in range(len(shapes))]
 
 
+def check_cpu(meta):
+    """An INT8 model with 8-bit weights needs VNNI on x86: without it onnxruntime's int16 sums saturate."""
+    need = [f for f in meta.get("int8_requires_cpu", "").split("|") if f]
+    if not need or platform.machine().lower() not in ("x86_64", "amd64"):
+        return
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next(ln for ln in f if ln.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return
+    if not set(need) & set(flags):
+        sys.exit(f"this INT8 model has 8-bit weights and needs an x86 CPU with one of {need}; this one would "
+                 "compute it wrongly: re-export with `waferflow export ... --reduce-range` or use model.onnx")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model")
@@ -51,6 +68,7 @@ def main():
 
     sess = ort.InferenceSession(args.model, providers=["CPUExecutionProvider"])
     meta = sess.get_modelmeta().custom_metadata_map
+    check_cpu(meta)
     class_names = json.loads(meta["class_names"])
     maps = load_maps(args.maps)
     preds = []

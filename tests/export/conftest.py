@@ -86,6 +86,8 @@ def tiny(tmp_path_factory):
                 "val_accuracy": 0.5 + 0.1 * e, "val_macro_f1": 0.4 + 0.1 * e, "lr": 1e-3, "seconds": 1.0}
                for e in range(1, 5)]
     model_dir = save_model_dir(model, spec, root / "model", history=history)
-    info = export_onnx(model_dir, root / "export", calib_ds=train, parity_ds=test, calibration_maps=64)
+    # explicit INT8 settings: the default (auto) depends on the host's CPU, the tests must not
+    info = export_onnx(model_dir, root / "export", calib_ds=train, parity_ds=test, calibration_maps=64,
+                       int8_format="s8s8", reduce_range=True)
     return {"model_dir": model_dir, "export_dir": root / "export", "train": train, "test": test, "info": info,
             "root": root}

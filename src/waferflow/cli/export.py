@@ -23,8 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export", help="export a model dir to ONNX FP32 (+ INT8) with a parity check", formatter_class=fmt,
         description=f"Export to DIR/{FP32_NAME} (opset >= 17, dynamic batch, metadata), check parity against PyTorch\n"
-                    f"on real maps (fails beyond tolerance), quantize to DIR/{INT8_NAME} (static QDQ S8S8 per-channel,\n"
-                    "7-bit weights, calibrated on training maps, the most quantization-sensitive layers kept in FP32;\n"
+                    f"on real maps (fails beyond tolerance), quantize to DIR/{INT8_NAME} (static QDQ per-channel in the\n"
+                    "format this CPU computes exactly and fastest: U8S8 8-bit with VNNI, S8S8 7-bit without; calibrated\n"
+                    "on training maps, the most quantization-sensitive layers kept in FP32;\n"
                     "dynamic as a recorded fallback) and write DIR/export.json.",
         epilog="example: waferflow export --model runs/m1 --data data/split --out runs/m1/export\n"
                "         (a split dir means test.npz for parity and train.npz for calibration)",
@@ -44,12 +45,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "or comma-separated node names (e.g. a previous export.json's int8.fp32_layers.nodes)")
     p.add_argument("--int8-target-agreement", type=float, default=0.995,
                    help="auto FP32 layers: stop when INT8 agrees with FP32 on this share of held-out training maps")
-    p.add_argument("--int8-format", choices=("s8s8", "u8s8"), default="s8s8",
-                   help="s8s8: symmetric int8 activations (default, the accurate one on real maps); u8s8: asymmetric "
-                        "uint8 activations, about 2x faster on x86 but less accurate")
-    p.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=True,
-                   help="7-bit INT8 weights, exact on x86 CPUs without VNNI (default on; --no-reduce-range for "
-                        "VNNI/ARM targets)")
+    p.add_argument("--int8-format", choices=("auto", "s8s8", "u8s8"), default="auto",
+                   help="auto (default): u8s8 with 8-bit weights on an x86 CPU with VNNI (exact, about 2x faster "
+                        "than ONNX FP32), s8s8 with 7-bit weights elsewhere; s8s8: symmetric int8 activations; "
+                        "u8s8: asymmetric uint8 activations")
+    p.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=None,
+                   help="7-bit INT8 weights, exact on every CPU (default: on unless this CPU has VNNI; a model with "
+                        "8-bit weights is refused on an x86 CPU without VNNI, where it would compute wrongly)")
     p.add_argument("--prune", type=float, default=None, help="L1 magnitude pruning amount in (0, 1) before export")
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--exporter", choices=("torchscript", "dynamo"), default="torchscript")

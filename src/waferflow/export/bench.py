@@ -24,6 +24,7 @@ import numpy as np
 from waferflow.config import progress_enabled
 from waferflow.errors import ConfigError
 from waferflow.predictors import spec_field
+from waferflow.predictors.int8_host import cpu_flags
 from waferflow.export.trt_common import SKIP_NO_CUDA
 
 WORKER_TIMEOUT_S = 1800
@@ -238,9 +239,4 @@ def _torch_version() -> dict:
 
 def _cpu_flags() -> list[str]:
     """The int8-relevant SIMD flags of this CPU (Linux), which decide onnxruntime's INT8 kernels."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
-    return sorted(f for f in flags if f in ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8"))
+    return cpu_flags() or []

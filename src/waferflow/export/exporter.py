@@ -42,6 +42,7 @@ from waferflow.predictors import (
     spec_field,
     torch_predictor,
 )
+from waferflow.predictors.int8_host import host_int8_choice, requires_for
 
 log = logging.getLogger(__name__)
 
@@ -154,18 +155,22 @@ def _write_fp32(tmp: Path, model: Any, spec: Any, metadata: dict, opset: int, ex
 
 def _write_int8(tmp: Path, fp32: Path, fp32_logits: np.ndarray, fp32_overall: dict | None, calib_ds: WaferDataset,
                 parity_ds: WaferDataset, spec: Any, calibration_maps: int, int8_method: str = "static",
-                calibration: str = "minmax", fp32_layers: str | Sequence[str] = "auto", reduce_range: bool = True,
-                int8_target_agreement: float = 0.995, int8_format: str = "s8s8", batch_size: int = 256,
-                threads: int | None = None, seed: int = 0) -> dict:
+                calibration: str = "minmax", fp32_layers: str | Sequence[str] = "auto",
+                reduce_range: bool | None = None, int8_target_agreement: float = 0.995, int8_format: str = "auto",
+                batch_size: int = 256, threads: int | None = None, seed: int = 0) -> dict:
     """Quantize ``fp32`` to ``tmp/model.int8.onnx`` and measure it on the parity maps: ``export.json``'s ``int8``.
 
     ``int8_method``: ``static`` (QDQ per-channel; dynamic fallback recorded) or ``dynamic``. ``calibration``:
     activation-range calibration of static INT8 (``minmax``, ``percentile``, ``entropy``). ``fp32_layers``:
     layers kept in FP32: ``auto`` (by measured sensitivity until top-1 agreement with FP32 on held-out training
     maps reaches ``int8_target_agreement``), ``none``, or node names (see :func:`choose_int8_layers`).
-    ``reduce_range``: 7-bit weights, exact on x86 CPUs without VNNI. ``int8_format``: ``s8s8`` (accurate default)
-    or ``u8s8`` (faster on x86, less accurate; see :func:`waferflow.export.quantize.static_qdq`).
+    ``int8_format`` (``auto``, ``s8s8``, ``u8s8``) and ``reduce_range`` (None = auto; True = 7-bit weights, exact
+    on every CPU) are resolved for this host by :func:`waferflow.predictors.int8_host.host_int8_choice`: ``auto``
+    is U8S8 with 8-bit weights on an x86 CPU with VNNI, S8S8 with 7-bit weights elsewhere. The choice and its rule
+    go in ``int8.host``; a model with 8-bit weights carries ``int8_requires_cpu`` in its metadata.
     """
+    host = host_int8_choice(int8_format, reduce_range)
+    int8_format, reduce_range = host["format"], host["reduce_range"]
     calib = list(calibration_batches(calib_ds, spec, calibration_maps, batch_size=32, seed=seed))
     layers = (choose_int8_layers(fp32, calib, calib_ds, spec, fp32_layers, calibration_maps, calibration,
                                  reduce_range, int8_target_agreement, threads=threads, seed=seed,
@@ -180,6 +185,7 @@ def _write_int8(tmp: Path, fp32: Path, fp32_logits: np.ndarray, fp32_overall: di
     int8_overall = _overall(parity_ds, int8_logits, spec)
     return {
         **q,
+        "host": {**host, "requires_cpu_flags": requires_for(reduce_range)},
         "calibration_maps": int(sum(len(b) for b in calib)),
         **_drop(fp32_overall, int8_overall),
         "argmax_agreement_vs_fp32": parity(fp32_logits, int8_logits)["argmax_agreement"],
@@ -221,7 +227,7 @@ def export_onnx(model_dir: str | os.PathLike, out_dir: str | os.PathLike, calib_
                 parity_ds: WaferDataset | None = None, int8: bool = True, calibration_maps: int = 256,
                 prune: float | None = None, opset: int = MIN_OPSET, exporter: str = "torchscript",
                 int8_method: str = "static", calibration: str = "minmax", fp32_layers: str | Sequence[str] = "auto",
-                reduce_range: bool = True, int8_target_agreement: float = 0.995, int8_format: str = "s8s8",
+                reduce_range: bool | None = None, int8_target_agreement: float = 0.995, int8_format: str = "auto",
                 min_agreement: float = 0.999, max_rel_diff: float = 1e-3, max_abs_diff: float | None = None,
                 batch_size: int = 256, threads: int | None = None, seed: int = 0) -> dict:
     """Export a model dir to ONNX FP32 (+ INT8), check parity on real maps, write ``export.json``.

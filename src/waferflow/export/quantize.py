@@ -16,6 +16,7 @@ import numpy as np
 from waferflow.data.contract import WaferDataset
 from waferflow.errors import ConfigError, DataError
 from waferflow.predictors import batches_for
+from waferflow.predictors.int8_host import REQUIRES_KEY, requires_for
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +113,8 @@ def static_qdq(pre_path: str | os.PathLike, out_path: str | os.PathLike, calib: 
                input_name: str = "input", int8_format: str = "s8s8") -> None:
     """Static QDQ quantization of a pre-processed model, per-channel int8 weights; ``fp32_nodes`` stay in FP32.
 
-    ``s8s8`` (default): symmetric int8 activations, the most accurate on real maps (0.9-point drop against 4.1 for
-    ``u8s8`` on a real-map champion). ``u8s8``: asymmetric uint8 activations, about 2x faster on an AVX2 CPU; the
+    ``s8s8``: symmetric int8 activations. ``u8s8``: asymmetric uint8 activations, about 2x faster on x86 (and,
+    with 8-bit weights on a VNNI CPU, the most accurate form measured; ``waferflow.predictors.int8_host``); the
     ReLU6 ``Clip`` nodes are kept (``QDQKeepRemovableActivations``): removed, as the quantizer does by default for
     asymmetric activations, the BN-folded EfficientNet-Lite0 lost 50-70 points even with graph optimizations off.
     ``reduce_range`` (7-bit weights) keeps the int16 pair sums of x86 INT8 kernels without VNNI (AVX2
@@ -215,6 +216,8 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, cal
     del q.metadata_props[:]
     props = {p.key: p.value for p in src.metadata_props}
     props["quantization"] = used
+    if requires_for(reduce_range):  # 8-bit weights: onnx_session refuses the file on an x86 CPU without VNNI
+        props[REQUIRES_KEY] = requires_for(reduce_range)
     onnx.helper.set_model_props(q, props)
     onnx.save(q, str(out_path))
     static = used.startswith("static")

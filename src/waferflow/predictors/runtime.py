@@ -10,6 +10,7 @@ import numpy as np
 
 from waferflow.errors import ConfigError, ModelFormatError
 from waferflow.predictors.batches import Predictor, softmax
+from waferflow.predictors.int8_host import check_int8_host
 
 # label-preserving transforms a taxonomy may allow (train.config parses them, TTA and augmentation use them)
 SYMMETRIES = ("hflip", "vflip", "rot90", "rot180")
@@ -99,6 +100,7 @@ def onnx_session(path: str | os.PathLike, threads: int | None = None, device: st
     Raises:
         ModelFormatError: the file is missing, empty, or onnxruntime cannot load it.
         ConfigError: CUDA was asked for and onnxruntime has no CUDA provider.
+        ModelFormatError: an INT8 model with 8-bit weights on an x86 CPU without VNNI (``check_int8_host``).
     """
     import onnxruntime as ort
 
@@ -122,12 +124,15 @@ def onnx_session(path: str | os.PathLike, threads: int | None = None, device: st
         so.intra_op_num_threads = int(threads)
         so.inter_op_num_threads = 1
     try:
-        return ort.InferenceSession(str(p), sess_options=so, providers=providers)
+        sess = ort.InferenceSession(str(p), sess_options=so, providers=providers)
     except Exception as e:  # onnxruntime raises its own Fail/InvalidProtobuf/InvalidGraph types
         raise ModelFormatError(
             f"ONNX model {p} is corrupt or truncated and cannot be loaded ({type(e).__name__}: "
             f"{str(e).strip()[:300]}); re-run `waferflow export` to rebuild it"
         ) from None
+    if device == "cpu":
+        check_int8_host(p, sess.get_modelmeta().custom_metadata_map)
+    return sess
 
 
 def onnx_predictor(path: str | os.PathLike, threads: int | None = None, device: str = "cpu") -> Predictor:
