@@ -116,3 +116,16 @@ def test_u8s8_format_is_recorded_and_an_unknown_format_is_refused(tiny, tmp_path
     with pytest.raises(ConfigError, match=r"int8 format must be one of \['s8s8', 'u8s8'\]"):
         quantize_int8(tiny["export_dir"] / "model.onnx", tmp_path / "s16.onnx", calib, int8_format="s16")
     assert not (tmp_path / "s16.onnx").exists()
+
+
+def test_auto_keeps_the_classifier_fp32_in_every_trial(tiny, tmp_path):
+    from waferflow.export.quantize import output_layers
+
+    clf = output_layers(preprocess_for_quant(tiny["export_dir"] / "model.onnx", tmp_path / "pre.onnx"))
+    assert len(clf) == 1 and "Gemm" in clf[0]  # the classifier writes the logits
+    layers = json.loads((tiny["export_dir"] / "export.json").read_text())["int8"]["fp32_layers"]
+    assert layers["mode"] == "auto" and layers["selection"]["always_fp32"] == clf
+    assert layers["nodes"][:1] == clf and all(t["fp32_nodes"][:1] == clf for t in layers["selection"]["trials"])
+    g = onnx.load(str(tiny["export_dir"] / "model.int8.onnx")).graph
+    floats = {i.name for i in g.initializer if i.data_type == onnx.TensorProto.FLOAT}
+    assert all(n.input[1] in floats for n in g.node if n.name in clf)  # its weight stayed float

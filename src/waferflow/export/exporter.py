@@ -73,8 +73,9 @@ def choose_int8_layers(fp32: Path, calib: list[np.ndarray], calib_ds: WaferDatas
                        threads: int | None = None, seed: int = 0, int8_format: str = "s8s8") -> dict:
     """The FP32-layer choice recorded in ``export.json`` (``int8.fp32_layers``).
 
-    ``fp32_layers``: ``auto`` (by measured sensitivity, :func:`waferflow.export.sensitivity.choose_fp32_nodes`,
-    agreement measured on training maps the calibration did not use), ``none``, or node names (e.g. a previous
+    ``fp32_layers``: ``auto`` (the classifier, :func:`waferflow.export.quantize.output_layers`, then the layers
+    chosen by measured sensitivity, :func:`waferflow.export.sensitivity.choose_fp32_nodes`, agreement measured on
+    training maps the calibration did not use), ``none``, or node names (e.g. a previous
     export's ``int8.fp32_layers.nodes``).
 
     Returns:
@@ -84,7 +85,7 @@ def choose_int8_layers(fp32: Path, calib: list[np.ndarray], calib_ds: WaferDatas
         ConfigError: an unknown mode or node name.
     """
     from waferflow.errors import ConfigError
-    from waferflow.export.quantize import check_fp32_nodes
+    from waferflow.export.quantize import check_fp32_nodes, output_layers
     from waferflow.export.sensitivity import choose_fp32_nodes
 
     if isinstance(fp32_layers, str) and fp32_layers not in ("auto", "none"):
@@ -97,7 +98,8 @@ def choose_int8_layers(fp32: Path, calib: list[np.ndarray], calib_ds: WaferDatas
             return {"mode": "given", "nodes": check_fp32_nodes(pre, list(fp32_layers)), "selection": None}
         held = list(held_out_batches(calib_ds, spec, calibration_maps, held_out_maps, seed=seed))
         nodes, report = choose_fp32_nodes(pre, fp32, calib, held or calib, calibration, reduce_range,
-                                          target_agreement, threads=threads, int8_format=int8_format)
+                                          target_agreement, threads=threads, int8_format=int8_format,
+                                          keep=output_layers(pre))
     report["agreement_maps"] = "held-out training maps" if held else "calibration maps (no other training maps)"
     return {"mode": "auto", "nodes": nodes, "selection": report}
 

@@ -146,6 +146,20 @@ def quantizable_nodes(pre_path: str | os.PathLike) -> dict[str, int]:
             if n.op_type in ("Conv", "Gemm", "MatMul") and len(n.input) > 1}
 
 
+def output_layers(pre_path: str | os.PathLike) -> list[str]:
+    """The Conv/Gemm/MatMul nodes that write a graph output: the classifier, which the ``auto`` choice keeps FP32.
+
+    On a real-map champion, quantizing the classifier alone cost 0.37 of a 0.74-point drop (U8S8, 8-bit weights,
+    6,225 development maps), for 0.3% of the weights and almost none of the time.
+    """
+    import onnx
+
+    g = onnx.load(str(pre_path)).graph
+    outs = {o.name for o in g.output}
+    known = quantizable_nodes(pre_path)
+    return [n.name for n in g.node if n.name in known and set(n.output) & outs]
+
+
 def check_fp32_nodes(pre_path: str | os.PathLike, fp32_nodes: Sequence[str]) -> list[str]:
     """The names, validated against the model's quantizable nodes.
 

@@ -51,7 +51,8 @@ def layer_sqnr(pre_path: Path, int8_path: Path, batches: Sequence[np.ndarray], w
 def choose_fp32_nodes(pre_path: str | os.PathLike, fp32_path: str | os.PathLike, calib: list[np.ndarray],
                       held_out: list[np.ndarray], calibration: str = "minmax", reduce_range: bool = True,
                       target_agreement: float = 0.995, max_fp32_params: float = 0.05,
-                      threads: int | None = None, int8_format: str = "s8s8") -> tuple[list[str], dict]:
+                      threads: int | None = None, int8_format: str = "s8s8", keep: Sequence[str] = ()
+                      ) -> tuple[list[str], dict]:
     """Keep the least-SQNR layers in FP32 until agreement with FP32 on ``held_out`` reaches the target.
 
     Args:
@@ -62,6 +63,8 @@ def choose_fp32_nodes(pre_path: str | os.PathLike, fp32_path: str | os.PathLike,
         target_agreement: stop at the first trial whose top-1 agreement with FP32 reaches this.
         max_fp32_params: FP32 weights allowed, as a fraction of all Conv/Gemm weights (larger layers are skipped).
         threads: onnxruntime intra-op threads.
+        keep: nodes kept FP32 in every trial (e.g. the classifier, ``quantize.output_layers``); they count
+            against the budget and lead the result.
 
     Returns:
         ``(nodes, report)``: the chosen node names and ``{"method", "target_agreement", "held_out_maps",
@@ -73,29 +76,31 @@ def choose_fp32_nodes(pre_path: str | os.PathLike, fp32_path: str | os.PathLike,
     pre_path, fp32_path = Path(pre_path), Path(fp32_path)
     params = quantizable_nodes(pre_path)
     budget = max_fp32_params * sum(params.values())
+    keep = list(keep)
     ref = _top1(fp32_path, held_out, threads)
     with tempfile.TemporaryDirectory(prefix="wf-sensitivity-") as td:
         work = Path(td)
-        static_qdq(pre_path, work / "all.onnx", calib, calibration, reduce_range, int8_format=int8_format)
-        trials = [{"fp32_nodes": [], "agreement": float((_top1(work / "all.onnx", held_out, threads) == ref).mean())}]
+        static_qdq(pre_path, work / "all.onnx", calib, calibration, reduce_range, keep, int8_format=int8_format)
+        trials = [{"fp32_nodes": keep,
+                   "agreement": float((_top1(work / "all.onnx", held_out, threads) == ref).mean())}]
         sqnr = layer_sqnr(pre_path, work / "all.onnx", calib[:2], work) if trials[0]["agreement"] < target_agreement \
             else {}
-        ranking, used = [], 0
+        ranking, used = [], sum(params[n] for n in keep)
         for name, _ in sorted(sqnr.items(), key=lambda kv: kv[1]):
-            if used + params[name] <= budget:
+            if name not in keep and used + params[name] <= budget:
                 ranking.append(name)
                 used += params[name]
         sizes = [k for k in TRIAL_SIZES if k <= len(ranking)]
         for k in tqdm(sizes, desc="int8 fp32-layer search", disable=not progress_enabled()):
-            static_qdq(pre_path, work / f"k{k}.onnx", calib, calibration, reduce_range, ranking[:k],
+            static_qdq(pre_path, work / f"k{k}.onnx", calib, calibration, reduce_range, keep + ranking[:k],
                        int8_format=int8_format)
             agree = float((_top1(work / f"k{k}.onnx", held_out, threads) == ref).mean())
-            trials.append({"fp32_nodes": ranking[:k], "agreement": agree})
+            trials.append({"fp32_nodes": keep + ranking[:k], "agreement": agree})
             if trials[-1]["agreement"] >= target_agreement:
                 break
     met = [t for t in trials if t["agreement"] >= target_agreement]
     best = met[0] if met else max(trials, key=lambda t: (t["agreement"], -len(t["fp32_nodes"])))
-    report = {"method": "sqnr_greedy", "target_agreement": target_agreement, "met": bool(met),
+    report = {"method": "sqnr_greedy", "always_fp32": keep, "target_agreement": target_agreement, "met": bool(met),
               "held_out_maps": int(sum(len(b) for b in held_out)), "max_fp32_params": max_fp32_params,
               "sqnr_db": [[n, round(sqnr[n], 2)] for n in ranking], "trials": trials}
     return list(best["fp32_nodes"]), report
