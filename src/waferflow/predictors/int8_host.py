@@ -15,7 +15,7 @@ import logging
 import platform
 from pathlib import Path
 
-from waferflow.errors import ModelFormatError
+from waferflow.errors import ConfigError, ModelFormatError
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +50,6 @@ def host_int8_choice(int8_format: str = "auto", reduce_range: bool | None = None
     everywhere else (exact without VNNI; the measured choice on ARM is still to be made, so the safe one is taken).
     ``reduce_range=None``: 7-bit weights unless the CPU has VNNI. Explicit values are kept as given.
     """
-    from waferflow.errors import ConfigError
-
     if int8_format not in INT8_FORMAT_CHOICES:
         raise ConfigError(f"int8 format must be one of {list(INT8_FORMAT_CHOICES)}, got {int8_format!r}")
     flags = cpu_flags() if flags is None else flags
