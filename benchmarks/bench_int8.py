@@ -6,7 +6,9 @@ macro-F1 drop of at most 0.01. ``--compare-previous`` also quantizes the same FP
 chosen by sensitivity is measured in one run. Prints JSON (parity, metrics of every form, drops, FP32 layers, sizes).
 
 Usage: python benchmarks/bench_int8.py --model MODEL_DIR --train TRAIN.npz --test TEST.npz --out EXPORT_DIR
-       [--calibration-maps 256] [--int8-format s8s8|u8s8] [--no-reduce-range] [--max-drop 0.005] [--max-f1-drop 0.01] [--prune 0.3] [--compare-previous]
+       [--calibration-maps 256] [--calibration minmax|percentile|entropy] [--int8-format auto|s8s8|u8s8]
+       [--reduce-range|--no-reduce-range] [--fp32-layers auto|none|NODES] [--int8-target-agreement 0.995]
+       [--max-drop 0.005] [--max-f1-drop 0.01] [--prune 0.3] [--compare-previous]
 """
 
 from __future__ import annotations

@@ -224,7 +224,7 @@ def bench_latency(model_dir: str | os.PathLike, export_dir: str | os.PathLike | 
         "backbone": spec_field(spec, "backbone"), "warmup": warmup, "iters": iters, "batch_size": batch,
         "versions": {"onnxruntime": ort.__version__, **_torch_version()},
         "host": {"machine": platform.machine(), "processor": platform.processor(), "cpus": os.cpu_count(),
-                 "cpu_flags": _cpu_flags()},
+                 "cpu_flags": cpu_flags() or []},
     }
 
 
@@ -235,8 +235,3 @@ def _torch_version() -> dict:
         return {"torch": version("torch")}
     except PackageNotFoundError:
         return {}
-
-
-def _cpu_flags() -> list[str]:
-    """The int8-relevant SIMD flags of this CPU (Linux), which decide onnxruntime's INT8 kernels."""
-    return cpu_flags() or []

@@ -164,8 +164,8 @@ def _write_int8(tmp: Path, fp32: Path, fp32_logits: np.ndarray, fp32_overall: di
 
     ``int8_method``: ``static`` (QDQ per-channel; dynamic fallback recorded) or ``dynamic``. ``calibration``:
     activation-range calibration of static INT8 (``minmax``, ``percentile``, ``entropy``). ``fp32_layers``:
-    layers kept in FP32: ``auto`` (by measured sensitivity until top-1 agreement with FP32 on held-out training
-    maps reaches ``int8_target_agreement``), ``none``, or node names (see :func:`choose_int8_layers`).
+    layers kept in FP32: ``auto`` (the classifier, then more by measured sensitivity until top-1 agreement with
+    FP32 on held-out training maps reaches ``int8_target_agreement``), ``none``, or node names (see :func:`choose_int8_layers`).
     ``int8_format`` (``auto``, ``s8s8``, ``u8s8``) and ``reduce_range`` (None = auto; True = 7-bit weights, exact
     on every CPU) are resolved for this host by :func:`waferflow.predictors.int8_host.host_int8_choice`: ``auto``
     is U8S8 with 8-bit weights on an x86 CPU with VNNI, S8S8 with 7-bit weights elsewhere. The choice and its rule

@@ -98,9 +98,9 @@ def onnx_session(path: str | os.PathLike, threads: int | None = None, device: st
         device: ``cpu`` (CPUExecutionProvider) or ``cuda`` (CUDAExecutionProvider; an error when absent).
 
     Raises:
-        ModelFormatError: the file is missing, empty, or onnxruntime cannot load it.
+        ModelFormatError: the file is missing, empty, or onnxruntime cannot load it; or it is an INT8 model with
+            8-bit weights on an x86 CPU without VNNI (``check_int8_host``).
         ConfigError: CUDA was asked for and onnxruntime has no CUDA provider.
-        ModelFormatError: an INT8 model with 8-bit weights on an x86 CPU without VNNI (``check_int8_host``).
     """
     import onnxruntime as ort
 
