@@ -144,3 +144,18 @@ def test_standardized_head_folds_exactly():
         sh.lin.weight.add_(torch.randn_like(sh.lin.weight))
     sh.fold_into_classifier()
     torch.testing.assert_close(sh(feats), clf(feats), rtol=1e-4, atol=1e-3)
+
+
+def test_step_budget_sets_epochs_by_data_size(tmp_path, make_lines):
+    """The same step budget gives a small dataset more epochs; patience_steps scales early stopping likewise."""
+    va = make_lines(16, seed=1)
+    for n, want_epochs in ((32, 3), (64, 2)):  # 2 and 4 steps per epoch at batch 16 -> ceil(6 / spe) epochs
+        r = train(_cfg(strategy="scratch", backbone="resnet18", steps=6, patience_steps=8, pretrained="none"),
+                  make_lines(n, seed=0), va, tmp_path / f"m{n}")
+        assert r.extra["budget"]["epochs"] == want_epochs == len(r.history)
+        assert r.extra["budget"]["steps_per_epoch"] == n // 16
+        assert r.extra["budget"]["patience_epochs"] == 8 // (n // 16)
+    with pytest.raises(ConfigError, match="either epochs"):
+        _cfg(steps=10, epochs=2)
+    with pytest.raises(ConfigError, match="steps must be >= 0"):
+        _cfg(steps=-1)

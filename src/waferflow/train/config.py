@@ -28,7 +28,10 @@ class TrainConfig:
             (``scratch`` always starts from random init).
         input_size: Square input size in px; 0 = the backbone's own pretrained size.
         in_chans: 3 (replicate the map to RGB) or 1 (timm's stem adaptation).
-        epochs: Total epochs over all phases; 0 = the strategy's default.
+        epochs: Total epochs over all phases; 0 = the strategy's default (or ``steps``).
+        steps: Budget in optimizer steps of the phases that share the strategy's epochs (0 = use ``epochs``): they
+            get ceil(steps / steps per epoch) epochs, so a few hundred maps and a hundred thousand get the same
+            number of updates. Set either ``epochs`` or ``steps``.
         batch_size: Maps per step.
         lr: Peak learning rate of the head; 0 = the strategy's default. Lower groups get lr * lr_decay**depth.
         lr_decay: Discriminative LR factor per layer group, from the head down.
@@ -48,6 +51,8 @@ class TrainConfig:
         die_noise: Fraction of wafer dies flipped pass<->fail per map.
         scale_jitter: Max relative zoom (nearest) of the map, e.g. 0.1 = 0.9..1.1.
         patience: Epochs without val macro-F1 gain before a phase ends early (0 = never).
+        patience_steps: The same window in optimizer steps (0 = use ``patience``): ceil(patience_steps / steps
+            per epoch) epochs, so early stopping waits as many updates on small data as on large.
         feature_cache: Feature extraction computes backbone features once and trains the head on them.
         adapt_bn: Re-estimate BN statistics on the training maps before training (pretrained strategies), so
             frozen-BN features and later train-mode BN agree; None = the strategy's own setting.
@@ -66,6 +71,7 @@ class TrainConfig:
     input_size: int = 64
     in_chans: int = 3
     epochs: int = 0
+    steps: int = 0
     batch_size: int = 64
     lr: float = 0.0
     lr_decay: float = 0.7
@@ -84,6 +90,7 @@ class TrainConfig:
     die_noise: float = 0.01
     scale_jitter: float = 0.05
     patience: int = 4
+    patience_steps: int = 0
     feature_cache: bool = True
     adapt_bn: bool | None = None
     seed: int = 0
@@ -108,6 +115,9 @@ class TrainConfig:
             (self.in_chans in (1, 3), f"in_chans must be 1 or 3, got {self.in_chans}"),
             (self.input_size == 0 or self.input_size >= 16, f"input_size must be 0 (pretrained size) or >= 16, got {self.input_size}"),
             (self.epochs >= 0, f"epochs must be >= 0, got {self.epochs}"),
+            (self.steps >= 0, f"steps must be >= 0, got {self.steps}"),
+            (not (self.steps and self.epochs), f"set either epochs ({self.epochs}) or steps ({self.steps}), not both"),
+            (self.patience_steps >= 0, f"patience_steps must be >= 0, got {self.patience_steps}"),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
             (self.lr >= 0, f"lr must be >= 0, got {self.lr}"),
             (0 < self.lr_decay <= 1, f"lr_decay must be in (0, 1], got {self.lr_decay}"),

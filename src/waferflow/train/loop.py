@@ -153,7 +153,11 @@ class _Run:
         self.loss_fn = build_loss(cfg.loss, None if w is None else w.to(self.device), cfg.label_smoothing,
                                   cfg.focal_gamma)
         self.sample_w = balanced_sample_weights(train_ds.labels, self.k) if cfg.balanced_sampler else None
-        self.epochs = cfg.epochs or self.strategy.default_epochs
+        self.steps_per_epoch = steps_per_epoch(len(train_ds), cfg.batch_size)
+        self.epochs = cfg.epochs or (math.ceil(cfg.steps / self.steps_per_epoch) if cfg.steps
+                                     else self.strategy.default_epochs)
+        self.patience = (math.ceil(cfg.patience_steps / self.steps_per_epoch) if cfg.patience_steps
+                         else cfg.patience)
         self.lr = cfg.lr or self.strategy.default_lr
         self.per_phase = phase_epochs(self.strategy, self.epochs)
         self.plan = [(pi, e) for pi, n in enumerate(self.per_phase) for e in range(n)]
@@ -249,9 +253,8 @@ class _Run:
 
         opt = create_optimizer_v2(setup.param_groups, opt=self.cfg.optimizer, lr=self.lr,
                                   weight_decay=self.cfg.weight_decay)
-        steps_per_epoch = max(1, math.ceil(len(self.x_train) / self.cfg.batch_size))
-        phase_steps = steps_per_epoch * self.per_phase[phase_idx]
-        warm = min(int(round(self.cfg.warmup_epochs * steps_per_epoch)), max(0, phase_steps - 1))
+        phase_steps = self.steps_per_epoch * self.per_phase[phase_idx]
+        warm = min(int(round(self.cfg.warmup_epochs * self.steps_per_epoch)), max(0, phase_steps - 1))
         sched = CosineLRScheduler(
             opt, t_initial=max(1, phase_steps - warm), lr_min=self.lr * self.cfg.min_lr_ratio,
             warmup_t=warm, warmup_lr_init=self.lr * 0.01, warmup_prefix=True, t_in_epochs=False,
@@ -344,7 +347,7 @@ def _load_resume_checkpoint(out: Path, cfg: TrainConfig, resume: bool) -> dict |
                                "over") from None
     saved = ck.get("config", {})
     diffs = {k: (saved.get(k), v) for k, v in to_dict(cfg).items()
-             if k in ("backbone", "strategy", "input_size", "in_chans", "epochs", "seed") and saved.get(k) != v}
+             if k in ("backbone", "strategy", "input_size", "in_chans", "epochs", "steps", "seed") and saved.get(k) != v}
     if diffs:
         raise ConfigError(f"--resume with a different config than the killed run: {diffs}")
     return ck
@@ -450,7 +453,7 @@ def _end_epoch(run: _Run, st: LoopState, pr: _PhaseRun, g_epoch: int, e_in: int,
         _save(out / "checkpoints" / "best.pt", {k: v.detach().cpu() for k, v in run.model.state_dict().items()})
     else:
         st.stale += 1
-    if run.cfg.patience and st.stale >= run.cfg.patience and e_in < run.per_phase[pr.index] - 1:
+    if run.patience and st.stale >= run.patience and e_in < run.per_phase[pr.index] - 1:
         log.info("early stop of phase %s after %d epochs without val macro-F1 gain", pr.phase.name, st.stale)
         st.skip_phase = pr.index
     st.epoch, st.phase = g_epoch + 1, pr.index
@@ -471,7 +474,9 @@ def _finalise(run: _Run, st: LoopState, out: Path, epoch_times: dict[str, list])
     run.model.load_state_dict(torch.load(best_pt, map_location="cpu", weights_only=True))
     run.model.to("cpu").to(memory_format=torch.contiguous_format).eval()
     extra = {"best_epoch": st.best_epoch, "best_val": st.best_val, "symmetries": list(run.syms),
-             "epoch_seconds": {k: float(np.mean(v)) for k, v in epoch_times.items()}}
+             "epoch_seconds": {k: float(np.mean(v)) for k, v in epoch_times.items()},
+             "budget": {"steps": run.cfg.steps, "steps_per_epoch": run.steps_per_epoch, "epochs": run.epochs,
+                        "per_phase": list(run.per_phase), "patience_epochs": run.patience}}
     if run.bn_report:
         extra["adapt_bn"] = {k: v for k, v in run.bn_report.items() if k != "per_layer"}
     if run.cache_seconds is not None:
@@ -484,8 +489,13 @@ def _finalise(run: _Run, st: LoopState, out: Path, epoch_times: dict[str, list])
         trainable_params=st.max_trainable, total_params=total, train_seconds=st.train_seconds,
         throughput_maps_per_s=st.maps_seen / st.train_seconds if st.train_seconds > 0 else 0.0, spec=spec,
         extra={"epoch_seconds": extra["epoch_seconds"], "feature_cache_seconds": extra.get("feature_cache_seconds"),
-               "weights_source": spec.weights_source},
+               "weights_source": spec.weights_source, "budget": extra["budget"]},
     )
+
+
+def steps_per_epoch(n_train: int, batch_size: int) -> int:
+    """Optimizer steps of one epoch over ``n_train`` maps (the last, partial batch counts)."""
+    return max(1, math.ceil(n_train / batch_size))
 
 
 class _StandardizedHead(nn.Module):
