@@ -14,6 +14,7 @@ def adapt_batchnorm(
     input_size: int,
     pretrained: str,
     seed: int,
+    sources: dict,
     adapted: Output[Model],
     max_maps: int = 20000,
 ):
@@ -29,6 +30,8 @@ def adapt_batchnorm(
         seed: Seed for the map sample and for the new classifier head's initial weights (fine-tuning candidates
             start from it, so it must not change between runs).
         max_maps: At most this many maps are sampled (never stacked whole) from a larger train + unlabeled pool.
+        sources: backbone -> source model URI (the source stage's output); each also gets a BN-adapted start point
+            ``<adapted>/<backbone>@source/`` that the source candidates fine-tune from.
     """
     import os
 
@@ -47,22 +50,27 @@ def adapt_batchnorm(
             target.append(load_dataset(extra_path))
         os.makedirs(adapted.path, exist_ok=True)
         info = {}
-        for b in backbones:
+        starts = [(b, b, pretrained) for b in backbones] + [(b, f"{b}@source", sources[b]) for b in backbones
+                                                            if sources.get(b)]
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or None
+        for b, folder, weights in starts:
             with torch.random.fork_rng():  # the new classifier head starts the same on every run
                 torch.manual_seed(seed)
                 model, spec = create_model(
-                    b, num_classes=train_ds.num_classes, pretrained=pretrained, input_size=input_size or None,
+                    b, num_classes=train_ds.num_classes, pretrained=weights, input_size=input_size or None,
                     class_names=list(train_ds.class_names), taxonomy=train_ds.meta.get("taxonomy"),
+                    tracking_uri=uri,
                 )
             maps = sample_maps(target, spec.input_size, max_maps, seed)
             report = adapt_bn(model, spec, maps)
-            save_model_dir(model, spec, os.path.join(adapted.path, b))
-            info[b] = {"weights_source": spec.weights_source, "n_maps": report["n_maps"], "n_layers": report["n_layers"],
-                       "mean_abs_shift_running_mean": report.get("mean_abs_shift_running_mean")}
-            print(f"[waferflow] adapt_bn {b}: weights {spec.weights_source}, {report['n_layers']} BN layers re-estimated "
-                  f"on {report['n_maps']} maps")
+            save_model_dir(model, spec, os.path.join(adapted.path, folder))
+            info[folder] = {"weights_source": spec.weights_source, "n_maps": report["n_maps"],
+                            "n_layers": report["n_layers"],
+                            "mean_abs_shift_running_mean": report.get("mean_abs_shift_running_mean")}
+            print(f"[waferflow] adapt_bn {folder}: weights {spec.weights_source}, {report['n_layers']} BN layers "
+                  f"re-estimated on {report['n_maps']} maps")
         rec.update(backbones=list(backbones))
         adapted.metadata.update(
-            {"backbones": list(backbones), "pretrained": pretrained, "adapt": info,
+            {"backbones": list(backbones), "pretrained": pretrained, "sources": dict(sources), "adapt": info,
              "data_hash": train.metadata.get("data_hash", ""), "versions": versions()}
         )

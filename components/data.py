@@ -16,6 +16,7 @@ def prepare_data(
     seed: int,
     dataset: Output[Dataset],
     unlabeled: Output[Dataset],
+    pool_size: int = 0,
 ):
     """Write the labeled maps (and any unlabeled ones) as Dataset folders holding ``data.npz`` + manifest.
 
@@ -27,7 +28,8 @@ def prepare_data(
         n_maps: Synthetic maps to generate.
         map_size: Synthetic map size; for ingest, the size maps are resized to (0 keeps their own sizes).
         taxonomy: Synthetic taxonomy.
-        seed: Generation seed.
+        seed: Generation seed (and the pool sample's).
+        pool_size: The unlabeled maps are sampled to at most this many, evenly over their lots (0 = all).
     """
     import os
 
@@ -56,10 +58,14 @@ def prepare_data(
         os.makedirs(dataset.path, exist_ok=True)
         os.makedirs(unlabeled.path, exist_ok=True)
         manifest = save_dataset(labeled_ds, dataset_file(dataset.path), source=src)
+        pool_report = None
         if unlabeled_ds is not None and len(unlabeled_ds):
+            from waferflow.data.split import sample_pool
+
+            unlabeled_ds, pool_report = sample_pool(unlabeled_ds, pool_size, seed)
             save_dataset(unlabeled_ds, dataset_file(unlabeled.path), source=src + ":unlabeled")
             n_unlabeled = len(unlabeled_ds)
-        rec.update(n=len(labeled_ds), n_unlabeled=n_unlabeled)
+        rec.update(n=len(labeled_ds), n_unlabeled=n_unlabeled, pool=pool_report)
         dataset.metadata.update(
             {
                 "source": src,
@@ -70,4 +76,4 @@ def prepare_data(
                 "versions": versions(),
             }
         )
-        unlabeled.metadata.update({"source": src, "n": n_unlabeled})
+        unlabeled.metadata.update({"source": src, "n": n_unlabeled, "pool": pool_report})

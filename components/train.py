@@ -26,7 +26,8 @@ def train_candidate(
     Args:
         train, val: Splits.
         adapted: Per-backbone BN-adapted starting points (``<adapted>/<backbone>/``).
-        candidate: ``{"strategy": ..., "backbone": ...}``.
+        candidate: ``{"strategy": ..., "backbone": ..., "init": "imagenet" | "source"}`` (init defaults to
+            imagenet; a source candidate without a source model starts from ImageNet and says so).
         train_config: TrainConfig overrides for every candidate.
         epochs: strategy -> epochs override (missing = the strategy's default).
         input_size: Model input size (0 = pretrained size).
@@ -46,7 +47,8 @@ def train_candidate(
     from waferflow.train.strategies import STRATEGIES
 
     strategy, backbone = candidate["strategy"], candidate["backbone"]
-    name = candidate_name(strategy, backbone)
+    init = candidate.get("init", "imagenet")
+    name = candidate_name(strategy, backbone, init)
     with stage("train", candidate=name) as rec:
         overrides = dict(train_config)
         overrides.update(strategy=strategy, backbone=backbone, seed=seed, device=device)
@@ -57,8 +59,17 @@ def train_candidate(
         cfg = load_config(TrainConfig, overrides=overrides)
         train_ds = load_dataset(dataset_file(train.path), require_labels=True)
         val_ds = load_dataset(dataset_file(val.path), require_labels=True)
-        # Transfer strategies start from this backbone's BN-adapted weights; scratch is random init by definition.
-        start = None if STRATEGIES[strategy].init == "random" else os.path.join(adapted.path, backbone)
+        # Transfer strategies start from this backbone's BN-adapted weights (ImageNet, or the synthetic source model
+        # when the source stage made one); scratch is random init by definition.
+        start, note = None, ""
+        if STRATEGIES[strategy].init != "random":
+            start = os.path.join(adapted.path, backbone)
+            if init == "source":
+                if os.path.isdir(start + "@source"):
+                    start += "@source"
+                else:
+                    note = "no source model for this data (see the source-model stage): started from ImageNet"
+                    print(f"[waferflow] {name}: {note}")
         uri = os.environ.get("MLFLOW_TRACKING_URI") or None
         result = train_model(cfg, train_ds, val_ds, model.path, weights=start, tracking_uri=uri)
         with open(os.path.join(model.path, "model.json")) as f:
@@ -66,11 +77,13 @@ def train_candidate(
         acc, f1 = float(result.best_val["accuracy"]), float(result.best_val["macro_f1"])
         rec.update(val_accuracy=acc, val_macro_f1=f1, epochs=len(result.history), train_seconds=result.train_seconds)
         model.metadata.update(
-            {"candidate": name, "strategy": strategy, "backbone": backbone, "val_accuracy": acc,
-             "val_macro_f1": f1, "best_epoch": result.best_epoch, "epochs_run": len(result.history),
+            {"candidate": name, "strategy": strategy, "backbone": backbone, "init": init, "init_note": note,
+             "val_accuracy": acc, "val_macro_f1": f1, "best_epoch": result.best_epoch, "epochs_run": len(result.history),
              "trainable_params": result.trainable_params, "total_params": result.total_params,
              "train_seconds": result.train_seconds, "throughput_maps_per_s": result.throughput_maps_per_s,
-             "weights_source": spec.get("weights_source"), "data_hash": train.metadata.get("data_hash", ""),
+             "weights_source": spec.get("weights_source"),
+             "weights_lineage": list(spec.get("weights_lineage") or []),
+             "data_hash": train.metadata.get("data_hash", ""),
              "weights_sha256": spec.get("weights_sha256"), "versions": versions()}
         )
     return namedtuple("TrainResult", ["val_accuracy", "val_macro_f1", "name"])(acc, f1, name)

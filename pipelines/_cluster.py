@@ -35,10 +35,13 @@ TASKS: dict[str, Needs] = {
     "prepare-data": Needs(data=True),
     "start-run": Needs(secret=True, retry=True),
     "split-data": Needs(),
+    # finds or registers the source model in MLflow: never cached (the registry is its cache), retried
+    "source-model": Needs(image="gpu", secret=True, retry=True),
     "adapt-batchnorm": Needs(secret=True),  # an MLflow model URI may be the pretrained source
     "train-candidate": Needs(image="gpu", secret=True),  # the train image is the GPU one either way
     "evaluate-model": Needs(),
     "select-best": Needs(),
+    "self-train-model": Needs(image="gpu"),
     "export-model": Needs(),
     "compile-tensorrt": Needs(image="gpu", gpu_pool=True),
     "log-to-mlflow": Needs(secret=True, retry=True),

@@ -32,6 +32,8 @@ from waferflow.components.promote_model import promote_model
 from waferflow.components.register_model import register_model
 from waferflow.components.report import build_report
 from waferflow.components.select_best import select_best
+from waferflow.components.self_train import self_train_model
+from waferflow.components.source_model import source_model
 from waferflow.components.split import split_data
 from waferflow.components.start_run import start_run
 from waferflow.components.train import train_candidate
@@ -49,7 +51,9 @@ def candidates_of(profile: Profile, strategies=None) -> list:
         from waferflow.train.strategies import STRATEGIES
 
         names = list(STRATEGIES)
-    return [{"strategy": s, "backbone": b} for b in profile.backbones for s in names]
+    plain = [{"strategy": s, "backbone": b} for b in profile.backbones for s in names]
+    return plain + [{"strategy": s, "backbone": b, "init": "source"} for b in profile.backbones
+                    for s in profile.source_strategies]
 
 
 def _candidates(c, split, adapt, candidates, parallelism, gpu_train, **args):
@@ -68,29 +72,29 @@ def _candidates(c, split, adapt, candidates, parallelism, gpu_train, **args):
 def _deployment_forms(c, best, split, int8, bench_iters, export_options, trt_precision):
     """The selected model on test: evaluated, exported (ONNX FP32/INT8 + latency), INT8 evaluated, TensorRT."""
     test_eval = place(evaluate_model(
-        model=best.outputs["best"], data=split.outputs["test"], split="test", form="torch"
+        model=best.outputs["model"], data=split.outputs["test"], split="test", form="torch"
     ).set_display_name("evaluate-test"), c)
     exported = place(export_model(
-        model=best.outputs["best"], calibration=split.outputs["train"], test=split.outputs["test"], int8=int8,
+        model=best.outputs["model"], calibration=split.outputs["train"], test=split.outputs["test"], int8=int8,
         bench_iters=bench_iters, options=export_options,
     ).set_display_name("export"), c)
     int8_eval = place(evaluate_model(
         model=exported.outputs["onnx"], data=split.outputs["test"], split="test", form="onnx_int8"
     ).set_display_name("evaluate-int8"), c)
     trt = place(compile_tensorrt(
-        onnx=exported.outputs["onnx"], model=best.outputs["best"], calibration=split.outputs["train"],
+        onnx=exported.outputs["onnx"], model=best.outputs["model"], calibration=split.outputs["train"],
         test=split.outputs["test"], precision=trt_precision,
     ).set_display_name("compile-tensorrt"), c)
     return {"test": test_eval, "export": exported, "int8": int8_eval, "trt": trt}
 
 
-def _record(c, started, data, split, best, forms, gates, registered_model_name, tracking_uri):
+def _record(c, started, data, split, best, candidates, forms, gates, registered_model_name, tracking_uri):
     """Log the selected candidate to MLflow, judge the gates and register it. Returns the register task."""
     logged = place(log_to_mlflow(
-        parent_run_id=started.output, model=best.outputs["best"], onnx=forms["export"].outputs["onnx"],
+        parent_run_id=started.output, model=best.outputs["model"], onnx=forms["export"].outputs["onnx"],
         test_metrics=forms["test"].outputs["metrics_json"], int8_metrics=forms["int8"].outputs["metrics_json"],
         latency=forms["export"].outputs["latency"], trt=forms["trt"].outputs["report"],
-        candidates=best.outputs["candidates"], test=split.outputs["test"], train=split.outputs["train"],
+        candidates=candidates, test=split.outputs["test"], train=split.outputs["train"],
         val=split.outputs["val"], tracking_uri=tracking_uri, data=data.outputs["dataset"],
         unlabeled=data.outputs["unlabeled"], gates=gates,
     ).set_display_name("log-mlflow"), c)
@@ -98,7 +102,7 @@ def _record(c, started, data, split, best, forms, gates, registered_model_name, 
         run_id=logged.output, parent_run_id=started.output, test=split.outputs["test"],
         test_metrics=forms["test"].outputs["metrics_json"], int8_metrics=forms["int8"].outputs["metrics_json"],
         latency=forms["export"].outputs["latency"], gates=gates, registered_model_name=registered_model_name,
-        tracking_uri=tracking_uri, model=best.outputs["best"],
+        tracking_uri=tracking_uri, model=best.outputs["model"],
     ).set_display_name("register-and-gate"), c)
 
 
@@ -144,8 +148,11 @@ def build_pipeline(profile: Profile | None = None):
         taxonomy: str = p.taxonomy,
         seed: int = p.seed,
         labels_per_class: int = p.labels_per_class,
+        pool_size: int = p.pool_size,
         backbones: list = list(p.backbones),
         candidates: list = default_candidates,
+        source_settings: dict = dict(p.source),
+        self_training: dict = dict(p.self_training),
         input_size: int = p.input_size,
         pretrained: str = p.pretrained,
         train_config: dict = dict(p.train),
@@ -168,7 +175,7 @@ def build_pipeline(profile: Profile | None = None):
         with dsl.ExitHandler(on_exit, name="waferflow-training-run"):
             data = place(prepare_data(
                 source=data_source, source_fingerprint=data_fingerprint, n_maps=n_maps, map_size=map_size,
-                taxonomy=taxonomy, seed=seed,
+                taxonomy=taxonomy, seed=seed, pool_size=pool_size,
             ).set_display_name("data"), c)
             started = place(start_run(
                 experiment=experiment, pipeline_run=dsl.PIPELINE_JOB_ID_PLACEHOLDER, data=data.outputs["dataset"],
@@ -179,24 +186,34 @@ def build_pipeline(profile: Profile | None = None):
             split = place(split_data(
                 dataset=data.outputs["dataset"], labels_per_class=labels_per_class, seed=seed
             ).set_display_name("split"), c)
+            source = place(source_model(
+                dataset=data.outputs["dataset"], settings=source_settings, backbones=backbones,
+                input_size=input_size, pretrained=pretrained, device=device, tracking_uri=tracking_uri,
+            ).set_display_name("source-model"), c, gpu_pool=p.device == "cuda")
             adapt = place(adapt_batchnorm(
                 train=split.outputs["train"], unlabeled=data.outputs["unlabeled"], backbones=backbones,
-                input_size=input_size, pretrained=pretrained, seed=seed,
+                input_size=input_size, pretrained=pretrained, seed=seed, sources=source.outputs["sources"],
             ).set_display_name("adapt-bn"), c)
             trained, val_eval = _candidates(
                 c, split, adapt, candidates, p.parallelism, p.device == "cuda", train_config=train_config,
                 epochs=epochs, input_size=input_size, device=device, seed=seed)
-            best = place(select_best(
+            selected = place(select_best(
                 models=dsl.Collected(trained.outputs["model"]),
                 val_metrics=dsl.Collected(val_eval.outputs["metrics_json"]),
             ).set_display_name("select-best"), c)
+            best = place(self_train_model(
+                teacher=selected.outputs["best"], train=split.outputs["train"], val=split.outputs["val"],
+                unlabeled=data.outputs["unlabeled"], settings=self_training, train_config=train_config,
+                device=device, seed=seed,
+            ).set_display_name("self-train"), c, gpu_pool=p.device == "cuda")
             forms = _deployment_forms(c, best, split, int8, bench_iters, export_options, trt_precision)
-            reg = _record(c, started, data, split, best, forms, gates, registered_model_name, tracking_uri)
+            reg = _record(c, started, data, split, best, selected.outputs["candidates"], forms, gates,
+                          registered_model_name, tracking_uri)
             queue = place(build_label_queue(
-                model=best.outputs["best"], unlabeled=data.outputs["unlabeled"], n=label_queue,
+                model=best.outputs["model"], unlabeled=data.outputs["unlabeled"], n=label_queue,
             ).set_display_name("label-queue"), c)
             report = place(build_report(
-                candidates=best.outputs["candidates"], test_metrics=forms["test"].outputs["metrics_json"],
+                candidates=selected.outputs["candidates"], test_metrics=forms["test"].outputs["metrics_json"],
                 latency=forms["export"].outputs["latency"], trt=forms["trt"].outputs["report"],
                 verdicts=reg.outputs["verdicts"], queue=queue.outputs["queue"],
             ).set_display_name("report"), c)

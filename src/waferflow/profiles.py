@@ -90,7 +90,12 @@ class Profile:
         data: Path of the user's own maps (``.npz``, ``LSWMD.pkl``, PNG folder); "" = synthetic.
         labels_per_class: Keep only N labeled training maps per class (0 = all).
         backbones: timm backbones to try.
-        strategies: Transfer strategies to try; empty = every strategy waferflow.train defines.
+        strategies: Transfer strategies to try from ImageNet; empty = every strategy waferflow.train defines.
+        source_strategies: Strategies fine-tuned from the synthetic source model (candidates ``S+source``).
+        source: The source model's recipe (``waferflow.train.source.SourceConfig`` keys); {} = no source stage.
+            It is pretrained once per recipe, registered as ``wafer-source-<taxonomy>`` and reused by URI.
+        self_training: ``waferflow.train.selftrain.SelfTrainConfig`` keys; rounds 0 = off.
+        pool_size: The unlabeled pool is sampled to at most this many maps (stratified by lot where lots exist).
         input_size: Model input size in pixels (0 = the backbone's pretrained size).
         pretrained: Pretrained weights source ("auto", "none", a file, an MLflow URI).
         train: Extra TrainConfig overrides for every candidate (key -> value).
@@ -117,6 +122,10 @@ class Profile:
     labels_per_class: int = 0
     backbones: tuple[str, ...] = ("tf_efficientnet_lite0",)
     strategies: tuple[str, ...] = ()
+    source_strategies: tuple[str, ...] = ()
+    source: dict = field(default_factory=dict)
+    self_training: dict = field(default_factory=dict)
+    pool_size: int = 20000
     input_size: int = 64
     pretrained: str = "auto"
     train: dict = field(default_factory=dict)
@@ -139,7 +148,25 @@ class Profile:
             raise ConfigError("backbones is empty; name at least one timm backbone, e.g. backbones=[tf_efficientnet_lite0]")
         if self.device not in ("cpu", "cuda"):
             raise ConfigError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
+        if self.source_strategies and not self.source:
+            raise ConfigError(f"source_strategies {list(self.source_strategies)} need a source recipe; set source "
+                              "(e.g. source.n_maps=8000) or drop source_strategies")
+        if self.pool_size < 0:
+            raise ConfigError(f"pool_size must be >= 0, got {self.pool_size}")
+        self._check_recipes()
         self.gate_config()  # a bad gate key or value fails here, before any training
+
+    def _check_recipes(self) -> None:
+        """A bad source or self-training key fails here, before any training."""
+        from waferflow.train.selftrain import SelfTrainConfig
+        from waferflow.train.source import SourceConfig
+
+        for what, cls, value in (("source", SourceConfig, self.source),
+                                 ("self_training", SelfTrainConfig, self.self_training)):
+            try:
+                load_config(cls, overrides=dict(value))
+            except ConfigError as e:
+                raise ConfigError(f"profile {self.name!r}: {what}: {e}") from None
 
     def gate_config(self):
         """The run's :class:`waferflow.gates.GateConfig` (defaults, then this profile's ``gates``).
@@ -184,8 +211,21 @@ _PROFILES: dict[str, dict[str, Any]] = {
     # on 2 cores. Budgets in wall time are about equal: gradual unfreezing's 10 epochs include 5 partial-depth ones
     # (cheaper backward), ~240 s, against ~190-220 s for 7 all-layer epochs of scratch and full fine-tuning.
     "local": {"epochs": {"scratch": 7, "full_finetune": 7, "gradual_unfreezing": 10}, "gates": SYNTHETIC_GATES},
-    # `waferflow run --data PATH`: the local recipe on the user's real maps, gates for a small real test split.
-    "real": {"epochs": {"scratch": 7, "full_finetune": 7, "gradual_unfreezing": 10}, "gates": REAL_GATES},
+    # `waferflow run --data PATH`: real maps, few labels, many unlabeled ones. ImageNet -> synthetic maps of the data's
+    # taxonomy (the source model, registered once and reused) -> real labels -> self-training on the unlabeled pool.
+    # ImageNet-only candidates stay in the tournament, so the source model's gain is visible. Budgets are optimizer
+    # steps, so 436 training maps get as many updates as 100,000 would; early stopping on validation macro-F1.
+    "real": {
+        "strategies": ["feature_extraction", "gradual_unfreezing"],
+        "source_strategies": ["full_finetune"],
+        "source": {"n_maps": 8000, "map_size": 64, "train": {"strategy": "full_finetune", "epochs": 6}},
+        "train": {"steps": 600, "patience_steps": 200, "class_weights": "sqrt"},
+        "epochs": {},
+        "self_training": {"rounds": 2, "threshold": 0.9, "max_per_class_ratio": 3.0,
+                          "train": {"strategy": "full_finetune", "steps": 600, "patience_steps": 200}},
+        "pool_size": 20000,
+        "gates": REAL_GATES,
+    },
     # The seed's GPU recipe; train/TRT go to the GPU node pool when compiled.
     "full": {
         "backbones": ["resnet50", "efficientnet_b3", "vit_base_patch16_224"],

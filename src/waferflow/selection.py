@@ -11,9 +11,13 @@ from typing import Mapping
 from waferflow.errors import WaferflowError
 
 
-def candidate_name(strategy: str, backbone: str) -> str:
-    """The name of a candidate (``full_finetune-tf_efficientnet_lite0``)."""
-    return f"{strategy}-{backbone}"
+INITS = ("imagenet", "source")
+
+
+def candidate_name(strategy: str, backbone: str, init: str = "imagenet") -> str:
+    """The name of a candidate: ``full_finetune-tf_efficientnet_lite0``, or ``full_finetune+source-...`` for one
+    fine-tuned from the synthetic source model."""
+    return f"{strategy}-{backbone}" if init == "imagenet" else f"{strategy}+{init}-{backbone}"
 
 
 def choose_best(rows: Mapping[str, Mapping], key: str = "macro_f1") -> tuple[str, list[str]]:

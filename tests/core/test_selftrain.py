@@ -151,3 +151,35 @@ def test_cli_train_with_unlabeled_maps_then_evaluate_with_tta(tmp_path, make_lin
     assert out["form"] == "torch+tta4"
     plain = json.loads((tmp_path / "m" / "metrics.json").read_text())["overall"]
     assert out["n"] == plain["n"] == 16
+
+
+def test_self_training_stage_never_reads_pool_labels_and_keeps_the_better_model(tmp_path, teacher, make_lines):
+    """The pipeline's self-training step: labels hidden in the pool file are dropped before pseudo-labeling, the
+    per-class counts are reported, and the teacher goes on unless the student beats it on validation."""
+    from waferflow.data.contract import save_dataset
+    from waferflow.orchestration.selftrain_step import run_self_training
+
+    tdir, tr, va = teacher
+    save_dataset(tr, tmp_path / "train.npz")
+    save_dataset(va, tmp_path / "val.npz")
+    pool = make_lines(40, seed=7)
+    wrong = replace(pool, labels=1 - pool.labels)  # every pool label is wrong: reading them would show
+    save_dataset(wrong, tmp_path / "pool.npz")
+    settings = {"rounds": 1, "threshold": 0.6, "train": {"strategy": "full_finetune", "epochs": 1,
+                                                         "symmetries": "hflip,vflip"}}
+    tc = dict(x.split("=") for x in TINY)
+    rep = run_self_training(tdir, {"accuracy": 1.0, "macro_f1": 1.0}, tmp_path / "train.npz", tmp_path / "val.npz",
+                            tmp_path / "pool.npz", settings, tc, 0, "cpu", tmp_path / "out")
+    assert rep["chosen"] == "teacher" and rep["status"] == "teacher"  # a perfect teacher cannot be beaten
+    assert "pseudo_label_accuracy" not in json.dumps(rep)  # the hidden labels were never there to score against
+    assert set(rep["per_round"][0]["kept_per_class"]) == {"vertical", "horizontal"} and rep["pool"] == 40
+    assert (tmp_path / "out" / "weights.pt").read_bytes() == (tdir / "weights.pt").read_bytes()
+    rep = run_self_training(tdir, {"accuracy": 0.0, "macro_f1": 0.0}, tmp_path / "train.npz", tmp_path / "val.npz",
+                            tmp_path / "pool.npz", settings, tc, 0, "cpu", tmp_path / "out2")
+    assert rep["chosen"] == "student" and (tmp_path / "out2" / "self_training.json").is_file()
+    off = run_self_training(tdir, {"accuracy": 1.0, "macro_f1": 1.0}, tmp_path / "train.npz", tmp_path / "val.npz",
+                            tmp_path / "none.npz", settings, tc, 0, "cpu", tmp_path / "out3")
+    assert off["status"] == "skipped: the data has no unlabeled maps" and (tmp_path / "out3" / "weights.pt").is_file()
+    with pytest.raises(ConfigError, match="rounds"):
+        run_self_training(tdir, {}, tmp_path / "train.npz", tmp_path / "val.npz", tmp_path / "pool.npz",
+                          {"rounds": -1}, tc, 0, "cpu", tmp_path / "out4")

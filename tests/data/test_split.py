@@ -178,3 +178,20 @@ def test_inspect_summary_numbers():
     assert s["values"] == pytest.approx({"off_wafer": 7 / 16, "pass": 8 / 16, "fail": 1 / 16})
     text = format_summary(s)
     assert "empty" in text and "lots: 3" in text
+
+
+def test_sample_pool_bounds_the_pool_evenly_over_lots():
+    from waferflow.data.split import sample_pool
+
+    ds = toy(n=400, lots_per=None, seed=3)
+    lots = np.array(["big"] * 300 + [f"small{i // 20}" for i in range(100)])
+    ds = WaferDataset(class_names=ds.class_names, maps=ds.maps, lots=lots)  # unlabeled, one big lot
+    small, rep = sample_pool(ds, 100, seed=0)
+    assert len(small) == 100 and rep == {"pool": 400, "kept": 100, "lots": 6}
+    kept = dict(zip(*np.unique(small.lots, return_counts=True)))
+    assert kept["big"] == 75 and all(kept[f"small{i}"] == 5 for i in range(5))  # each lot its share
+    assert len(_rows(small)) == 100 and _rows(small) <= _rows(ds)  # distinct maps of the pool, none made up
+    same, rep = sample_pool(ds, 0)
+    assert same is ds and rep["kept"] == 400
+    plain, rep = sample_pool(WaferDataset(class_names=(), maps=ds.maps), 50, seed=1)
+    assert len(plain) == 50 and rep["lots"] is None

@@ -5,7 +5,8 @@ import yaml
 from waferflow import __version__
 from waferflow.cli import main
 
-GPU_EXECUTORS = {"exec-train-candidate", "exec-compile-tensorrt"}
+# training-shaped tasks go to the GPU pool when the profile trains on CUDA (the full profile does)
+GPU_EXECUTORS = {"exec-train-candidate", "exec-compile-tensorrt", "exec-source-model", "exec-self-train-model"}
 TRACKING_EXECUTORS = {"exec-start-run", "exec-log-to-mlflow", "exec-register-model", "exec-promote-model",
                       "exec-finish-run"}
 
@@ -40,7 +41,7 @@ def test_compile_writes_every_pipeline_with_gpu_pool_and_secrets(tmp_path, capsy
         else:
             assert image == f"reg.example.com/wf/waferflow-cpu:{__version__}", name
             assert accel is None and node_sel is None and tol is None, name
-    for name in TRACKING_EXECUTORS | {"exec-train-candidate"}:
+    for name in TRACKING_EXECUTORS | {"exec-train-candidate", "exec-source-model"}:
         (sec,) = platform[name]["secretAsEnv"]
         assert sec["secretName"] == "wf-creds"
         envs = {k["envVar"] for k in sec["keyToEnv"]}
@@ -64,6 +65,9 @@ def test_compile_writes_every_pipeline_with_gpu_pool_and_secrets(tmp_path, capsy
     assert inner["register-model"]["cachingOptions"] == {}
     assert inner["prepare-data"]["cachingOptions"]["enableCache"] is True
     assert inner["split-data"]["cachingOptions"]["enableCache"] is True
+    # the source model is found in (or registered to) MLflow: retried, never cached (the registry is its cache)
+    assert inner["source-model"]["retryPolicy"]["maxRetryCount"] == 3
+    assert inner["self-train-model"]["cachingOptions"]["enableCache"] is True
     # control flow: ParallelFor over candidates, Collected fan-in, dsl.If around promote, an exit handler
     assert "parameterIterator" in inner["for-loop-2"]
     gated = spec["components"]["comp-promote-when-passed"]["dag"]["tasks"]

@@ -163,7 +163,7 @@ def test_adapt_component_gives_the_same_weights_on_every_run_head_included(tmp_p
         torch.manual_seed(1000 + ord(run))  # whatever the process's RNG state, the result is the same
         out = art(dsl.Model, tmp_path, f"adapted-{run}")
         adapt_batchnorm.python_func(train=tr, unlabeled=unl, backbones=["tf_efficientnet_lite0"], input_size=32,
-                                    pretrained="auto", seed=0, adapted=out)
+                                    sources={}, pretrained="auto", seed=0, adapted=out)
         weights.append(torch.load(os.path.join(out.path, "tf_efficientnet_lite0", "weights.pt"), weights_only=True))
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0]), "adapted weights differ between runs"

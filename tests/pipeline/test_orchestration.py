@@ -93,6 +93,27 @@ def test_profiles_validate_and_pipeline_arguments(tmp_path):
     assert [c["strategy"] for c in candidates_of(get_profile("local"))] == list(STRATEGIES)
 
 
+def test_real_profile_carries_the_recipe_and_refuses_bad_recipe_settings():
+    from waferflow.pipelines.training import candidates_of
+
+    real = get_profile("real")
+    cands = candidates_of(real)
+    assert {"strategy": "full_finetune", "backbone": "tf_efficientnet_lite0", "init": "source"} in cands
+    assert any(c.get("init", "imagenet") == "imagenet" for c in cands)  # ImageNet-only candidates stay
+    assert real.train["steps"] > 0 and real.self_training["rounds"] >= 1 and real.pool_size > 0
+    args = pipeline_arguments(real, cands)
+    assert args["source_settings"] == real.source and args["self_training"] == real.self_training
+    assert args["pool_size"] == real.pool_size
+    with pytest.raises(ConfigError, match="need a source recipe"):
+        get_profile("tiny", ["source_strategies=[full_finetune]"])
+    with pytest.raises(ConfigError, match="source: .*n_maps"):
+        get_profile("real", ["source.n_maps=3"])
+    with pytest.raises(ConfigError, match="self_training: .*threshold"):
+        get_profile("real", ["self_training.threshold=2"])
+    with pytest.raises(ConfigError, match="self_training: .*unknown config key"):
+        get_profile("real", ["self_training.round=2"])
+
+
 def test_registry_list_right_after_a_run_finds_the_runs_store_with_no_flags(tmp_path, monkeypatch, capsys):
     """`./wf run` writes ./waferflow_runs/mlflow.db; `./wf registry list` with no flags reads it."""
     import json

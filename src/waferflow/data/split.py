@@ -150,6 +150,35 @@ def _few_labels(y: np.ndarray, train_idx: np.ndarray, n_classes: int, seed: int,
     return kept, np.setdiff1d(train_idx, kept)
 
 
+def sample_pool(ds: WaferDataset, n: int, seed: int = 0) -> tuple[WaferDataset, dict[str, Any]]:
+    """At most ``n`` maps of an unlabeled pool, drawn evenly over its lots when it has lots (0 = keep all).
+
+    Each lot gives its share ``n * lot_size / total`` (rounded by largest remainder), so a few large lots cannot
+    crowd out the rest; without lots the draw is uniform. The order of the kept maps is the pool's.
+
+    Returns:
+        ``(pool, report)`` with ``{"pool": total, "kept": kept, "lots": lots or None}``.
+    """
+    total = len(ds)
+    report: dict[str, Any] = {"pool": total, "kept": total, "lots": None}
+    if n <= 0 or total <= n:
+        return ds, report
+    rng = np.random.default_rng(seed)
+    if ds.lots is None:
+        idx = np.sort(rng.choice(total, size=n, replace=False))
+    else:
+        names, inv, counts = np.unique(ds.lots, return_inverse=True, return_counts=True)
+        raw = n * counts / total
+        share = np.floor(raw).astype(int)
+        for j in np.argsort(-(raw - share), kind="stable")[: n - int(share.sum())]:
+            share[j] += 1
+        idx = np.sort(np.concatenate([rng.choice(np.flatnonzero(inv == j), size=int(share[j]), replace=False)
+                                      for j in range(len(names)) if share[j]]))
+        report["lots"] = int(len(names))
+    report["kept"] = int(len(idx))
+    return ds.subset(idx), report
+
+
 def split_dataset(ds: WaferDataset, val: float = 0.15, test: float = 0.15, seed: int = 0,
                   labels_per_class: int | None = None, label_fraction: float | None = None,
                   lot_aware: bool | None = None) -> SplitResult:

@@ -25,6 +25,7 @@ from typing import Any, Iterator
 from waferflow.errors import ConfigError, DataError, WaferflowError
 from waferflow.orchestration.runtime import RUN_DIR_ENV, STAGE_LOG_ENV
 from waferflow.profiles import Profile
+from waferflow.selection import candidate_name
 
 #: Stages whose outputs are content-addressed by their inputs; a repeated run should hit the cache for them.
 DATA_STAGES = ("data", "split")
@@ -152,8 +153,11 @@ def pipeline_arguments(profile: Profile, candidates: list[dict]) -> dict[str, An
         "taxonomy": profile.taxonomy,
         "seed": profile.seed,
         "labels_per_class": profile.labels_per_class,
+        "pool_size": profile.pool_size,
         "backbones": list(profile.backbones),
         "candidates": candidates,
+        "source_settings": dict(profile.source),
+        "self_training": dict(profile.self_training),
         "input_size": profile.input_size,
         "pretrained": profile.pretrained,
         "train_config": dict(profile.train),
@@ -279,7 +283,8 @@ def _run(profile: Profile, wd: Path, run_dir: Path, uri: str, env: dict, cache: 
     )
     candidates = candidates_of(profile)
     args = pipeline_arguments(profile, candidates)
-    say(f"{len(candidates)} candidate(s): " + ", ".join(f"{c['strategy']}/{c['backbone']}" for c in candidates))
+    say(f"{len(candidates)} candidate(s): " + ", ".join(candidate_name(c["strategy"], c["backbone"], c.get("init", "imagenet"))
+                                                        for c in candidates))
     pipeline = build_pipeline(profile)
     rec = _CacheHitRecorder()
     root = logging.getLogger()
@@ -332,6 +337,7 @@ _TASK_TO_STAGE = {
     "evaluate-model": "evaluate", "select-best": "select_best", "export-model": "export",
     "compile-tensorrt": "compile_trt", "start-run": "start_run", "log-to-mlflow": "log_mlflow",
     "register-model": "register", "build-report": "report", "promote-model": "promote", "finish-run": "finish_run",
+    "source-model": "source_model", "self-train-model": "self_train",
 }
 
 

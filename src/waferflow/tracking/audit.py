@@ -39,13 +39,15 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def ensure_registered_model(c: RetryingClient, name: str) -> None:
+CLASSIFIER_DESCRIPTION = ("Wafer-map defect classifier. Versions carry a model card and gate tags; see the `champion` "
+                          "and `challenger` aliases.")
+
+
+def ensure_registered_model(c: RetryingClient, name: str, description: str = CLASSIFIER_DESCRIPTION) -> None:
     from mlflow.exceptions import MlflowException
 
     try:
-        c.call("create registered model", c.raw.create_registered_model, name,
-               description="Wafer-map defect classifier. Versions carry a model card and gate tags; "
-               "see the `champion` and `challenger` aliases.")
+        c.call("create registered model", c.raw.create_registered_model, name, description=description)
     except MlflowException as e:
         if e.error_code != "RESOURCE_ALREADY_EXISTS":
             raise

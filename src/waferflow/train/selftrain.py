@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,30 @@ from waferflow.data.contract import WaferDataset, concat_datasets
 from waferflow.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SelfTrainConfig:
+    """Self-training settings of a pipeline run.
+
+    Attributes:
+        rounds: Teacher -> student rounds (0 = off: the selected candidate goes on unchanged).
+        threshold: Minimum TTA-averaged confidence of a pseudo-label.
+        max_per_class_ratio: Pseudo-labels per class at most this many times its labeled maps.
+        tta: Pseudo-label with test-time augmentation over the data's symmetries.
+        train: TrainConfig overrides of every student (strategy, steps, patience_steps, ...), on top of the run's.
+    """
+
+    rounds: int = 0
+    threshold: float = 0.9
+    max_per_class_ratio: float = 3.0
+    tta: bool = True
+    train: dict = field(default_factory=lambda: {"strategy": "full_finetune"})
+
+    def __post_init__(self) -> None:
+        if self.rounds < 0:
+            raise ConfigError(f"self_training.rounds must be >= 0, got {self.rounds}")
+        check_settings(self.threshold, self.max_per_class_ratio, max(1, self.rounds))
 
 
 def pseudo_label(teacher_dir: str | Path, unlabeled: WaferDataset, labeled: WaferDataset, threshold: float = 0.9,

@@ -1,0 +1,83 @@
+"""The self-training stage's work: teacher -> pseudo-labels (TTA, per-class caps) -> student, kept only if it wins
+on validation. No kfp import here."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+from waferflow.config import atomic_write_json, load_config
+from waferflow.train.selftrain import SelfTrainConfig
+
+
+def _student_config(settings: SelfTrainConfig, train_config: Mapping[str, Any], teacher_dir: Path, seed: int,
+                    device: str):
+    from waferflow.models.spec import read_spec
+    from waferflow.train.config import TrainConfig
+
+    spec = read_spec(teacher_dir)
+    base = {k: v for k, v in train_config.items() if k not in ("epochs", "steps")}  # students have their own budget
+    overrides = {**base, **settings.train, "backbone": spec.backbone, "input_size": spec.input_size, "seed": seed,
+                 "device": device}
+    return load_config(TrainConfig, overrides=overrides)
+
+
+def run_self_training(teacher_dir: str | Path, teacher_val: Mapping[str, float], train_file: Path, val_file: Path,
+                      unlabeled_file: Path, settings: Mapping[str, Any], train_config: Mapping[str, Any], seed: int,
+                      device: str, out_dir: str | Path) -> dict[str, Any]:
+    """Self-train from the selected candidate and write the chosen model (student or teacher) to ``out_dir``.
+
+    Args:
+        teacher_val: The teacher's best validation metrics (``accuracy``, ``macro_f1``).
+        unlabeled_file: The pool (may not exist: no unlabeled maps). Its labels, if any, are never read.
+        settings: :class:`SelfTrainConfig` overrides.
+
+    Returns:
+        The report: ``status`` (off / skipped / student / teacher), the rounds' pseudo-label counts per class,
+        both validation scores and which model went on.
+    """
+    from waferflow.data.contract import load_dataset
+    from waferflow.train.selftrain import self_train
+
+    cfg = load_config(SelfTrainConfig, overrides=dict(settings))
+    out = Path(out_dir)
+    teacher = Path(teacher_dir)
+    report: dict[str, Any] = {"rounds": cfg.rounds, "teacher_val": dict(teacher_val)}
+    if cfg.rounds == 0 or not unlabeled_file.exists():
+        why = "off: self_training.rounds is 0" if cfg.rounds == 0 else "skipped: the data has no unlabeled maps"
+        shutil.copytree(teacher, out, dirs_exist_ok=True)
+        return {**report, "status": why, "chosen": "teacher"}
+    student_cfg = _student_config(cfg, train_config, teacher, seed, device)
+    train_ds = load_dataset(train_file, require_labels=True)
+    val_ds = load_dataset(val_file, require_labels=True)
+    pool = load_dataset(unlabeled_file)
+    if pool.labeled:  # a pool with labels (a benchmark's): they are dropped here, never read
+        pool = dataclasses.replace(pool, labels=None, class_names=())
+    with tempfile.TemporaryDirectory(prefix="waferflow-student-", dir=out.parent) as tmp:
+        result = self_train(student_cfg, teacher, train_ds, val_ds, pool, Path(tmp) / "student", rounds=cfg.rounds,
+                            threshold=cfg.threshold, max_per_class_ratio=cfg.max_per_class_ratio, tta=cfg.tta)
+        student_val = {k: float(result.best_val[k]) for k in ("accuracy", "macro_f1")}
+        won = student_val["macro_f1"] > float(teacher_val["macro_f1"])
+        shutil.copytree(Path(tmp) / "student" if won else teacher, out, dirs_exist_ok=True)
+    rounds = [{"round": r["round"], "kept": r["kept"], "unlabeled_maps": r["unlabeled_maps"],
+               "kept_per_class": {c: v["kept"] for c, v in r["per_class"].items()},
+               "student_val_macro_f1": float(r["student_best_val"]["macro_f1"]), "seconds": r["seconds"]}
+              for r in result.extra["self_training"]]
+    report.update(status="student" if won else "teacher", chosen="student" if won else "teacher",
+                  student_val=student_val, pool=len(pool), per_round=rounds,
+                  student_budget=result.extra.get("budget"))
+    atomic_write_json(out / "self_training_report.json", report)
+    return report
+
+
+def describe(report: Mapping[str, Any]) -> str:
+    """One line for the log and the run summary."""
+    if "per_round" not in report:
+        return f"self-training {report['status']}"
+    kept = ", ".join(f"r{r['round']}: {r['kept']} of {r['unlabeled_maps']}" for r in report["per_round"])
+    return (f"self-training: pseudo-labels kept {kept}; val macro-F1 teacher {report['teacher_val']['macro_f1']:.4f}"
+            f" -> student {report['student_val']['macro_f1']:.4f}; {report['chosen']} goes on")
+

@@ -1,0 +1,80 @@
+"""The real-data recipe as pipeline stages, through kfp.local on tiny real maps: an LSWMD-shaped pickle whose
+unlabeled rows form the pool; a synthetic source model pretrained and registered on the first run and reused by URI
+on the second; a self-training stage that reports its pseudo-labels per class."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks.lswmd_shaped import write_lswmd_pickle
+from waferflow.data.contract import load_dataset, save_dataset
+from waferflow.orchestration.local import run_local
+from waferflow.profiles import get_profile
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "wm811k_small.npz"
+RECIPE = [
+    "map_size=32", "strategies=[feature_extraction]", "source_strategies=[full_finetune]",
+    "source={n_maps: 90, map_size: 32, train: {strategy: full_finetune, epochs: 1}}",
+    "self_training={rounds: 1, threshold: 0.2, train: {strategy: full_finetune, epochs: 1}}",
+    "label_queue=5", "pool_size=60",
+]
+
+
+def _stage(result, name):
+    return [s for s in result.stages if s["stage"] == name and not s.get("cached")]
+
+
+@pytest.fixture
+def lswmd_like(tmp_path):
+    ds = load_dataset(FIXTURE)
+    # every other map labeled (real WM-811K maps of 9 classes), the rest unlabeled
+    save_dataset(ds.subset(range(0, len(ds), 2)), tmp_path / "lab.npz")
+    save_dataset(ds.subset(range(1, len(ds), 2)), tmp_path / "unl.npz")
+    out = tmp_path / "LSWMD_like.pkl"
+    write_lswmd_pickle(tmp_path / "lab.npz", tmp_path / "unl.npz", out)
+    return out
+
+
+@pytest.mark.timeout(1800)
+def test_source_model_registered_once_then_reused_and_self_training_reports(tmp_path, lswmd_like):
+    from mlflow import MlflowClient
+
+    profile = get_profile("tiny", [f"data={lswmd_like}", *RECIPE])
+    r1 = run_local(profile, workdir=tmp_path / "wd")
+    (src1,) = _stage(r1, "source_model")
+    assert src1["pretrained_now"] == ["tf_efficientnet_lite0"] and src1["reused"] == []
+    assert "wm811k synthetic source" in src1["note"]
+    (data,) = _stage(r1, "data")
+    assert data["n_unlabeled"] == 60 and data["pool"]["pool"] == 100  # the pool sampled to pool_size
+    names = set(r1.summary["comparison_markdown"].split("|"))
+    assert " full_finetune+source-tf_efficientnet_lite0 " in names
+    assert " feature_extraction-tf_efficientnet_lite0 " in names
+    (st,) = _stage(r1, "self_train")
+    assert st["status"] in ("student", "teacher") and st["kept"] >= 0
+    reports = list((tmp_path / "wd").rglob("self_training.json"))
+    rep = json.loads(next(p for p in reports if p.parent.name == "report").read_text())
+    assert set(rep["per_round"][0]["kept_per_class"]) == set(load_dataset(FIXTURE).class_names)
+    assert rep["pool"] == 60 and rep["per_round"][0]["unlabeled_maps"] == 60
+
+    # a second run: the source stage is never cached (the registry is its cache); it finds the model by its recipe
+    r2 = run_local(profile, workdir=tmp_path / "wd")
+    (src2,) = _stage(r2, "source_model")
+    assert src2["reused"] == ["tf_efficientnet_lite0"] and src2["pretrained_now"] == []
+    client = MlflowClient(r2.tracking_uri)
+    versions = client.search_model_versions("name='wafer-source-wm811k'")
+    assert len(versions) == 1
+    # the source candidate started from that registered version (its weights lineage names the URI)
+    record = json.loads(next((tmp_path / "wd").rglob("candidates.json")).read_text())
+    meta = record["model_metadata"]["full_finetune+source-tf_efficientnet_lite0"]
+    assert meta["init"] == "source" and meta["weights_source"].endswith("@source")
+    assert any("models:/wafer-source-wm811k/1" in w for w in meta["weights_lineage"]), meta["weights_lineage"]
+
+
+def test_data_without_a_synthetic_taxonomy_keeps_imagenet_candidates_and_says_so():
+    from waferflow.orchestration.source_step import resolve_sources
+
+    found = resolve_sources(["a", "b"], ["tf_efficientnet_lite0"], {"n_maps": 100}, 64, "offline", "cpu", "")
+    assert found["sources"] == {} and "no synthetic taxonomy" in found["note"]
+    off = resolve_sources(["a", "b"], ["tf_efficientnet_lite0"], {}, 64, "offline", "cpu", "")
+    assert off["sources"] == {} and off["note"].startswith("off")
