@@ -6,7 +6,7 @@ the maps of ``--unlabeled`` with theirs removed. Runs ``waferflow run --data THA
 command ``waferflow evaluate --model models:/NAME@champion --data SCORE.npz`` (the form its gates deployed; the latest
 version when nothing was promoted). The score maps are never seen by the run.
 
-Choosing a recipe: ``--dev N`` takes the last N maps of ``--unlabeled`` out of the pool and scores on them
+Choosing a recipe: ``--dev N`` takes N random maps (seeded) of ``--unlabeled`` out of the pool and scores on them
 (``train_10`` is the development split); the final recipe is scored on ``wm811k_val_data.npz`` once::
 
     python -m benchmarks.bench_real_pipeline --dev 1500 --workdir /tmp/dev --out dev.json
@@ -49,11 +49,13 @@ def _data(a, wd: Path) -> tuple[Path, Path]:
     from benchmarks.lswmd_shaped import write_lswmd_pickle
 
     unl, score = a.unlabeled, a.score
-    if a.dev:
+    if a.dev:  # a seeded random slice: the shared files are sorted by class, so their tail is a few classes
+        import numpy as np
+
         pool = load_dataset(a.unlabeled)
-        n = len(pool)
-        save_dataset(pool.subset(range(n - a.dev)), wd / "pool.npz")
-        save_dataset(pool.subset(range(n - a.dev, n)), wd / "dev.npz")
+        order = np.random.default_rng(0).permutation(len(pool))
+        save_dataset(pool.subset(np.sort(order[a.dev:])), wd / "pool.npz")
+        save_dataset(pool.subset(np.sort(order[:a.dev])), wd / "dev.npz")
         unl, score = wd / "pool.npz", wd / "dev.npz"
     pkl = wd / "LSWMD_like.pkl"
     write_lswmd_pickle(a.labeled, unl, pkl, a.repeat_to)

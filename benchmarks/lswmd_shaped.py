@@ -2,7 +2,9 @@
 
 Columns as in the release: ``waferMap`` (2-D uint8 array), ``dieSize``, ``lotName``, ``waferIndex``,
 ``trianTestLabel`` and ``failureType`` (nested arrays such as ``[['Center']]``; unlabeled rows hold empty arrays).
-Lots are made up (25 wafers a lot, as in the release), since the shared real-map files carry none.
+Lots are made up (25 wafers a lot, as in the release), since the shared real-map files carry none; the rows are
+shuffled first (seeded), because those files are sorted by class and lots cut from sorted rows would each hold one
+class (a lot-aware split would then put whole classes into validation or test).
 
     python -m benchmarks.lswmd_shaped --labeled A.npz [--unlabeled B.npz] [--repeat-to N] --out LSWMD_like.pkl
 
@@ -28,8 +30,7 @@ def _maps(path: Path):
     return ds, list(ds)
 
 
-def write_lswmd_pickle(labeled: Path, unlabeled: Path | None, out: Path, repeat_to: int = 0,
-                       hide_labels_of_labeled: bool = False) -> dict:
+def write_lswmd_pickle(labeled: Path, unlabeled: Path | None, out: Path, repeat_to: int = 0, seed: int = 0) -> dict:
     """Write the table; returns counts. Unlabeled rows never carry labels (the source labels are dropped)."""
     import pandas as pd
 
@@ -42,6 +43,8 @@ def write_lswmd_pickle(labeled: Path, unlabeled: Path | None, out: Path, repeat_
     if repeat_to and repeat_to > base:
         pool = unl_maps or lab_maps
         rows += [(pool[i % len(pool)], None) for i in range(repeat_to - base)]
+    order = np.random.default_rng(seed).permutation(len(rows))
+    rows = [rows[i] for i in order]
     empty = np.zeros((0, 0))
     table = {
         "waferMap": [m.astype(np.uint8) for m, _ in rows],

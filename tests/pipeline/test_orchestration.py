@@ -2,6 +2,7 @@
 
 import io
 import json
+import re
 
 import pytest
 
@@ -146,3 +147,20 @@ def test_the_launcher_drops_kfps_executor_input_dump_and_keeps_the_rest(capsys):
     out = capsys.readouterr().out
     assert "Got executor_input" not in out and '"inputs"' not in out
     assert "Looking for component" in out and "==> [waferflow] stage data" in out and out.endswith("partial")
+
+
+def test_run_help_names_the_few_label_settings_with_the_real_profiles_values(capsys):
+    """`waferflow run --help` lists labels_per_class and the recipe's settings, and its numbers are the profile's."""
+    from waferflow.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = capsys.readouterr().out
+    real = get_profile("real")
+    for line in (f"pool_size=N .*\\({real.pool_size}\\)", f"train.steps=N .*\\({real.train['steps']}\\)",
+                 f"train.patience_steps=N .*\\({real.train['patience_steps']}\\)",
+                 f"self_training.rounds=N .*\\({real.self_training['rounds']};",
+                 f"self_training.threshold=P .*\\({real.self_training['threshold']}\\)",
+                 f"\\({real.source['n_maps']} / {real.source['map_size']} / {real.source['train']['epochs']}\\)",
+                 "labels_per_class=N"):
+        assert re.search(line, text), line

@@ -52,6 +52,11 @@ def test_source_model_registered_once_then_reused_and_self_training_reports(tmp_
     assert " feature_extraction-tf_efficientnet_lite0 " in names
     (st,) = _stage(r1, "self_train")
     assert st["status"] in ("student", "teacher") and st["kept"] >= 0
+    # candidates are chosen on validation; the test split is read by the one model that goes on, and only by it
+    evals = _stage(r1, "evaluate")
+    assert {e["model"] for e in evals if e["split"] == "val"} == {
+        "feature_extraction-tf_efficientnet_lite0", "full_finetune+source-tf_efficientnet_lite0"}
+    assert len({e["model"] for e in evals if e["split"] == "test"}) == 1
     reports = list((tmp_path / "wd").rglob("self_training.json"))
     rep = json.loads(next(p for p in reports if p.parent.name == "report").read_text())
     assert set(rep["per_round"][0]["kept_per_class"]) == set(load_dataset(FIXTURE).class_names)

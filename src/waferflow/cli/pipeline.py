@@ -10,11 +10,26 @@ from waferflow.errors import ConfigError
 
 _RUN_EPILOG = """examples:
   waferflow run                                   # local profile: 10,000 synthetic maps, every strategy, CPU
-  waferflow run --data my_maps.npz                # the same on your own maps (.npz, LSWMD.pkl, PNG folders);
-                                                  # --data implies --profile real (gates for a small real test set)
+  waferflow run --data LSWMD.pkl                  # your own maps (.npz, LSWMD.pkl, PNG folders); --data implies
+                                                  # --profile real: source model, candidates, self-training, gates
+                                                  # for a small real test set
+  waferflow run --data labeled.npz --set 'source={}' --set 'source_strategies=[]'   # ImageNet-only candidates
   waferflow run --profile tiny                    # seconds-long smoke run
   waferflow run --profile tiny --runner docker    # each task in the CPU image (images/build.sh builds it)
   waferflow run --set n_maps=4000 --set 'strategies=[full_finetune]' --set gates.min_accuracy=0.95
+
+few labels, many unlabeled maps (--set KEY=VALUE; the real profile's values in parentheses):
+  labels_per_class=N          keep only N labeled training maps per class (0 = all)
+  pool_size=N                 unlabeled maps kept for self-training, sampled evenly over lots (20000)
+  train.steps=N               optimizer steps per candidate, whatever the data size (600)
+  train.patience_steps=N      early stopping: steps without a validation macro-F1 gain (200)
+  source.n_maps / source.map_size / source.train.epochs
+                              the synthetic source model's recipe (8000 / 64 / 6); registered once as
+                              wafer-source-<taxonomy> and reused by later runs; source={} turns it off
+  source_strategies=[...]     strategies fine-tuned from the source model ([full_finetune])
+  self_training.rounds=N      teacher -> pseudo-labels -> student rounds (2; 0 = off)
+  self_training.threshold=P   minimum TTA confidence of a pseudo-label (0.9)
+  self_training.max_per_class_ratio=R   pseudo-labels per class at most R x its labeled maps (3)
 """
 
 
