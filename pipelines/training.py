@@ -1,7 +1,10 @@
 """The training pipeline (wiring only).
 
-start MLflow run -> ExitHandler[ data -> split -> adaptive BN -> ParallelFor(candidates: train -> evaluate on
-val) -> Collected fan-in: select best on validation -> evaluate on test -> export (ONNX FP32/INT8 + latency) ->
+start MLflow run -> ExitHandler[ data (the unlabeled pool sampled to pool_size) -> split | source model (ImageNet ->
+synthetic maps of the data's taxonomy: found in MLflow by its recipe, or pretrained and registered once) -> adaptive
+BN (ImageNet and source start points) -> ParallelFor(candidates, ImageNet and +source: train -> evaluate on val) ->
+Collected fan-in: select best on validation -> self-training (teacher -> pseudo-labels -> student; the better on
+validation goes on; off when rounds is 0 or there is no pool) -> evaluate on test -> export (ONNX FP32/INT8 + latency) ->
 evaluate INT8 -> TensorRT compile -> log to MLflow -> gates + register (the version's tags and model card carry
 every verdict, so the gates run just before the version is created) -> label queue (the unlabeled maps worth
 labeling) -> report; dsl.If(gates passed) -> promote

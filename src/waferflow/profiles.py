@@ -215,7 +215,7 @@ _PROFILES: dict[str, dict[str, Any]] = {
     # `waferflow run --data PATH`: real maps, few labels, many unlabeled ones. ImageNet -> synthetic maps of the data's
     # taxonomy (the source model, registered once and reused) -> real labels -> self-training on the unlabeled pool.
     # ImageNet-only candidates stay in the tournament, so the source model's gain is visible. Budgets are optimizer
-    # steps, so 436 training maps get as many updates as 100,000 would; early stopping on validation macro-F1.
+    # steps, so a few hundred training maps get as many updates as 100,000 would; early stopping on validation macro-F1.
     "real": {
         "strategies": ["feature_extraction", "gradual_unfreezing"],
         "source_strategies": ["full_finetune"],
