@@ -21,7 +21,8 @@ def evaluate_model(
     """Evaluate ``model`` (PyTorch form) on ``data``; ``metrics_json`` is the evaluator's dict as ``metrics.json``.
 
     Args:
-        model: A model folder (form "torch") or an export dir (forms "onnx_fp32", "onnx_int8").
+        model: A model folder (form "torch") or an export dir (forms "onnx_fp32", "onnx_int8", "onnx_fp32_tta",
+            "onnx_int8_tta").
         data: A Dataset folder.
         split: Name of the split (recorded).
         form: Which form of the model to run.
@@ -33,6 +34,7 @@ def evaluate_model(
     from waferflow.data.contract import load_dataset
     from waferflow.errors import ConfigError
     from waferflow.evaluation import evaluate
+    from waferflow.forms import EXPORT_FORMS
     from waferflow.export.onnx_export import onnx_spec, read_onnx_metadata
     from waferflow.models import load_model_dir
     from waferflow.orchestration.runtime import dataset_file, persist_metadata, stage, versions
@@ -44,12 +46,12 @@ def evaluate_model(
         if form == "torch":
             net, spec = load_model_dir(model.path)
             predict = create_predictor(form, net)
-        elif form in ("onnx_fp32", "onnx_int8"):
+        elif form in EXPORT_FORMS:
             path = form_file(form, model.path)  # the one table of forms names the file
             spec = onnx_spec(read_onnx_metadata(path))  # the export's own preprocessing record
             predict = create_predictor(form, path)
         else:
-            raise ConfigError(f"form must be torch, onnx_fp32 or onnx_int8, got {form!r}")
+            raise ConfigError(f"form must be torch or one of {', '.join(EXPORT_FORMS)}, got {form!r}")
         m = evaluate(predict, ds, spec, form=form)
         m["split"], m["candidate"] = split, name
         os.makedirs(metrics_json.path, exist_ok=True)

@@ -22,16 +22,19 @@ def register_model(
     tracking_uri: str,
     verdicts: Output[Artifact],
     model: Input[Model],
+    onnx: Input[Model],
 ) -> NamedTuple("Registered", [("version", str), ("passed", bool), ("summary", str)]):
     """Check every gate, then register the logged candidate as a new model version whose tags and model card carry
-    every verdict, its interval and a one-line reason; ``challenger`` moves to it. When there is a champion, it
-    and the candidate both predict this test set, and "not worse" is a paired test on those maps (McNemar,
-    paired bootstrap). ``passed`` drives the ``dsl.If`` around promotion.
+    every verdict, its interval and a one-line reason; ``challenger`` moves to it. The gates read the deployment
+    form: the candidate predicts the test maps in it (from ``onnx``). When there is a champion, it predicts the same
+    maps in the form it deploys, and "not worse" is a paired test on those maps (McNemar, paired bootstrap).
+    ``passed`` drives the ``dsl.If`` around promotion.
 
     Args:
         run_id: The candidate run (log_to_mlflow).
         gates: GateConfig overrides, e.g. ``{"min_accuracy": 0.95}``.
-        model: The candidate's model folder (it predicts the test maps for the paired test).
+        model: The candidate's model folder (its spec and the torch form).
+        onnx: The candidate's export dir (the ONNX forms, TTA graphs included).
     """
     import os
     from collections import namedtuple
@@ -46,7 +49,7 @@ def register_model(
             metrics={"test": os.path.join(test_metrics.path, "metrics.json"),
                      "int8": os.path.join(int8_metrics.path, "metrics.json"),
                      "latency": os.path.join(latency.path, "latency.json")},
-            gates=gates, name=registered_model_name, verdicts_dir=verdicts.path,
+            gates=gates, name=registered_model_name, verdicts_dir=verdicts.path, export_dir=onnx.path,
         )
         failed = [r.name for r in report.violations]
         verdicts.metadata.update({"passed": report.passed, "failed": failed, "reason": report.reason,

@@ -105,7 +105,7 @@ def _record(c, started, data, split, best, candidates, forms, gates, registered_
         run_id=logged.output, parent_run_id=started.output, test=split.outputs["test"],
         test_metrics=forms["test"].outputs["metrics_json"], int8_metrics=forms["int8"].outputs["metrics_json"],
         latency=forms["export"].outputs["latency"], gates=gates, registered_model_name=registered_model_name,
-        tracking_uri=tracking_uri, model=best.outputs["model"],
+        tracking_uri=tracking_uri, model=best.outputs["model"], onnx=forms["export"].outputs["onnx"],
     ).set_display_name("register-and-gate"), c)
 
 

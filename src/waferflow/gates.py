@@ -439,6 +439,8 @@ def check_gates(candidate: Mapping[str, Any], cfg: GateConfig | None = None,
     Args:
         candidate: ``{"metrics": eval dict, "int8_metrics": eval dict | None, "latency": latency JSON}``, plus
             ``"labels"`` and ``"predictions"`` (per test map) for the paired test against the champion.
+            ``metrics`` is the deployed form's evaluation (what the absolute and champion gates read); the INT8
+            drop is measured from ``"reference_metrics"`` (the FP32 model's, default ``metrics``) to INT8's.
         cfg: Thresholds; defaults to :class:`GateConfig()`.
         champion: The same for the current champion evaluated on the same test set (may carry "version" and
             ``"predictions"`` on the same maps), or None when there is no champion (then only the absolute gates
@@ -455,7 +457,7 @@ def check_gates(candidate: Mapping[str, Any], cfg: GateConfig | None = None,
         raise GateInputError("candidate must be a mapping with 'metrics' (and 'int8_metrics', 'latency')")
     m = candidate["metrics"]
     results = [gate_accuracy(m, cfg), gate_macro_f1(m, cfg), gate_per_class_recall(m, cfg)]
-    int8 = gate_int8_drop(m, candidate.get("int8_metrics"), cfg)
+    int8 = gate_int8_drop(candidate.get("reference_metrics") or m, candidate.get("int8_metrics"), cfg)
     if int8 is not None:
         results.append(int8)
     results.append(gate_p99_latency(candidate.get("latency"), cfg))

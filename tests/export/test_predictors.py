@@ -10,15 +10,19 @@ from waferflow.predictors import BASE_FORMS, FORMS, create_predictor, form_file,
 
 
 def test_the_table_names_every_form_and_its_file():
-    assert BASE_FORMS == ("torch", "onnx_fp32", "onnx_int8", "tensorrt_fp16", "tensorrt_int8")
+    assert BASE_FORMS == ("torch", "onnx_fp32", "onnx_int8", "onnx_fp32_tta", "onnx_int8_tta", "tensorrt_fp16",
+                          "tensorrt_int8")
     assert {f: FORMS[f].file for f in BASE_FORMS} == {
         "torch": "weights.pt", "onnx_fp32": "model.onnx", "onnx_int8": "model.int8.onnx",
+        "onnx_fp32_tta": "model.tta.onnx", "onnx_int8_tta": "model.int8.tta.onnx",
         "tensorrt_fp16": "model.fp16.engine", "tensorrt_int8": "model.int8.engine"}
     assert FORMS["tta"].file is None
-    from waferflow.forms import FORM_NAMES, WEIGHTS_NAME
+    from waferflow.forms import EXPORT_FORMS, FORM_NAMES, TTA_OF, WEIGHTS_NAME
     from waferflow.models.spec import WEIGHTS_PT
 
     assert WEIGHTS_NAME == WEIGHTS_PT and FORM_NAMES == BASE_FORMS  # the import-free names match the table
+    assert all(FORMS[f].file == name for f, name in EXPORT_FORMS.items())
+    assert set(TTA_OF) | set(TTA_OF.values()) == set(EXPORT_FORMS)
 
 
 def test_unknown_form_is_a_clear_error(tmp_path):

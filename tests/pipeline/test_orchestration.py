@@ -113,6 +113,11 @@ def test_real_profile_carries_the_recipe_and_refuses_bad_recipe_settings():
         get_profile("real", ["self_training.threshold=2"])
     with pytest.raises(ConfigError, match="self_training: .*unknown config key"):
         get_profile("real", ["self_training.round=2"])
+    # the real profile deploys the TTA graph, which only export.tta writes
+    assert real.gate_config().deployment_form == "onnx_fp32_tta" and real.export["tta"] is True
+    with pytest.raises(ConfigError, match="only `export.tta=true` writes"):
+        get_profile("real", ["export.tta=false"])
+    assert get_profile("real", ["export.tta=false", "gates.deployment_form=onnx_fp32"]).export["tta"] is False
 
 
 def test_registry_list_right_after_a_run_finds_the_runs_store_with_no_flags(tmp_path, monkeypatch, capsys):

@@ -18,6 +18,8 @@ RECIPE = [
     "source={n_maps: 90, map_size: 32, train: {strategy: full_finetune, epochs: 1}}",
     "self_training={rounds: 1, threshold: 0.2, train: {strategy: full_finetune, epochs: 1}}",
     "label_queue=5", "pool_size=60",
+    # deployed as the real profile deploys: the TTA graph, which the gates read
+    "export={max_abs_diff: 0.01, tta: true}", "gates.deployment_form=onnx_fp32_tta",
 ]
 
 
@@ -61,6 +63,7 @@ def test_source_model_registered_once_then_reused_and_self_training_reports(tmp_
     rep = json.loads(next(p for p in reports if p.parent.name == "report").read_text())
     assert set(rep["per_round"][0]["kept_per_class"]) == set(load_dataset(FIXTURE).class_names)
     assert rep["pool"] == 60 and rep["per_round"][0]["unlabeled_maps"] == 60
+    _deployed_form_is_the_tta_graph(r1, tmp_path)
 
     # a second run: the source stage is never cached (the registry is its cache); it finds the model by its recipe
     r2 = run_local(profile, workdir=tmp_path / "wd")
@@ -74,6 +77,23 @@ def test_source_model_registered_once_then_reused_and_self_training_reports(tmp_
     meta = record["model_metadata"]["full_finetune+source-tf_efficientnet_lite0"]
     assert meta["init"] == "source" and meta["weights_source"].endswith("@source")
     assert any("models:/wafer-source-wm811k/1" in w for w in meta["weights_lineage"]), meta["weights_lineage"]
+
+
+def _deployed_form_is_the_tta_graph(result, tmp_path):
+    """The gates read onnx_fp32_tta, the version serves it, and `waferflow evaluate` on the champion defaults to it."""
+    from mlflow import MlflowClient
+
+    from waferflow.cli import main
+
+    gates = json.loads(next((tmp_path / "wd").rglob("gates.json")).read_text())
+    assert gates["gated_form"] == "onnx_fp32_tta" and gates["config"]["deployment_form"] == "onnx_fp32_tta"
+    assert "onnx_fp32_tta" in gates["results"][[r["name"] for r in gates["results"]].index("p99_latency_ms")]["detail"]
+    v = MlflowClient(result.tracking_uri).get_model_version_by_alias("wafer-defect-classifier", "champion")
+    assert v.tags["served_form"] == "onnx_fp32_tta"
+    out = tmp_path / "champion_eval"
+    assert main(["evaluate", "--model", "models:/wafer-defect-classifier@champion", "--tracking-uri",
+                 result.tracking_uri, "--data", str(FIXTURE), "--out", str(out), "--gradcam-per-class", "0"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["form"] == "onnx_fp32_tta"
 
 
 def test_data_without_a_synthetic_taxonomy_keeps_imagenet_candidates_and_says_so():

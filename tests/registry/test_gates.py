@@ -56,6 +56,17 @@ def test_int8_drop_gate():
     assert gate_int8_drop(make_metrics(0.95), None, GateConfig(deployment_form="onnx_fp32")) is None
 
 
+def test_deployed_metrics_are_judged_and_int8_drop_is_measured_from_the_reference():
+    """The absolute gates read ``metrics`` (the deployed form's, e.g. INT8); the INT8 drop is FP32 -> INT8."""
+    c = {"metrics": make_metrics(0.93), "reference_metrics": make_metrics(0.95),
+         "int8_metrics": make_metrics(0.93, seed=1), "latency": make_latency(3.0)}
+    r = {x.name: x for x in check_gates(c, CFG).results}
+    assert r["accuracy"].value == pytest.approx(0.93)
+    assert r["int8_accuracy_drop"].value == pytest.approx(0.02) and not r["int8_accuracy_drop"].passed
+    without = {x.name: x for x in check_gates({k: v for k, v in c.items() if k != "reference_metrics"}, CFG).results}
+    assert without["int8_accuracy_drop"].value == pytest.approx(0.0)  # no reference: from the judged metrics
+
+
 def test_latency_gate_uses_deployment_form():
     lat = make_latency(60.0)
     lat["forms"]["onnx_fp32"]["p99_ms"] = 10.0

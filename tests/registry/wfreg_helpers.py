@@ -51,7 +51,8 @@ def make_latency(p99_int8: float = 3.0) -> dict:
         return {"p50_ms": p99 / 2, "p95_ms": p99 * 0.8, "p99_ms": p99, "throughput_maps_per_s": 1000 / p99,
                 "batch_size": 64, "size_bytes": 1234}
     return {"forms": {"torch_eager": form(p99_int8 * 2), "onnx_fp32": form(p99_int8 * 1.5),
-                      "onnx_int8": form(p99_int8), "tensorrt_fp16": {"skipped": "skipped: no CUDA device"}},
+                      "onnx_int8": form(p99_int8), "onnx_fp32_tta": form(p99_int8 * 8),
+                      "tensorrt_fp16": {"skipped": "skipped: no CUDA device"}},
             "threads": 1, "input_size": S}
 
 

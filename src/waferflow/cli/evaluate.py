@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI for models:/... (default: $MLFLOW_TRACKING_URI, else the store of "
                         "`waferflow run`: sqlite:///./waferflow_runs/mlflow.db)")
-    p.add_argument("--export", help=f"export dir ({FP32_NAME} / {INT8_NAME}) for the onnx_* forms")
+    p.add_argument("--export", help=f"export dir ({FP32_NAME} / {INT8_NAME} / the TTA graphs) for the onnx_* forms")
     p.add_argument("--trt", help="compile-trt output dir for the tensorrt_* forms")
     p.add_argument("--batch-size", type=int, default=256, help="maps per predictor call (default 256)")
     p.add_argument("--threads", type=int, default=None, help="torch / onnxruntime threads (default: library default)")
@@ -122,6 +122,8 @@ def _evaluate(args: argparse.Namespace) -> int:
             raise ConfigError(f"--form {args.form} needs --trt DIR (the output of `waferflow compile-trt`)")
         artifact = args.trt
     tta = None
+    if args.tta and args.form.endswith("_tta"):
+        raise ConfigError(f"--form {args.form} already averages its views inside the ONNX graph; drop --tta")
     if args.tta:
         from waferflow.train.augment import model_symmetries
 

@@ -59,6 +59,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-rel-diff", type=float, default=1e-3,
                    help="parity: max |logit diff| / max(1, max |logit|) (default 1e-3)")
     p.add_argument("--max-abs-diff", type=float, default=None, help="parity: optional bound on max |logit diff|")
+    p.add_argument("--tta", action="store_true",
+                   help="also write model.tta.onnx (and model.int8.tta.onnx): test-time augmentation over the "
+                        "model's training symmetries inside the ONNX graph (forms onnx_fp32_tta / onnx_int8_tta)")
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=run_export)
 
@@ -123,8 +126,9 @@ def run_export(args: argparse.Namespace) -> int:
                        reduce_range=args.reduce_range, int8_target_agreement=args.int8_target_agreement,
                        int8_format=args.int8_format,
                        min_agreement=args.min_agreement,
-                       max_rel_diff=args.max_rel_diff, max_abs_diff=args.max_abs_diff, threads=args.threads)
-    print(json.dumps({k: info[k] for k in ("parity", "int8", "prune", "sizes", "metrics")}, indent=2))
+                       max_rel_diff=args.max_rel_diff, max_abs_diff=args.max_abs_diff, threads=args.threads,
+                       tta=args.tta)
+    print(json.dumps({k: info[k] for k in ("parity", "int8", "prune", "tta", "sizes", "metrics")}, indent=2))
     return 0
 
 

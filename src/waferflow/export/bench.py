@@ -131,9 +131,11 @@ def _form_files(model_dir: Path, export_dir: str | os.PathLike | None, trt_dir: 
     """``({name: (form, path)}, {name: skipped entry})`` for every form present (files from the one table)."""
     from waferflow.predictors import ENGINE_PRECISIONS, FORMS, cuda_status
 
+    from waferflow.forms import EXPORT_FORMS
+
     forms = {"torch_eager": ("torch", str(model_dir))}
     if export_dir is not None:
-        for name in ("onnx_fp32", "onnx_int8"):
+        for name in EXPORT_FORMS:
             if (Path(export_dir) / FORMS[name].file).is_file():
                 forms[name] = (name, str(Path(export_dir) / FORMS[name].file))
     skipped: dict[str, dict] = {}
@@ -164,7 +166,8 @@ def bench_latency(model_dir: str | os.PathLike, export_dir: str | os.PathLike | 
 
     Args:
         model_dir: the model directory (PyTorch eager baseline).
-        export_dir: an export dir with model.onnx / model.int8.onnx (forms absent there are not measured).
+        export_dir: an export dir with model.onnx / model.int8.onnx / the TTA graphs (forms absent there are not
+            measured; a TTA form's single-map latency is one map through all its views).
         threads: torch.set_num_threads and onnxruntime intra_op_num_threads.
         warmup, iters: single-map warm-up and timed iterations per form (and round).
         batch: batch size for throughput; batch_iters: timed batch calls per form (default max(3, iters // 20)).

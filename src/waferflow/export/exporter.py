@@ -1,4 +1,5 @@
-"""The exporter: model dir -> export dir (model.onnx, model.int8.onnx, export.json), all or nothing."""
+"""The exporter: model dir -> export dir (model.onnx, model.int8.onnx, the TTA graphs on request, export.json), all or
+nothing."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from waferflow.export.quantize import (
     prune_model,
     quantize_int8,
 )
+from waferflow.forms import EXPORT_FORMS, TTA_OF
 from waferflow.predictors import (
     FP32_NAME,
     INT8_NAME,
@@ -41,6 +43,7 @@ from waferflow.predictors import (
     predict_dataset,
     spec_field,
     torch_predictor,
+    tta_predictor,
 )
 from waferflow.predictors.int8_host import host_int8_choice, requires_for
 
@@ -195,9 +198,42 @@ def _write_int8(tmp: Path, fp32: Path, fp32_logits: np.ndarray, fp32_overall: di
     }
 
 
+def _write_tta(tmp: Path, files: dict[str, Path], spec: Any, parity_ds: WaferDataset, tolerance: dict,
+               batch_size: int, threads: int | None) -> tuple[dict, dict]:
+    """Wrap every written ONNX form in a TTA graph (``waferflow.export.tta_onnx``) over the symmetries the model
+    was trained with, and check each against ``tta_predictor`` around its source on the parity maps.
+
+    Returns ``(export.json's "tta", {form: overall metrics})``; adds the files to ``files``.
+
+    Raises:
+        ConfigError: the model records no symmetries (one view: nothing to average).
+        ModelFormatError: a TTA graph does not match the predictor it stands for.
+    """
+    from waferflow.export.tta_onnx import wrap_tta
+    from waferflow.train.augment import model_symmetries
+
+    symmetries = model_symmetries(spec)
+    forms, metrics = {}, {}
+    for base, tta_form in TTA_OF.items():
+        src = tmp / EXPORT_FORMS[base]
+        if not src.is_file():
+            continue
+        dst = tmp / EXPORT_FORMS[tta_form]
+        info = wrap_tta(src, dst, symmetries)
+        logits = predict_dataset(onnx_predictor(dst, threads), parity_ds, spec, batch_size, desc=tta_form)
+        ref = predict_dataset(tta_predictor(onnx_predictor(src, threads), symmetries), parity_ds, spec, batch_size,
+                              desc=f"{base}+tta reference")
+        par = parity(ref, logits)
+        check_parity(par, tolerance["min_agreement"], tolerance["max_rel_diff"], None, what=f"{tta_form} graph")
+        forms[tta_form] = {**info, "parity_vs_predictor": par}
+        metrics[tta_form] = _overall(parity_ds, logits, spec)
+        files[dst.name] = dst
+    return {"symmetries": list(symmetries), "forms": forms}, metrics
+
+
 def _export_info(model_dir: Path, src_sha: str, spec: Any, opset: int, exporter: str, par: dict,
                  parity_ds: WaferDataset, metrics: dict, int8_info: dict | None, prune_info: dict | None,
-                 files: dict[str, Path]) -> dict:
+                 files: dict[str, Path], tta_info: dict | None = None) -> dict:
     """The ``export.json`` dict (``seconds`` filled in by the caller)."""
     return {
         "format_version": 1,
@@ -211,6 +247,7 @@ def _export_info(model_dir: Path, src_sha: str, spec: Any, opset: int, exporter:
         "metrics": metrics,
         "int8": int8_info,
         "prune": prune_info,
+        "tta": tta_info,
         "sizes": {name: p.stat().st_size for name, p in files.items()},
         "sha256": {name: sha256_file(p) for name, p in files.items()},
         "waferflow_version": __version__,
@@ -231,8 +268,8 @@ def export_onnx(model_dir: str | os.PathLike, out_dir: str | os.PathLike, calib_
                 int8_method: str = "static", calibration: str = "minmax", fp32_layers: str | Sequence[str] = "auto",
                 reduce_range: bool | None = None, int8_target_agreement: float = 0.995, int8_format: str = "auto",
                 min_agreement: float = 0.999, max_rel_diff: float = 1e-3, max_abs_diff: float | None = None,
-                batch_size: int = 256, threads: int | None = None, seed: int = 0) -> dict:
-    """Export a model dir to ONNX FP32 (+ INT8), check parity on real maps, write ``export.json``.
+                batch_size: int = 256, threads: int | None = None, seed: int = 0, tta: bool = False) -> dict:
+    """Export a model dir to ONNX FP32 (+ INT8, + TTA graphs), check parity on real maps, write ``export.json``.
 
     Everything is built in a temp folder beside ``out_dir`` and renamed into place only when every check
     passed, so a failure leaves no half-written export.
@@ -251,6 +288,9 @@ def export_onnx(model_dir: str | os.PathLike, out_dir: str | os.PathLike, calib_
             max |logit diff| / max(1, max |logit|); ``max_abs_diff`` optionally bounds the absolute diff too;
             beyond them -> ModelFormatError.
         batch_size: maps per predictor call. threads: onnxruntime intra-op threads. seed: calibration sampling.
+        tta: also write ``model.tta.onnx`` (and ``model.int8.tta.onnx`` with INT8): test-time augmentation over
+            the model's training symmetries inside the graph, checked against ``tta_predictor`` (forms
+            ``onnx_fp32_tta`` / ``onnx_int8_tta``).
 
     Returns the ``export.json`` dict. Raises DataError (missing/unlabeled parity data, missing calibration data,
     class-name mismatch) or ModelFormatError (parity beyond tolerance, an unreadable model dir).
@@ -273,8 +313,15 @@ def export_onnx(model_dir: str | os.PathLike, out_dir: str | os.PathLike, calib_
                                     int8_method, calibration, fp32_layers, reduce_range, int8_target_agreement,
                                     int8_format, batch_size, threads, seed)
             files[INT8_NAME] = tmp / INT8_NAME
-        info = _export_info(model_dir, src_sha, spec, opset, exporter, par, parity_ds,
-                            {"torch": torch_overall, "onnx_fp32": fp32_overall}, int8_info, prune_info, files)
+        metrics = {"torch": torch_overall, "onnx_fp32": fp32_overall}
+        tta_info = None
+        if tta:
+            tta_info, tta_metrics = _write_tta(tmp, files, spec, parity_ds, {"min_agreement": min_agreement,
+                                                                              "max_rel_diff": max_rel_diff},
+                                               batch_size, threads)
+            metrics.update(tta_metrics)
+        info = _export_info(model_dir, src_sha, spec, opset, exporter, par, parity_ds, metrics, int8_info,
+                            prune_info, files, tta_info)
         info["seconds"] = round(time.perf_counter() - t_start, 2)
         atomic_write_json(tmp / EXPORT_JSON, info)
         _publish(tmp, out_dir)

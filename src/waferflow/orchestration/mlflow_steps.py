@@ -1,8 +1,9 @@
 """The MLflow stages' work, one function per stage; the components in ``components/`` only hand them paths.
 
 - :func:`log_selected`: the selected candidate as a nested run, with the drift reference built from its data.
-- :func:`gate_and_register`: the candidate (and the champion, when there is one) predict the same test maps,
-  every gate is judged with its interval and the paired test, and the version is registered with its verdicts.
+- :func:`gate_and_register`: the candidate (and the champion, when there is one) predict the same test maps in
+  the forms they deploy, every gate is judged with its interval and the paired test, and the version is
+  registered with its verdicts.
 - :func:`close_pipeline_run`: the exit handler's work: end the parent run, or record the failure.
 
 No kfp import here (the library boundary): components import this inside their function bodies.
@@ -78,42 +79,80 @@ def log_selected(uri: str, parent_run_id: str, model_dir: str, *, export_dir: st
     return run_id
 
 
-def _predict_test(model_dir: str, test_ds: Any) -> tuple[Any, dict]:
-    from waferflow.evaluation import check_classes, metrics_from_logits
-    from waferflow.predictors import predict_dataset, torch_predictor
-    from waferflow.models import load_model_dir
+def _form_artifact(form: str, model_dir: str | os.PathLike, export_dir: str | os.PathLike | None) -> Any:
+    """The artifact ``create_predictor`` needs for ``form``: the model dir (torch) or the export dir (ONNX forms).
 
+    Returns None for a form this step cannot run (TensorRT engines are evaluated by compile-tensorrt on CUDA).
+    """
+    from waferflow.forms import EXPORT_FORMS
+
+    if form == "torch":
+        return model_dir
+    return export_dir if form in EXPORT_FORMS and export_dir is not None else None
+
+
+def predict_test(model_dir: str | os.PathLike, export_dir: str | os.PathLike | None, form: str, test_ds: Any
+                 ) -> tuple[Any, dict, str]:
+    """``(logits, metrics, form run)`` of one model on the test maps, in ``form`` (its deployed form).
+
+    A form whose file is not there (a champion registered before its form was logged) or that this CPU step
+    cannot run (TensorRT) is run as ``torch`` instead, and the returned form and a printed line say so.
+
+    Raises:
+        ModelFormatError: the form's file is listed but cannot be loaded.
+    """
+    from waferflow.evaluation import check_classes, metrics_from_logits
+    from waferflow.models import load_model_dir
+    from waferflow.predictors import FORMS, create_predictor, predict_dataset
+
+    artifact = _form_artifact(form, model_dir, export_dir)
+    if artifact is not None and form != "torch" and not (Path(artifact) / FORMS[form].file).is_file():
+        artifact = None
+    if artifact is None:
+        print(f"[waferflow] {form} is not available to this step for {model_dir}; predicting the test maps in "
+              "the torch form instead")
+        form, artifact = "torch", model_dir
     net, spec = load_model_dir(model_dir)
     check_classes(test_ds, spec)
-    logits = predict_dataset(torch_predictor(net), test_ds, spec, desc="predict test")
-    return logits, metrics_from_logits(test_ds.labels, logits, spec.class_names)
+    predict = create_predictor(form, net if form == "torch" else artifact)
+    logits = predict_dataset(predict, test_ds, spec, desc=f"predict test ({form})")
+    metrics = metrics_from_logits(test_ds.labels, logits, spec.class_names)
+    metrics["form"] = form
+    return logits, metrics, form
 
 
 def _champion_on(uri: str, name: str, test_ds: Any) -> dict | None:
-    """The champion's predictions and metrics on the candidate's test maps (None when there is none)."""
+    """The champion's predictions and metrics on the candidate's test maps, in the form it deploys (None when
+    there is no champion)."""
     from waferflow.tracking import get_champion
 
     with tempfile.TemporaryDirectory() as tmp:
         info = get_champion(uri, tmp, name=name)
         if info is None:
             return None
-        logits, champ_metrics = _predict_test(info.model_dir, test_ds)
-    print(f"[waferflow] champion v{info.version} on this test set: "
+        form = info.tags.get("served_form") or info.tags.get("deployment_form") or "torch"
+        logits, champ_metrics, form = predict_test(info.model_dir, info.export_dir, form, test_ds)
+    print(f"[waferflow] champion v{info.version} on this test set ({form}): "
           f"accuracy {champ_metrics['overall']['accuracy']:.4f}")
     return {"version": info.version, "metrics": champ_metrics, "predictions": logits.argmax(1)}
 
 
 def gate_and_register(uri: str, run_id: str, *, parent_run_id: str, model_dir: str, test_file: str | os.PathLike,
                       test_data_hash: str | None, metrics: Mapping[str, str], gates: Mapping[str, Any],
-                      name: str, verdicts_dir: str | os.PathLike) -> tuple[GateReport, str]:
+                      name: str, verdicts_dir: str | os.PathLike, export_dir: str | None = None
+                      ) -> tuple[GateReport, str]:
     """Judge every gate and register ``run_id`` as a new version whose tags and card carry the verdicts.
 
-    The candidate predicts the test maps; when there is a champion it predicts the same maps, and "not worse"
-    is a paired test on them. ``verdicts_dir/gates.json`` gets the report with the new ``version``.
+    The gates read the form that will be deployed: the candidate predicts the test maps in the gates'
+    ``deployment_form`` (from ``export_dir``; e.g. ``onnx_int8`` or ``onnx_fp32_tta``), and accuracy, macro-F1 and
+    per-class recall are judged on those predictions; the INT8 drop compares the torch test metrics with INT8's.
+    When there is a champion it predicts the same maps in the form it deploys, and "not worse" is a paired test on
+    them. ``verdicts_dir`` gets ``gates.json`` (the report with the new ``version``) and ``deployed_metrics.json``.
 
     Args:
         metrics: ``{"test": metrics.json, "int8": metrics.json, "latency": latency.json}`` paths.
         gates: GateConfig overrides, e.g. ``{"min_accuracy": 0.95}``.
+        export_dir: The candidate's export dir (the ONNX forms).
 
     Returns:
         ``(report, version)``: the gate report and the registered version.
@@ -123,11 +162,14 @@ def gate_and_register(uri: str, run_id: str, *, parent_run_id: str, model_dir: s
 
     cfg = load_config(GateConfig, overrides=dict(gates))
     test_ds = load_dataset(test_file, require_labels=True)
-    preds = _predict_test(model_dir, test_ds)[0].argmax(1)
-    candidate = {"metrics": json.loads(Path(metrics["test"]).read_text()),
+    logits, deployed, form = predict_test(model_dir, export_dir, cfg.deployment_form, test_ds)
+    preds = logits.argmax(1)
+    candidate = {"metrics": deployed, "reference_metrics": json.loads(Path(metrics["test"]).read_text()),
                  "int8_metrics": json.loads(Path(metrics["int8"]).read_text()),
                  "latency": json.loads(Path(metrics["latency"]).read_text()),
                  "labels": test_ds.labels, "predictions": preds}
+    print(f"[waferflow] the gates read {form} on {len(test_ds)} test maps: accuracy "
+          f"{deployed['overall']['accuracy']:.4f}, macro-F1 {deployed['overall']['macro_f1']:.4f}")
     report = check_gates(candidate, cfg, champion=_champion_on(uri, name, test_ds))
     for r in report.results:
         print(f"[waferflow] gate {r.describe()}")
@@ -136,8 +178,9 @@ def gate_and_register(uri: str, run_id: str, *, parent_run_id: str, model_dir: s
                                  test_data_hash=test_data_hash,
                                  predictions={"labels": test_ds.labels, "predictions": preds})
     result = report.to_dict()
-    result["version"] = str(version)
+    result["version"], result["gated_form"] = str(version), form
     os.makedirs(verdicts_dir, exist_ok=True)
+    atomic_write_json(os.path.join(verdicts_dir, "deployed_metrics.json"), deployed)
     atomic_write_json(os.path.join(verdicts_dir, "gates.json"), result)
     return report, str(version)
 

@@ -8,6 +8,8 @@ form                    file                artifact dir                 loader
 ``torch``               ``weights.pt``      model dir (``train``)        ``torch_predictor`` (eval, CPU/CUDA)
 ``onnx_fp32``           ``model.onnx``      export dir (``export``)      ``onnx_predictor`` (onnxruntime)
 ``onnx_int8``           ``model.int8.onnx`` export dir (``export``)      ``onnx_predictor`` (onnxruntime)
+``onnx_fp32_tta``       ``model.tta.onnx``  export dir (``export --tta``) ``onnx_predictor`` (views in the graph)
+``onnx_int8_tta``       ``model.int8.tta.onnx`` export dir (``--tta``)   ``onnx_predictor`` (views in the graph)
 ``tensorrt_fp16``       ``model.fp16.engine`` compile-trt dir            ``tensorrt_predictor`` (CUDA only)
 ``tensorrt_int8``       ``model.int8.engine`` compile-trt dir            ``tensorrt_predictor`` (CUDA only)
 ``tta`` (wrapper)       --                  any of the above             ``tta_predictor`` (``tta=symmetries``)
@@ -24,7 +26,15 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from waferflow.errors import ModelFormatError
-from waferflow.forms import ENGINE_PRECISIONS, FP32_NAME, INT8_NAME, WEIGHTS_NAME, engine_name
+from waferflow.forms import (
+    ENGINE_PRECISIONS,
+    FP32_NAME,
+    INT8_NAME,
+    TTA_FP32_NAME,
+    TTA_INT8_NAME,
+    WEIGHTS_NAME,
+    engine_name,
+)
 from waferflow.predictors.batches import Predictor
 
 
@@ -68,6 +78,8 @@ FORMS: dict[str, Form] = {f.name: f for f in (
     Form("torch", WEIGHTS_NAME, "model dir (`waferflow train`)", _load_torch),
     Form("onnx_fp32", FP32_NAME, "export dir (`waferflow export`)", _load_onnx),
     Form("onnx_int8", INT8_NAME, "export dir (`waferflow export`)", _load_onnx),
+    Form("onnx_fp32_tta", TTA_FP32_NAME, "export dir (`waferflow export --tta`)", _load_onnx),
+    Form("onnx_int8_tta", TTA_INT8_NAME, "export dir (`waferflow export --tta`, with INT8)", _load_onnx),
     *(Form(f"tensorrt_{p}", engine_name(p), "compile-trt dir (`waferflow compile-trt`)", _load_tensorrt)
       for p in ENGINE_PRECISIONS),
     Form("tta", None, "any form's artifact; pass tta=symmetries with that form", None),
@@ -110,7 +122,8 @@ def create_predictor(form: str, artifact: Any, *, threads: int | None = None, de
     """A predictor for ``form`` loaded from its artifact dir (see the module's table).
 
     Args:
-        form: a base form of ``FORMS`` (``torch``, ``onnx_fp32``, ``onnx_int8``, ``tensorrt_fp16``, ``tensorrt_int8``).
+        form: a base form of ``FORMS`` (``torch``, ``onnx_fp32``, ``onnx_int8``, ``onnx_fp32_tta``,
+            ``onnx_int8_tta``, ``tensorrt_fp16``, ``tensorrt_int8``).
         artifact: the form's artifact dir (or its file); for ``torch`` also an already loaded ``nn.Module``.
         threads: torch threads (``torch``; set process-wide) or onnxruntime intra-op threads (``onnx_*``).
         device: ``cpu`` or ``cuda`` (``torch`` and ``onnx_*``; TensorRT is always CUDA).

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from waferflow.forms import EXPORT_FORMS
 from waferflow.errors import ModelFormatError
 from waferflow.tracking.artifacts import (EXPORT_ARTIFACT, EXPORT_FILES, INFO_DIR, MODEL_DIR_ARTIFACT, MODEL_DIR_FILES,
                                           TAG_LOGGED_MODEL, TAG_PYFUNC_FORM)
@@ -51,7 +52,8 @@ def log_candidate(
         model_dir: A model directory (``model.json``, ``weights.pt``, ...).
         metrics: Test-set eval dict (or the path of ``metrics.json``).
         artifacts: ``{folder name: file or folder}`` logged under that folder, e.g. ``{"plots": "curves.png"}``.
-        export_dir: Export dir (``model.onnx``, ``model.int8.onnx``, ``export.json``, ``latency.json``).
+        export_dir: Export dir (``model.onnx``, ``model.int8.onnx``, the TTA graphs, ``export.json``,
+            ``latency.json``); every ONNX form in it is logged as a model.
         int8_metrics: Eval dict of the INT8 ONNX model on the same test set (or its path).
         latency: Latency JSON (or its path); defaults to ``<export_dir>/latency.json`` when present.
         data_manifest: The test (or split) manifest (dict or path).
@@ -59,8 +61,9 @@ def log_candidate(
         run_id: Log into this existing candidate run (e.g. one opened with :func:`open_candidate_run` around
             training) instead of creating one.
         log_models: Log the ONNX models (needs ``export_dir``) and the raw-map pyfunc around ``serve_form``.
-        serve_form: The ONNX form inside the raw-map pyfunc (the gates' deployment form): ``onnx_int8`` (FP32
-            when there is no INT8 file; the tag ``waferflow.pyfunc_form`` says which) or ``onnx_fp32``.
+        serve_form: The ONNX form inside the raw-map pyfunc (the gates' deployment form): ``onnx_int8``,
+            ``onnx_fp32``, ``onnx_fp32_tta`` or ``onnx_int8_tta`` (FP32 when that file was not exported; the tag
+            ``waferflow.pyfunc_form`` says which).
         system_metrics_interval_s: Sample system metrics at this interval while logging; None disables.
         retry: Retry policy for MLflow calls.
 
@@ -150,9 +153,7 @@ def _log_candidate_body(c: RetryingClient, run_id: str, inputs: Mapping[str, Any
     for name, p in artifacts.items():
         log_path(c, run_id, Path(p), name)
     if log_models:
-        forms = {"onnx_fp32": ed / "model.onnx"}
-        if (ed / "model.int8.onnx").is_file():
-            forms["onnx_int8"] = ed / "model.int8.onnx"
+        forms = {form: ed / name for form, name in EXPORT_FORMS.items() if (ed / name).is_file()}
         for form, path in forms.items():
             mid = c.call(f"log {form} model", log_onnx, c.uri, run_id, path, form, spec)
             c.call("tag run", c.raw.set_tag, run_id, TAG_LOGGED_MODEL + form, mid)

@@ -206,7 +206,8 @@ def build_model_card(
           "- Classifies the defect pattern of a wafer bin map (values 0 off-wafer, 1 pass, 2 fail), resized "
           "nearest-neighbour to the input size, for yield engineers triaging wafers of the product/fab whose "
           "data is listed above.",
-          "- Deploy the form the latency gate measured (`" + gate_report.config.deployment_form + "`). The "
+          "- Deploy the form the gates measured (`" + gate_report.config.deployment_form + "`: the accuracy, "
+          "macro-F1 and recall gates read its predictions on the test maps, the latency gate its p99). The "
           "registered version is a pyfunc that takes raw 0/1/2 maps of any size and returns class names "
           "(`mlflow.pyfunc.load_model(\"models:/NAME@champion\").predict([map, ...])`, or `mlflow models serve`); "
           "it runs that ONNX form after `waferflow.models.preprocess`.",

@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from waferflow.errors import RegistryError
+from waferflow.forms import EXPORT_FORMS
 from waferflow.tracking.artifacts import (EXPORT_ARTIFACT, INFO_DIR, MODEL_DIR_ARTIFACT, TAG_LOGGED_MODEL,
                                           download_logged_onnx, download_run_artifacts, read_run_jsons)
 from waferflow.tracking.audit import CHAMPION, DEFAULT_MODEL_NAME, alias_version, existing_version_tags, summary_metrics
@@ -83,8 +84,8 @@ def get_champion(tracking_uri: str, dest_dir: str | os.PathLike, *, name: str = 
     """Download the current champion so the caller can re-evaluate it on the same test set.
 
     Writes ``<dest_dir>/v<version>/model_dir`` (model.json, weights.pt, config.yaml, history.json) and
-    ``<dest_dir>/v<version>/export`` (model.onnx, model.int8.onnx when logged, export.json, latency.json),
-    atomically (temp folder, then rename).
+    ``<dest_dir>/v<version>/export`` (every logged ONNX form: model.onnx, model.int8.onnx, model.tta.onnx, ...;
+    export.json, latency.json), atomically (temp folder, then rename).
 
     Returns:
         :class:`ChampionInfo`, or None when ``name`` has no champion (or does not exist yet).
@@ -136,7 +137,7 @@ def _download_champion(c: RetryingClient, run_id: str, tmp: Path) -> None:
         download_run_artifacts(c.uri, run_id, EXPORT_ARTIFACT, export, c.retry)
     export.mkdir(exist_ok=True)
     run = c.call("read champion run", c.raw.get_run, run_id)
-    for form, fname in (("onnx_fp32", "model.onnx"), ("onnx_int8", "model.int8.onnx")):
+    for form, fname in EXPORT_FORMS.items():
         mid = run.data.tags.get(TAG_LOGGED_MODEL + form)
         if mid:
             download_logged_onnx(c, mid, export / fname)
