@@ -176,6 +176,9 @@ def render_report(data: dict) -> tuple[str, str]:
     g = data["gates"]
     lines.append(f"Verdict: **{'PASSED' if g.get('passed') else 'FAILED'}**"
                  + (f" (champion compared: v{g['champion_version']})" if g.get("champion_version") else " (no champion yet)"))
+    if g.get("gated_form"):
+        lines += ["", f"The gates read the deployed form, `{g['gated_form']}`, on the test maps (the table above is "
+                      "the torch form)."]
     if g.get("reason"):
         lines += ["", f"Why: {g['reason']}"]
     level = f"{g.get('config', {}).get('confidence', 0.95):.0%}"
