@@ -39,6 +39,27 @@ def test_graph_equals_tta_predictor_around_its_source(tiny, tmp_path, symmetries
     np.testing.assert_allclose(onnx_predictor(tmp_path / "model.tta.onnx")(x[:1]), got[:1], atol=1e-5)
 
 
+def test_the_table_feeds_a_tta_graph_a_bounded_number_of_maps_per_call(tiny, tmp_path, monkeypatch):
+    """Each map is 8 images inside the graph: the form's predictor cuts a caller's batch into TTA_CHUNK maps."""
+    import waferflow.predictors.runtime as runtime
+    from waferflow.predictors.table import TTA_CHUNK
+
+    wrap_tta(tiny["export_dir"] / "model.onnx", tmp_path / "model.tta.onnx", ["hflip", "vflip", "rot90"])
+    x = np.random.default_rng(1).normal(size=(2 * TTA_CHUNK + 6, 3, 32, 32)).astype(np.float32)
+    whole = onnx_predictor(tmp_path / "model.tta.onnx")(x)
+    sizes = []
+    real = runtime.onnx_predictor
+
+    def spy(*a, **k):
+        p = real(*a, **k)
+        return lambda b: (sizes.append(len(b)), p(b))[1]
+
+    monkeypatch.setattr(runtime, "onnx_predictor", spy)
+    got = create_predictor("onnx_fp32_tta", tmp_path)(x)
+    assert sizes == [TTA_CHUNK, TTA_CHUNK, 6]
+    np.testing.assert_allclose(got, whole, atol=1e-5)
+
+
 def test_graph_keeps_the_export_metadata_and_records_its_views(tiny, tmp_path):
     from waferflow.export.onnx_export import read_onnx_metadata
 
@@ -144,3 +165,21 @@ def test_the_gates_step_predicts_the_test_maps_in_the_deployed_form(tiny, tta_ex
         _, _, form = predict_test(tiny["model_dir"], export_dir, missing, tiny["test"])
         assert form == "torch"
         assert f"{missing} is not available to this step" in capsys.readouterr().out
+
+
+def test_the_raw_map_pyfunc_serves_a_tta_graph_in_bounded_calls(tiny, tta_export):
+    from types import SimpleNamespace
+
+    from waferflow.models import preprocess, read_spec
+    from waferflow.tracking.pyfunc import ONNX_ARTIFACT, SPEC_ARTIFACT, WaferMapClassifier
+
+    out, _ = tta_export
+    clf = WaferMapClassifier()
+    clf.load_context(SimpleNamespace(artifacts={ONNX_ARTIFACT: str(out / "model.tta.onnx"),
+                                                SPEC_ARTIFACT: str(tiny["model_dir"] / "model.json")}))
+    assert clf.chunk == 32  # 256 images a call: 32 maps x 8 views
+    maps = tiny["test"].maps[:40]
+    names = clf.predict(None, [m.tolist() for m in maps])
+    spec = read_spec(tiny["model_dir"])
+    want = onnx_predictor(out / "model.tta.onnx")(preprocess(maps, spec)).argmax(1)
+    assert names == [spec.class_names[k] for k in want]

@@ -37,6 +37,7 @@ from waferflow.export.quantize import (
 from waferflow.forms import EXPORT_FORMS, TTA_OF
 from waferflow.predictors import (
     FP32_NAME,
+    create_predictor,
     INT8_NAME,
     WEIGHTS_NAME,
     onnx_predictor,
@@ -220,7 +221,8 @@ def _write_tta(tmp: Path, files: dict[str, Path], spec: Any, parity_ds: WaferDat
             continue
         dst = tmp / EXPORT_FORMS[tta_form]
         info = wrap_tta(src, dst, symmetries)
-        logits = predict_dataset(onnx_predictor(dst, threads), parity_ds, spec, batch_size, desc=tta_form)
+        logits = predict_dataset(create_predictor(tta_form, dst, threads=threads), parity_ds, spec, batch_size,
+                                 desc=tta_form)
         ref = predict_dataset(tta_predictor(onnx_predictor(src, threads), symmetries), parity_ds, spec, batch_size,
                               desc=f"{base}+tta reference")
         par = parity(ref, logits)

@@ -65,6 +65,9 @@ class WaferMapClassifier(mlflow.pyfunc.PythonModel):
         self.session = ort.InferenceSession(context.artifacts[ONNX_ARTIFACT], opts,
                                             providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
+        # a TTA graph runs V views of every map inside it: keep each call near 256 images, as for a plain form
+        views = int(self.session.get_modelmeta().custom_metadata_map.get("tta_views", "1") or 1)
+        self.chunk = max(1, 256 // max(views, 1))
 
     def predict(self, context, model_input: list[Any], params: dict[str, Any] | None = None) -> list[str]:
         """Class name of every map.
@@ -85,8 +88,9 @@ class WaferMapClassifier(mlflow.pyfunc.PythonModel):
         from waferflow.models import preprocess
 
         x = np.concatenate([preprocess(m, self.spec) for m in _as_maps(model_input)])
-        logits = np.concatenate([self.session.run(None, {self.input_name: x[i:i + 256]})[0]
-                                 for i in range(0, len(x), 256)])
+        n = getattr(self, "chunk", 256)
+        logits = np.concatenate([self.session.run(None, {self.input_name: x[i:i + n]})[0]
+                                 for i in range(0, len(x), n)])
         return [self.spec.class_names[int(k)] for k in logits.argmax(1)]
 
 
