@@ -68,6 +68,25 @@ def test_lot_aware_on_lswmd_fixture_small_classes_fallback(lswmd_small):
     assert r.manifest["notes"] and "GroupShuffleSplit" in r.manifest["notes"][0]
 
 
+def test_lot_aware_keeps_the_lots_of_a_class_with_one_or_two_maps_in_train():
+    """A class with fewer than 3 maps cannot be in every split; as without lots, it goes to train, with its lots."""
+    ds = toy(n=400, lots_per=10)
+    y = ds.labels.copy()
+    rare = [int(np.flatnonzero(ds.lots == ds.lots[0])[3]), int(np.flatnonzero(ds.lots == ds.lots[-1])[5])]
+    y[rare] = ds.num_classes - 1
+    y[(y == ds.num_classes - 1) & ~np.isin(np.arange(len(y)), rare)] = 0  # the last class: exactly two maps
+    ds.labels = y
+    for seed in range(4):
+        r = split_dataset(ds, seed=seed)
+        assert set(rare) <= set(r.indices["train"].tolist())
+        train_lots = set(r.train.lots.tolist())
+        assert {ds.lots[i] for i in rare} <= train_lots
+        assert not train_lots & (set(r.val.lots.tolist()) | set(r.test.lots.tolist()))
+        assert r.manifest["small_classes"] == [ds.class_names[-1]]
+        assert any("go to train whole" in n for n in r.manifest["notes"])
+        assert len(r.val) and len(r.test)
+
+
 def test_too_few_lots():
     ds = toy(n=40, lots_per=20)
     with pytest.raises(DataError, match="at least 3 lots"):

@@ -6,7 +6,9 @@
   ``small_classes`` (documented fallback, also logged as a warning).
 * With lots: whole lots are assigned to one split (scikit-learn
   ``StratifiedGroupKFold``, which balances class proportions over folds as far
-  as whole lots allow), so no lot is in two splits.
+  as whole lots allow), so no lot is in two splits. Lots that hold a class with fewer than ``MIN_STRATIFY``
+  maps go to TRAIN whole, as without lots (the manifest's ``small_classes`` and ``notes`` say so): a class
+  with one or two labeled maps can only be learned from training.
 * ``labels_per_class`` / ``label_fraction`` thin out the labels of TRAIN only
   (few-label regime); the removed train maps are kept as an unlabeled set.
 * Exact-duplicate maps (same bytes and shape) found in more than one split are
@@ -101,15 +103,32 @@ def _stratified(y: np.ndarray, val: float, test: float, seed: int) -> tuple[dict
     return {k: np.sort(v) for k, v in parts.items()}, [str(c) for c in small]
 
 
+def _small_class_lots(y: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    """``(mask of maps in a lot that holds a class with < MIN_STRATIFY maps, those classes)``: such a class cannot
+    be in every split, and a model can only learn it from training, so its lots stay whole in train."""
+    counts = np.bincount(y)
+    small = np.flatnonzero((counts > 0) & (counts < MIN_STRATIFY))
+    return np.isin(groups, np.unique(groups[np.isin(y, small)])), [int(c) for c in small]
+
+
 def _lot_aware(y: np.ndarray, lots: np.ndarray, val: float, test: float, seed: int,
-               notes: list[str]) -> dict[str, np.ndarray]:
+               notes: list[str]) -> tuple[dict[str, np.ndarray], list[int]]:
+    """Lots kept whole, stratified by class where possible; lots holding a class too small to stratify go to train.
+    Returns ``(parts, the small classes)``."""
     from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
 
     uniq, groups = np.unique(lots, return_inverse=True)
+    forced, small = _small_class_lots(y, groups)
     n_need = int(val > 0) + int(test > 0) + 1
-    if len(uniq) < n_need:
-        raise DataError(f"lot-aware split needs at least {n_need} lots, found {len(uniq)}; "
-                        "add lots, set --val/--test to 0, or drop 'lots' to split per wafer")
+    if len(np.unique(groups[~forced])) < n_need:
+        raise DataError(f"lot-aware split needs at least {n_need} lots, found {len(np.unique(groups[~forced]))}"
+                        + (f" besides the {len(np.unique(groups[forced]))} kept in train for classes with fewer "
+                           f"than {MIN_STRATIFY} maps" if forced.any() else "")
+                        + "; add lots, set --val/--test to 0, or drop 'lots' to split per wafer")
+    if forced.any():
+        n_lots = len(np.unique(groups[forced]))
+        notes.append(f"{int(forced.sum())} maps in {n_lots} lot{'s' if n_lots != 1 else ''} go to train whole: "
+                     f"they hold a class with fewer than {MIN_STRATIFY} maps, which only training can teach")
 
     def take(idx: np.ndarray, frac: float, s: int) -> tuple[np.ndarray, np.ndarray]:
         n_groups = len(np.unique(groups[idx]))
@@ -127,13 +146,14 @@ def _lot_aware(y: np.ndarray, lots: np.ndarray, val: float, test: float, seed: i
             rest, held = next(cv.split(idx, y[idx], groups[idx]))
         return idx[rest], idx[held]
 
-    idx = np.arange(len(y))
+    idx = np.flatnonzero(~forced)
     parts = {"train": idx, "val": idx[:0], "test": idx[:0]}
     if test > 0:
         parts["train"], parts["test"] = take(idx, test, seed)
     if val > 0:
         parts["train"], parts["val"] = take(parts["train"], val / (1.0 - test), seed + 1)
-    return {k: np.sort(v) for k, v in parts.items()}
+    parts["train"] = np.concatenate([parts["train"], np.flatnonzero(forced)])
+    return {k: np.sort(v) for k, v in parts.items()}, small
 
 
 def _few_labels(y: np.ndarray, train_idx: np.ndarray, n_classes: int, seed: int,
@@ -208,13 +228,13 @@ def split_dataset(ds: WaferDataset, val: float = 0.15, test: float = 0.15, seed:
     small: list[str] = []
     notes: list[str] = []
     if lot_aware:
-        parts = _lot_aware(y, ds.lots, val, test, seed, notes)
+        parts, small_idx = _lot_aware(y, ds.lots, val, test, seed, notes)
     else:
         parts, small_idx = _stratified(y, val, test, seed)
-        small = [ds.class_names[int(c)] for c in small_idx]
-        if small:
-            log.warning("classes %s have fewer than %d maps: all of them go to train (not stratified)",
-                        small, MIN_STRATIFY)
+    small = [ds.class_names[int(c)] for c in small_idx]
+    if small:
+        log.warning("classes %s have fewer than %d maps: all of them go to train (not stratified%s)",
+                    small, MIN_STRATIFY, ", with their whole lots" if lot_aware else "")
     unl_idx = None
     if labels_per_class is not None or label_fraction is not None:
         parts["train"], unl_idx = _few_labels(y, parts["train"], ds.num_classes, seed, labels_per_class,
