@@ -203,9 +203,10 @@ SYNTHETIC_GATES: dict[str, Any] = {
 # and on 89 maps a gate is judged on its 95% interval: it fails only when the whole interval is below, so a working
 # recipe is not refused for the noise of a small split and a failed one (its interval ends near 0.78 / 0.60) is.
 # INT8 costs about 4 accuracy points on real maps at 64 px, so the deployed form is FP32; the INT8 gate still
-# catches a broken quantization. It is deployed with test-time augmentation inside the ONNX graph (8 dihedral views,
-# about 10 ms a map on 2 cores): on a 2,000-map development slice of train_10 that added 2.2 accuracy points and 4.3
-# macro-F1 points to the same champion (README). The champion comparison is the same paired test as everywhere.
+# catches a broken quantization. It is deployed with test-time augmentation inside the ONNX graph (8 dihedral
+# views, a single-map p99 of about 7 ms on 2 cores): on a 2,000-map development slice of train_10 that added 2.2
+# accuracy points and 4.3 macro-F1 points to the same champion (benchmarks/bench_tta_dev.py). The champion
+# comparison is the same paired test as everywhere.
 REAL_GATES: dict[str, Any] = {
     "min_accuracy": 0.85, "min_macro_f1": 0.65, "min_class_recall": 0.5, "max_int8_accuracy_drop": 0.05,
     "max_p99_latency_ms": 50.0, "deployment_form": "onnx_fp32_tta", "judge": "interval", "confidence": 0.95,

@@ -40,24 +40,33 @@ def test_graph_equals_tta_predictor_around_its_source(tiny, tmp_path, symmetries
 
 
 def test_the_table_feeds_a_tta_graph_a_bounded_number_of_maps_per_call(tiny, tmp_path, monkeypatch):
-    """Each map is 8 images inside the graph: the form's predictor cuts a caller's batch into TTA_CHUNK maps."""
+    """Each map is 8 images inside the graph: the ONNX predictor cuts a caller's batch into 256 // 8 maps a call,
+    read from the graph's own ``tta_views``; a plain graph keeps 256."""
     import waferflow.predictors.runtime as runtime
-    from waferflow.predictors.table import TTA_CHUNK
 
     wrap_tta(tiny["export_dir"] / "model.onnx", tmp_path / "model.tta.onnx", ["hflip", "vflip", "rot90"])
-    x = np.random.default_rng(1).normal(size=(2 * TTA_CHUNK + 6, 3, 32, 32)).astype(np.float32)
-    whole = onnx_predictor(tmp_path / "model.tta.onnx")(x)
+    per_call = runtime.IMAGES_PER_CALL // 8
+    x = np.random.default_rng(1).normal(size=(2 * per_call + 6, 3, 32, 32)).astype(np.float32)
+    whole = runtime.onnx_session(tmp_path / "model.tta.onnx").run(["logits"], {"input": x})[0]
     sizes = []
-    real = runtime.onnx_predictor
+    real = runtime.onnx_session
 
-    def spy(*a, **k):
-        p = real(*a, **k)
-        return lambda b: (sizes.append(len(b)), p(b))[1]
+    class Spy:
+        def __init__(self, sess):
+            self.sess = sess
 
-    monkeypatch.setattr(runtime, "onnx_predictor", spy)
+        def __getattr__(self, name):
+            return getattr(self.sess, name)
+
+        def run(self, out, feed):
+            sizes.append(len(feed["input"]))
+            return self.sess.run(out, feed)
+
+    monkeypatch.setattr(runtime, "onnx_session", lambda *a, **k: Spy(real(*a, **k)))
     got = create_predictor("onnx_fp32_tta", tmp_path)(x)
-    assert sizes == [TTA_CHUNK, TTA_CHUNK, 6]
+    assert sizes == [per_call, per_call, 6]
     np.testing.assert_allclose(got, whole, atol=1e-5)
+    assert runtime.maps_per_call(real(tiny["export_dir"] / "model.onnx")) == runtime.IMAGES_PER_CALL
 
 
 def test_graph_keeps_the_export_metadata_and_records_its_views(tiny, tmp_path):
@@ -98,7 +107,6 @@ def test_export_writes_checks_and_lists_both_tta_forms(tiny, tta_export):
         assert rec["views"] == 8 and rec["parity_vs_predictor"]["argmax_agreement"] == 1.0
         assert info["metrics"][form]["n"] == len(tiny["test"])
     # the table loads them like any form, and they score like TTA around the plain form
-    spec = tiny["test"]
     from waferflow.models import read_spec
 
     spec = read_spec(tiny["model_dir"])

@@ -129,9 +129,8 @@ def _run_worker(name: str, job_file: Path) -> dict:
 def _form_files(model_dir: Path, export_dir: str | os.PathLike | None, trt_dir: str | os.PathLike | None
                 ) -> tuple[dict[str, tuple[str, str]], dict[str, dict]]:
     """``({name: (form, path)}, {name: skipped entry})`` for every form present (files from the one table)."""
-    from waferflow.predictors import ENGINE_PRECISIONS, FORMS, cuda_status
-
     from waferflow.forms import EXPORT_FORMS
+    from waferflow.predictors import ENGINE_PRECISIONS, FORMS, cuda_status
 
     forms = {"torch_eager": ("torch", str(model_dir))}
     if export_dir is not None:

@@ -37,9 +37,9 @@ from waferflow.export.quantize import (
 from waferflow.forms import EXPORT_FORMS, TTA_OF
 from waferflow.predictors import (
     FP32_NAME,
-    create_predictor,
     INT8_NAME,
     WEIGHTS_NAME,
+    create_predictor,
     onnx_predictor,
     predict_dataset,
     spec_field,

@@ -69,7 +69,7 @@ def _head(in_name: str, views: list[tuple[int, bool, bool]]) -> tuple[list, str]
     return nodes, f"{PREFIX}views"
 
 
-def _tail(view_logits: str, out_name: str, n_views: int, n_classes: int, opset: int) -> list:
+def _tail(view_logits: str, out_name: str, opset: int) -> list:
     """Nodes from the views' logits [V*N, K] to log(mean softmax) [N, K] named ``out_name``."""
     from onnx import helper
 
@@ -140,7 +140,7 @@ def wrap_tta(src: str | os.PathLike, dst: str | os.PathLike, symmetries: Sequenc
     _rewire(g, out_name, view_logits)
     head, views_name = _head(in_name, views)
     _rewire(g, in_name, views_name)
-    nodes = head + list(g.node) + _tail(view_logits, out_name, len(views), n_classes, opset)
+    nodes = head + list(g.node) + _tail(view_logits, out_name, opset)
     del g.node[:]
     g.node.extend(nodes)
     g.initializer.extend(_constants(len(views), n_classes))

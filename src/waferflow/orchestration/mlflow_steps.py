@@ -79,42 +79,31 @@ def log_selected(uri: str, parent_run_id: str, model_dir: str, *, export_dir: st
     return run_id
 
 
-def _form_artifact(form: str, model_dir: str | os.PathLike, export_dir: str | os.PathLike | None) -> Any:
-    """The artifact ``create_predictor`` needs for ``form``: the model dir (torch) or the export dir (ONNX forms).
-
-    Returns None for a form this step cannot run (TensorRT engines are evaluated by compile-tensorrt on CUDA).
-    """
-    from waferflow.forms import EXPORT_FORMS
-
-    if form == "torch":
-        return model_dir
-    return export_dir if form in EXPORT_FORMS and export_dir is not None else None
-
-
 def predict_test(model_dir: str | os.PathLike, export_dir: str | os.PathLike | None, form: str, test_ds: Any
                  ) -> tuple[Any, dict, str]:
-    """``(logits, metrics, form run)`` of one model on the test maps, in ``form`` (its deployed form).
+    """``(logits, metrics, form run)`` of one model on the test maps, in ``form`` (its deployed form): ``torch``
+    from ``model_dir``, an ONNX form from ``export_dir``.
 
     A form whose file is not there (a champion registered before its form was logged) or that this CPU step
-    cannot run (TensorRT) is run as ``torch`` instead, and the returned form and a printed line say so.
+    cannot run (TensorRT engines are evaluated by compile-tensorrt on CUDA) is run as ``torch`` instead, and the
+    returned form and a printed line say so.
 
     Raises:
-        ModelFormatError: the form's file is listed but cannot be loaded.
+        ModelFormatError: the form's file is there but cannot be loaded.
     """
     from waferflow.evaluation import check_classes, metrics_from_logits
+    from waferflow.forms import EXPORT_FORMS
     from waferflow.models import load_model_dir
-    from waferflow.predictors import FORMS, create_predictor, predict_dataset
+    from waferflow.predictors import create_predictor, predict_dataset
 
-    artifact = _form_artifact(form, model_dir, export_dir)
-    if artifact is not None and form != "torch" and not (Path(artifact) / FORMS[form].file).is_file():
-        artifact = None
-    if artifact is None:
+    if form != "torch" and not (form in EXPORT_FORMS and export_dir is not None
+                                and (Path(export_dir) / EXPORT_FORMS[form]).is_file()):
         print(f"[waferflow] {form} is not available to this step for {model_dir}; predicting the test maps in "
               "the torch form instead")
-        form, artifact = "torch", model_dir
+        form = "torch"
     net, spec = load_model_dir(model_dir)
     check_classes(test_ds, spec)
-    predict = create_predictor(form, net if form == "torch" else artifact)
+    predict = create_predictor(form, net if form == "torch" else export_dir)
     logits = predict_dataset(predict, test_ds, spec, desc=f"predict test ({form})")
     metrics = metrics_from_logits(test_ds.labels, logits, spec.class_names)
     metrics["form"] = form

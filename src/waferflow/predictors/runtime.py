@@ -135,13 +135,28 @@ def onnx_session(path: str | os.PathLike, threads: int | None = None, device: st
     return sess
 
 
+#: images per onnxruntime call: a predictor cuts larger inputs, so a TTA graph (V images per map) gets
+#: IMAGES_PER_CALL // V maps a call (256 maps of a WM-811K graph would be 2,048 images, several GiB of activations)
+IMAGES_PER_CALL = 256
+
+
+def maps_per_call(sess: Any) -> int:
+    """Maps per call into ``sess`` that keep it near ``IMAGES_PER_CALL`` images (``tta_views`` in its metadata)."""
+    views = int(sess.get_modelmeta().custom_metadata_map.get("tta_views") or 1)
+    return max(1, IMAGES_PER_CALL // max(views, 1))
+
+
 def onnx_predictor(path: str | os.PathLike, threads: int | None = None, device: str = "cpu") -> Predictor:
-    """A predictor around an ONNX model (input ``input``, output ``logits``); see ``onnx_session``."""
+    """A predictor around an ONNX model (input ``input``, output ``logits``); see ``onnx_session``. Inputs larger
+    than ``maps_per_call`` run in slices of that size."""
     sess = onnx_session(path, threads=threads, device=device)
     in_name = sess.get_inputs()[0].name
     out_name = sess.get_outputs()[0].name
+    n = maps_per_call(sess)
 
     def predict(x: np.ndarray) -> np.ndarray:
-        return sess.run([out_name], {in_name: x})[0]
+        if len(x) <= n:
+            return sess.run([out_name], {in_name: x})[0]
+        return np.concatenate([sess.run([out_name], {in_name: x[i:i + n]})[0] for i in range(0, len(x), n)])
 
     return predict

@@ -8,8 +8,8 @@ form                    file                artifact dir                 loader
 ``torch``               ``weights.pt``      model dir (``train``)        ``torch_predictor`` (eval, CPU/CUDA)
 ``onnx_fp32``           ``model.onnx``      export dir (``export``)      ``onnx_predictor`` (onnxruntime)
 ``onnx_int8``           ``model.int8.onnx`` export dir (``export``)      ``onnx_predictor`` (onnxruntime)
-``onnx_fp32_tta``       ``model.tta.onnx``  export dir (``export --tta``) ``onnx_predictor``, 32 maps a call
-``onnx_int8_tta``       ``model.int8.tta.onnx`` export dir (``--tta``)   ``onnx_predictor``, 32 maps a call
+``onnx_fp32_tta``       ``model.tta.onnx``  export dir (``export --tta``) ``onnx_predictor`` (views in the graph)
+``onnx_int8_tta``       ``model.int8.tta.onnx`` export dir (``--tta``)   ``onnx_predictor`` (views in the graph)
 ``tensorrt_fp16``       ``model.fp16.engine`` compile-trt dir            ``tensorrt_predictor`` (CUDA only)
 ``tensorrt_int8``       ``model.int8.engine`` compile-trt dir            ``tensorrt_predictor`` (CUDA only)
 ``tta`` (wrapper)       --                  any of the above             ``tta_predictor`` (``tta=symmetries``)
@@ -58,26 +58,6 @@ def _load_onnx(path: Path, threads: int | None = None, device: str = "cpu", mode
     return onnx_predictor(path, threads=threads, device=device)
 
 
-#: maps per call into a TTA graph: each map is V views inside it (8 for WM-811K), so a caller's batch of 256 maps
-#: would be 2,048 images at once (several GiB of activations); 32 maps = 256 images, the plain forms' batch
-TTA_CHUNK = 32
-
-
-def _load_onnx_tta(path: Path, threads: int | None = None, device: str = "cpu", model: Any = None) -> Predictor:
-    import numpy as np
-
-    from waferflow.predictors.runtime import onnx_predictor
-
-    predict = onnx_predictor(path, threads=threads, device=device)
-
-    def predict_chunked(x: np.ndarray) -> np.ndarray:
-        if len(x) <= TTA_CHUNK:
-            return predict(x)
-        return np.concatenate([predict(x[i:i + TTA_CHUNK]) for i in range(0, len(x), TTA_CHUNK)])
-
-    return predict_chunked
-
-
 def _load_tensorrt(path: Path, threads: int | None = None, device: str = "cpu", model: Any = None) -> Predictor:
     from waferflow.predictors.tensorrt import tensorrt_predictor
 
@@ -98,8 +78,8 @@ FORMS: dict[str, Form] = {f.name: f for f in (
     Form("torch", WEIGHTS_NAME, "model dir (`waferflow train`)", _load_torch),
     Form("onnx_fp32", FP32_NAME, "export dir (`waferflow export`)", _load_onnx),
     Form("onnx_int8", INT8_NAME, "export dir (`waferflow export`)", _load_onnx),
-    Form("onnx_fp32_tta", TTA_FP32_NAME, "export dir (`waferflow export --tta`)", _load_onnx_tta),
-    Form("onnx_int8_tta", TTA_INT8_NAME, "export dir (`waferflow export --tta`, with INT8)", _load_onnx_tta),
+    Form("onnx_fp32_tta", TTA_FP32_NAME, "export dir (`waferflow export --tta`)", _load_onnx),
+    Form("onnx_int8_tta", TTA_INT8_NAME, "export dir (`waferflow export --tta`, with INT8)", _load_onnx),
     *(Form(f"tensorrt_{p}", engine_name(p), "compile-trt dir (`waferflow compile-trt`)", _load_tensorrt)
       for p in ENGINE_PRECISIONS),
     Form("tta", None, "any form's artifact; pass tta=symmetries with that form", None),

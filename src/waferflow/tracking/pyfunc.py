@@ -58,6 +58,7 @@ class WaferMapClassifier(mlflow.pyfunc.PythonModel):
         import onnxruntime as ort
 
         from waferflow.models import ModelSpec
+        from waferflow.predictors.runtime import maps_per_call
 
         self.spec = ModelSpec.from_dict(json.loads(Path(context.artifacts[SPEC_ARTIFACT]).read_text()))
         opts = ort.SessionOptions()
@@ -65,9 +66,7 @@ class WaferMapClassifier(mlflow.pyfunc.PythonModel):
         self.session = ort.InferenceSession(context.artifacts[ONNX_ARTIFACT], opts,
                                             providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
-        # a TTA graph runs V views of every map inside it: keep each call near 256 images, as for a plain form
-        views = int(self.session.get_modelmeta().custom_metadata_map.get("tta_views", "1") or 1)
-        self.chunk = max(1, 256 // max(views, 1))
+        self.chunk = maps_per_call(self.session)  # a TTA graph runs its views of every map inside it
 
     def predict(self, context, model_input: list[Any], params: dict[str, Any] | None = None) -> list[str]:
         """Class name of every map.
@@ -88,9 +87,8 @@ class WaferMapClassifier(mlflow.pyfunc.PythonModel):
         from waferflow.models import preprocess
 
         x = np.concatenate([preprocess(m, self.spec) for m in _as_maps(model_input)])
-        n = getattr(self, "chunk", 256)
-        logits = np.concatenate([self.session.run(None, {self.input_name: x[i:i + n]})[0]
-                                 for i in range(0, len(x), n)])
+        logits = np.concatenate([self.session.run(None, {self.input_name: x[i:i + self.chunk]})[0]
+                                 for i in range(0, len(x), self.chunk)])
         return [self.spec.class_names[int(k)] for k in logits.argmax(1)]
 
 
