@@ -151,6 +151,8 @@ def build_pipeline(profile: Profile | None = None):
         taxonomy: str = p.taxonomy,
         seed: int = p.seed,
         labels_per_class: int = p.labels_per_class,
+        val_fraction: float = p.val_fraction,
+        test_fraction: float = p.test_fraction,
         pool_size: int = p.pool_size,
         backbones: list = list(p.backbones),
         candidates: list = default_candidates,
@@ -187,7 +189,8 @@ def build_pipeline(profile: Profile | None = None):
                 input_size=input_size, pretrained=pretrained, device=device, tracking_uri=tracking_uri,
             ).set_display_name("start-mlflow-run"), c)
             split = place(split_data(
-                dataset=data.outputs["dataset"], labels_per_class=labels_per_class, seed=seed
+                dataset=data.outputs["dataset"], labels_per_class=labels_per_class, seed=seed,
+                val_fraction=val_fraction, test_fraction=test_fraction,
             ).set_display_name("split"), c)
             source = place(source_model(
                 dataset=data.outputs["dataset"], settings=source_settings, backbones=backbones,

@@ -89,6 +89,9 @@ class Profile:
         seed: Seed of generation, split and training.
         data: Path of the user's own maps (``.npz``, ``LSWMD.pkl``, PNG folder); "" = synthetic.
         labels_per_class: Keep only N labeled training maps per class (0 = all).
+        val_fraction: Share of the labeled maps (of the lots, where lots exist) held out for validation: early
+            stopping, the candidates' ranking and the teacher-or-student choice read it.
+        test_fraction: Share held out for the test split, read once by the selected model (the gates).
         backbones: timm backbones to try.
         strategies: Transfer strategies to try from ImageNet; empty = every strategy waferflow.train defines.
         source_strategies: Strategies fine-tuned from the synthetic source model (candidates ``S+source``).
@@ -120,6 +123,8 @@ class Profile:
     seed: int = 0
     data: str = ""
     labels_per_class: int = 0
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
     backbones: tuple[str, ...] = ("tf_efficientnet_lite0",)
     strategies: tuple[str, ...] = ()
     source_strategies: tuple[str, ...] = ()
@@ -153,12 +158,24 @@ class Profile:
                               "(e.g. source.n_maps=8000) or drop source_strategies")
         if self.pool_size < 0:
             raise ConfigError(f"pool_size must be >= 0, got {self.pool_size}")
+        self._check_holdout()
         self._check_recipes()
         gates = self.gate_config()  # a bad gate key or value fails here, before any training
         if gates.deployment_form.endswith("_tta") and not self.export.get("tta"):
             raise ConfigError(f"profile {self.name!r}: gates.deployment_form={gates.deployment_form} deploys the "
                               "TTA graph, which only `export.tta=true` writes; set export.tta=true or deploy "
                               f"{gates.deployment_form.removesuffix('_tta')}")
+
+    def _check_holdout(self) -> None:
+        """Validation and test both need maps (early stopping, selection, gates), and train needs most of them."""
+        for key in ("val_fraction", "test_fraction"):
+            f = getattr(self, key)
+            if not 0.05 <= f <= 0.5:
+                raise ConfigError(f"{key} must be between 0.05 and 0.5 of the labeled maps, got {f}; "
+                                  f"e.g. {key}=0.15")
+        if self.val_fraction + self.test_fraction > 0.6:
+            raise ConfigError(f"val_fraction + test_fraction = {self.val_fraction + self.test_fraction:.2f} leaves "
+                              "too few maps to train on; keep the sum at or below 0.6")
 
     def _check_recipes(self) -> None:
         """A bad source or self-training key fails here, before any training."""

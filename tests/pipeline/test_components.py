@@ -67,6 +67,12 @@ def test_split_component_writes_three_splits(tmp_path):
     sizes = [len(load_dataset(os.path.join(a.path, "data.npz"))) for a in (tr, va, te)]
     assert sum(sizes) == 120 and list(info) == sizes
     assert tr.metadata["parent_data_hash"] == "h0" and tr.metadata["split"] == "train"
+    # the profile's holdout fractions reach the split
+    tr2, va2, te2 = (art(dsl.Dataset, tmp_path, n) for n in ("train2", "val2", "test2"))
+    info2 = split_data.python_func(dataset=src, labels_per_class=0, seed=0, train=tr2, val=va2, test=te2,
+                                   val_fraction=0.3, test_fraction=0.15)
+    assert info2.n_val > info.n_val and info2.n_train < info.n_train and sum(info2) == 120
+    assert (va2.metadata["val_fraction"], va2.metadata["test_fraction"]) == (0.3, 0.15)
 
 
 def _metrics(acc, f1, name):

@@ -120,6 +120,19 @@ def test_real_profile_carries_the_recipe_and_refuses_bad_recipe_settings():
     assert get_profile("real", ["export.tta=false", "gates.deployment_form=onnx_fp32"]).export["tta"] is False
 
 
+def test_holdout_fractions_reach_the_split_task_and_bad_ones_fail_when_the_profile_loads():
+    from waferflow.pipelines.training import candidates_of
+
+    prof = get_profile("real", ["val_fraction=0.1", "test_fraction=0.12"])
+    args = pipeline_arguments(prof, candidates_of(prof))
+    assert (args["val_fraction"], args["test_fraction"]) == (0.1, 0.12)
+    for bad, match in ((["test_fraction=0"], "test_fraction must be between 0.05 and 0.5"),
+                       (["val_fraction=0.7"], "val_fraction must be between"),
+                       (["val_fraction=0.35", "test_fraction=0.3"], "leaves too few maps to train on")):
+        with pytest.raises(ConfigError, match=match):
+            get_profile("real", bad)
+
+
 def test_registry_list_right_after_a_run_finds_the_runs_store_with_no_flags(tmp_path, monkeypatch, capsys):
     """`./wf run` writes ./waferflow_runs/mlflow.db; `./wf registry list` with no flags reads it."""
     import json
@@ -167,5 +180,5 @@ def test_run_help_names_the_few_label_settings_with_the_real_profiles_values(cap
                  f"self_training.rounds=N .*\\({real.self_training['rounds']};",
                  f"self_training.threshold=P .*\\({real.self_training['threshold']}\\)",
                  f"\\({real.source['n_maps']} / {real.source['map_size']} / {real.source['train']['epochs']}\\)",
-                 "labels_per_class=N"):
+                 f"\\({real.val_fraction} / {real.test_fraction}\\)", "labels_per_class=N"):
         assert re.search(line, text), line

@@ -153,6 +153,8 @@ def pipeline_arguments(profile: Profile, candidates: list[dict]) -> dict[str, An
         "taxonomy": profile.taxonomy,
         "seed": profile.seed,
         "labels_per_class": profile.labels_per_class,
+        "val_fraction": profile.val_fraction,
+        "test_fraction": profile.test_fraction,
         "pool_size": profile.pool_size,
         "backbones": list(profile.backbones),
         "candidates": candidates,
