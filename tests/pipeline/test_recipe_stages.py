@@ -14,7 +14,7 @@ from waferflow.profiles import get_profile
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "wm811k_small.npz"
 RECIPE = [
-    "map_size=32", "strategies=[feature_extraction]", "source_strategies=[full_finetune]",
+    "map_size=32", "input_size=64", "strategies=[feature_extraction]", "source_strategies=[full_finetune]",
     "source={n_maps: 90, map_size: 32, train: {strategy: full_finetune, epochs: 1}}",
     "self_training={rounds: 1, threshold: 0.2, train: {strategy: full_finetune, epochs: 1}}",
     "label_queue=5", "pool_size=60",

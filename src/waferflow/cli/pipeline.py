@@ -22,7 +22,8 @@ few labels, many unlabeled maps (--set KEY=VALUE; the real profile's values in p
   labels_per_class=N          keep only N labeled training maps per class (0 = all)
   val_fraction=F / test_fraction=F
                               labeled maps (lots, where lots exist) held out for validation (early stopping,
-                              selection) and for the test the gates read (0.15 / 0.15)
+                              selection) and for the test the gates read (0.1 / 0.1)
+  input_size=N                model input side in pixels; WM-811K maps are resized to it (80)
   pool_size=N                 unlabeled maps kept for self-training, sampled evenly over lots (20000)
   train.steps=N               optimizer steps per candidate, whatever the data size (600)
   train.patience_steps=N      early stopping: steps without a validation macro-F1 gain (200)
