@@ -232,7 +232,7 @@ COMPARISON_COLUMNS = (
     ("candidate", "candidate", "{}"), ("strategy", "strategy", "{}"), ("backbone", "backbone", "{}"),
     ("accuracy", "accuracy", "{:.4f}"), ("balanced_accuracy", "balanced acc", "{:.4f}"),
     ("macro_f1", "macro-F1", "{:.4f}"), ("ece", "ECE", "{:.4f}"),
-    ("trainable_params", "trainable params", "{:,}"), ("train_seconds", "train time (s)", "{:.1f}"),
+    ("trainable_params", "trainable params", "{:,.0f}"), ("train_seconds", "train time (s)", "{:.1f}"),
     ("throughput_maps_per_s", "throughput (maps/s)", "{:.1f}"),
 )
 

@@ -85,12 +85,14 @@ def test_comparison_table():
          "overall": {"accuracy": 0.97123, "balanced_accuracy": 0.95, "macro_f1": 0.9, "ece": 0.02},
          "trainable_params": 3400000, "train_seconds": 123.45, "throughput_maps_per_s": 812.3},
         {"candidate": "scratch", "strategy": "scratch", "backbone": "resnet18", "accuracy": 0.5},
+        {"candidate": "from-kfp", "trainable_params": 3396628.0},  # KFP metadata carries numbers as floats
     ]
     t = comparison_table(rows).strip().splitlines()
-    assert len(t) == 4 and t[0].startswith("| candidate | strategy | backbone | accuracy |")
+    assert len(t) == 5 and t[0].startswith("| candidate | strategy | backbone | accuracy |")
     assert "| lite0-gu | gradual_unfreezing | tf_efficientnet_lite0 | 0.9712 | 0.9500 | 0.9000 | 0.0200 |" in t[2]
     assert "3,400,000" in t[2] and "123.5" in t[2] and "812.3" in t[2]
     assert t[3].count(" - ") == 6  # missing values print as '-'
+    assert "| 3,396,628 |" in t[4]
 
 
 def test_cli_evaluate(small, tmp_path, capsys):

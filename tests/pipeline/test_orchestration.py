@@ -8,7 +8,7 @@ import pytest
 
 from waferflow.errors import ConfigError, DataError, WaferflowError
 from waferflow.orchestration import runtime
-from waferflow.orchestration.local import fingerprint, pipeline_arguments
+from waferflow.orchestration.local import RunResult, fingerprint, format_result, pipeline_arguments
 from waferflow.profiles import PROFILE_NAMES, get_profile
 
 
@@ -183,3 +183,13 @@ def test_run_help_names_the_few_label_settings_with_the_real_profiles_values(cap
                  f"\\({real.val_fraction} / {real.test_fraction}\\)", f"input_size=N .*\\({real.input_size}\\)",
                  "labels_per_class=N"):
         assert re.search(line, text), line
+
+
+def test_run_summary_says_the_selection_was_on_validation_and_the_test_split_read_once(tmp_path):
+    summary = {"candidates": {"best": "gradual_unfreezing-tf_efficientnet_lite0"}, "version": "1",
+               "test": {"overall": {"accuracy": 0.984, "macro_f1": 0.97594, "balanced_accuracy": 0.9712, "n": 1500.0}},
+               "gates": {"passed": True, "results": []}}
+    text = format_result(RunResult(run_dir=tmp_path, summary=summary, stages=[{"stage": "split", "seconds": 1.0}]))
+    assert ("Selected on validation: gradual_unfreezing-tf_efficientnet_lite0; on the test split (read once): "
+            "accuracy 0.9840, macro-F1 0.9759, balanced accuracy 0.9712 (n=1500)") in text
+    assert " on test:" not in text and "Champion: none" in text

@@ -378,8 +378,9 @@ def format_result(result: RunResult) -> str:
     lines += ["", s.get("comparison_markdown") or ""]
     t = s.get("test", {}).get("overall", {})
     if t:
-        lines.append(f"Selected {s.get('candidates', {}).get('best')} on test: accuracy {t['accuracy']:.4f}, "
-                     f"macro-F1 {t['macro_f1']:.4f}, balanced accuracy {t['balanced_accuracy']:.4f} (n={t['n']})")
+        lines.append(f"Selected on validation: {s.get('candidates', {}).get('best')}; on the test split (read once): "
+                     f"accuracy {t['accuracy']:.4f}, macro-F1 {t['macro_f1']:.4f}, balanced accuracy "
+                     f"{t['balanced_accuracy']:.4f} (n={int(t['n'])})")
     lines.append("")
     gates = s.get("gates", {})
     champ_cmp = gates.get("champion_version")

@@ -59,7 +59,7 @@ class TrainConfig:
         seed: Seed of init, sampling and augmentation.
         device: auto | cpu | cuda (cuda without a CUDA device is an error, never a silent CPU run).
         amp: bf16 autocast on CUDA.
-        channels_last: channels-last memory format on CUDA.
+        channels_last: channels-last memory format (oneDNN runs Lite0 about 2x faster so on CPU too).
         num_threads: CPU threads for torch (0 = all cores).
         val_fraction: Validation share when one file is given (stratified split).
         eval_batch_size: Batch size for validation / feature caching.
