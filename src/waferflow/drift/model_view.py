@@ -75,11 +75,12 @@ def embed(model: Any, spec: Any, ds: WaferDataset, batch_size: int = 256,
     import torch
 
     embs, probs = [], []
-    model.eval()
     device = next(model.parameters()).device
+    model.to(memory_format=torch.channels_last).eval()  # oneDNN: about 1.7x faster on the CPU, as in the predictors
     with torch.inference_mode():
         for _, x in batches_for(ds, spec, batch_size, desc="champion view", progress=progress):
-            e, logits = features_and_logits(model, torch.from_numpy(x).to(device))
+            xt = torch.from_numpy(x).to(device).contiguous(memory_format=torch.channels_last)
+            e, logits = features_and_logits(model, xt)
             embs.append(e.float().cpu().numpy())
             probs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
     return np.concatenate(embs), np.concatenate(probs)
