@@ -71,7 +71,10 @@ class EmbeddingPCA:
 
 def embed(model: Any, spec: Any, ds: WaferDataset, batch_size: int = 256,
           progress: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Run the model over ``ds``; return (embeddings [N, D], softmax probabilities [N, K])."""
+    """Run the model over ``ds``; return (embeddings [N, D], softmax probabilities [N, K]).
+
+    The model is put in eval mode and channels-last memory format, in place (the values it computes are the same).
+    """
     import torch
 
     embs, probs = [], []
