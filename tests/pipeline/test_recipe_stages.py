@@ -23,6 +23,29 @@ RECIPE = [
 ]
 
 
+def _ensemble_benchmark_reads_the_run(tmp_path):
+    """benchmarks/bench_ensemble_dev finds the candidates, the model that went on and the splits of a run."""
+    from benchmarks import bench_ensemble_dev
+
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    (bench / "run").symlink_to(tmp_path / "wd")
+    ds = load_dataset(FIXTURE)
+    save_dataset(ds.subset(range(0, len(ds), 4)), bench / "dev.npz")
+    save_dataset(ds.subset(range(1, len(ds), 4)), bench / "pool.npz")
+    assert bench_ensemble_dev.main(["--workdir", str(bench), "--out", str(bench / "ens.json")]) == 0
+    res = json.loads((bench / "ens.json").read_text())
+    assert sorted(res["ranked_on_val"]) == ["feature_extraction-tf_efficientnet_lite0",
+                                            "full_finetune+source-tf_efficientnet_lite0"]
+    assert res["rule"] in res["options"] and {"final", "feature_extraction", "full_finetune+source"} <= set(
+        res["options"])
+    assert res["minus_final_on_dev"][res["rule"]].keys() == {"accuracy", "macro_f1"}
+    pl = res["pseudo_labels"]
+    assert [pl["teacher_model"], pl["runner_up_model"]] == res["ranked_on_val"] and pl["pool"] == len(ds.subset(range(1, len(ds), 4)))
+    for who in ("teacher", "teacher+runner_up"):
+        assert 0 <= pl[who]["wrong"] <= pl[who]["kept"] <= pl["pool"]
+
+
 def _stage(result, name):
     return [s for s in result.stages if s["stage"] == name and not s.get("cached")]
 
@@ -64,6 +87,7 @@ def test_source_model_registered_once_then_reused_and_self_training_reports(tmp_
     assert set(rep["per_round"][0]["kept_per_class"]) == set(load_dataset(FIXTURE).class_names)
     assert rep["pool"] == 60 and rep["per_round"][0]["unlabeled_maps"] == 60
     _deployed_form_is_the_tta_graph(r1, tmp_path)
+    _ensemble_benchmark_reads_the_run(tmp_path)
 
     # a second run: the source stage is never cached (the registry is its cache); it finds the model by its recipe
     r2 = run_local(profile, workdir=tmp_path / "wd")

@@ -1,0 +1,135 @@
+"""Would two models, or a prior correction, beat the champion? Post-hoc options on a finished development run.
+
+Reads the workdir of ``python -m benchmarks.bench_real_pipeline --dev N --workdir DIR``: its candidates, the model
+that went on after self-training ("final": the registered model), its validation split, the dev maps it never saw and its
+pool (whose hidden labels no stage read). Every model is scored with test-time augmentation over its symmetries (the
+deployed ``onnx_fp32_tta``, computed in torch), and compared with the final model alone (the baseline):
+
+- **ensembles**: the mean probability of the final model and the runner-up candidate on validation (``rule``: a
+  pairing a pipeline can make without the dev maps), and of every other pair and triple, for context;
+- **logit adjustment**: ``logits - tau * log(train prior)``, tau chosen on the validation split (the only place a
+  pipeline could choose it), then scored on the dev maps;
+- **pseudo-labels**: how many pool maps the profile's threshold and per-class cap keep, and how many are right, with
+  the selected teacher alone and with the teacher and the runner-up averaged.
+
+Nothing here reads ``wm811k_val_data.npz``::
+
+    python -m benchmarks.bench_real_pipeline --dev 2000 --workdir /tmp/devB --out devB.json
+    python -m benchmarks.bench_ensemble_dev --workdir /tmp/devB --out ens_dev.json
+
+A run scored on maps of its own (``--score``) names them with ``--dev``, and its pool with ``--pool``.
+
+Prints JSON (accuracy and macro-F1 of each option on val and dev, and each option minus the final model on dev).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+
+TAUS = [round(t, 1) for t in np.arange(-1.0, 1.01, 0.1)]
+
+
+def _scores(y: np.ndarray, prob: np.ndarray) -> dict:
+    """Accuracy and macro-F1 as ``waferflow evaluate`` computes them (macro over the classes present)."""
+    from waferflow.evaluation import metrics_from_logits
+
+    m = metrics_from_logits(y, np.log(prob + 1e-12), [str(i) for i in range(prob.shape[1])])["overall"]
+    return {"accuracy": round(m["accuracy"], 4), "macro_f1": round(m["macro_f1"], 4)}
+
+
+def _tta_probs(model_dir: Path, datasets: dict) -> dict:
+    from waferflow.models import load_model_dir
+    from waferflow.predictors import predict_dataset, softmax, torch_predictor, tta_predictor
+    from waferflow.train.augment import model_symmetries
+
+    model, spec = load_model_dir(model_dir)
+    predict = tta_predictor(torch_predictor(model), model_symmetries(spec))
+    return {k: softmax(predict_dataset(predict, ds, spec, 256, desc=f"{model_dir.parent.parent.name}:{k}"))
+            for k, ds in datasets.items()}
+
+
+def _models(run: Path) -> tuple[dict[str, Path], list[str], Path]:
+    """{name: model dir} of the candidates and the champion ("final"), the candidates ranked on validation, and
+    the run's kfp output folder."""
+    outs = sorted((run / "kfp_outputs").glob("waferflow-training-*"))[-1]
+    models = {}
+    for it in sorted(outs.glob("for-loop-*-iteration-*")):
+        name = json.loads((it / "evaluate-model" / "metrics_json" / "metrics.json").read_text())["candidate"]
+        models[name] = it / "train-candidate" / "model"
+    ranked = json.loads((outs / "select-best" / "candidates" / "candidates.json").read_text())["ranked"]
+    models["final"] = outs / "self-train-model" / "model"
+    return models, ranked, outs
+
+
+def _pseudo_labels(prob: np.ndarray, truth: np.ndarray, train_counts: np.ndarray, threshold: float,
+                   ratio: float) -> dict:
+    conf, pred = prob.max(1), prob.argmax(1)
+    kept = []
+    for c in range(prob.shape[1]):
+        cand = np.flatnonzero((pred == c) & (conf >= threshold))
+        kept.append(cand[np.argsort(-conf[cand], kind="stable")[:int(np.ceil(ratio * train_counts[c]))]])
+    idx = np.concatenate(kept)
+    return {"kept": int(len(idx)), "wrong": int((pred[idx] != truth[idx]).sum())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from waferflow.config import load_config
+    from waferflow.data.contract import load_dataset
+    from waferflow.predictors import softmax as _softmax
+    from waferflow.profiles import get_profile
+    from waferflow.train.selftrain import SelfTrainConfig
+
+    from benchmarks._report import emit
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workdir", type=Path, required=True, help="a finished `bench_real_pipeline --dev` workdir")
+    ap.add_argument("--dev", type=Path, default=None, help="dev maps (default: WORKDIR/dev.npz, from --dev N)")
+    ap.add_argument("--pool", type=Path, default=None, help="the run's pool with its hidden labels (default: "
+                    "WORKDIR/pool.npz)")
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args(argv)
+    models, ranked, outs = _models(a.workdir / "run")
+    data = {"val": load_dataset(outs / "split-data" / "val" / "data.npz", require_labels=True),
+            "dev": load_dataset(a.dev or a.workdir / "dev.npz", require_labels=True),
+            "pool": load_dataset(a.pool or a.workdir / "pool.npz", require_labels=True)}
+    train = load_dataset(outs / "split-data" / "train" / "data.npz", require_labels=True)
+    if len(ranked) < 2:
+        raise SystemExit(f"the run trained {len(ranked)} candidate(s); an ensemble needs a runner-up")
+    scored = {k: v for k, v in data.items() if k != "pool"}
+    # the pool only for the two models that pseudo-label it here
+    probs = {name: _tta_probs(d, data if name in ranked[:2] else scored) for name, d in models.items()}
+    short = {name: name.split("-")[0] for name in models}
+    res: dict = {"workdir": str(a.workdir), "ranked_on_val": ranked, "options": {}}
+    for k in (1, 2, 3):
+        for combo in itertools.combinations(models, k):
+            res["options"]["+".join(short[n] for n in combo)] = {
+                split: _scores(data[split].labels, sum(probs[n][split] for n in combo)) for split in ("val", "dev")}
+    res["rule"] = short[ranked[1]] + "+final"  # the key of that pair above
+    prior = np.log(np.bincount(train.labels, minlength=len(train.class_names)) / len(train) + 1e-9)
+    adj = {t: {s: _scores(data[s].labels, _softmax(np.log(probs["final"][s] + 1e-12) - t * prior))
+               for s in ("val", "dev")}
+           for t in TAUS}
+    tau = max(TAUS, key=lambda t: (adj[t]["val"]["macro_f1"], -abs(t)))
+    res["options"][f"final, logit adjustment tau={tau}"] = adj[tau]
+    base = res["options"]["final"]["dev"]
+    res["minus_final_on_dev"] = {k: {m: round(v["dev"][m] - base[m], 4) for m in base}
+                                 for k, v in res["options"].items() if k != "final"}
+    st = load_config(SelfTrainConfig, overrides=dict(get_profile("real").self_training))
+    counts = np.bincount(train.labels, minlength=len(train.class_names))
+    res["pseudo_labels"] = {"teacher_model": ranked[0], "runner_up_model": ranked[1], "threshold": st.threshold,
+                            "max_per_class_ratio": st.max_per_class_ratio, "pool": len(data["pool"])}
+    for name, p in (("teacher", probs[ranked[0]]["pool"]),
+                    ("teacher+runner_up", (probs[ranked[0]]["pool"] + probs[ranked[1]]["pool"]) / 2)):
+        res["pseudo_labels"][name] = _pseudo_labels(p, data["pool"].labels, counts, st.threshold,
+                                                    st.max_per_class_ratio)
+    emit(res, a.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
