@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-TAUS = [round(t, 1) for t in np.arange(-1.0, 1.01, 0.1)]
+TAUS = [round(float(t), 1) + 0.0 for t in np.arange(-1.0, 1.01, 0.1)]  # + 0.0: no "-0.0"
 
 
 def _scores(y: np.ndarray, prob: np.ndarray) -> dict:
@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
            for t in TAUS}
     tau = max(TAUS, key=lambda t: (adj[t]["val"]["macro_f1"], -abs(t)))
     res["options"][f"final, logit adjustment tau={tau}"] = adj[tau]
+    res["logit_adjustment_dev_macro_f1"] = {str(t): adj[t]["dev"]["macro_f1"] for t in TAUS}  # context only
     base = res["options"]["final"]["dev"]
     res["minus_final_on_dev"] = {k: {m: round(v["dev"][m] - base[m], 4) for m in base}
                                  for k, v in res["options"].items() if k != "final"}
