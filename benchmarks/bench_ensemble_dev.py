@@ -54,8 +54,8 @@ def _tta_probs(model_dir: Path, datasets: dict) -> dict:
 
 
 def _models(run: Path) -> tuple[dict[str, Path], list[str], Path]:
-    """{name: model dir} of the candidates and the champion ("final"), the candidates ranked on validation, and
-    the run's kfp output folder."""
+    """{name: model dir} of the candidates and the model that went on ("final"), the candidates ranked on
+    validation, and the run's kfp output folder."""
     outs = sorted((run / "kfp_outputs").glob("waferflow-training-*"))[-1]
     models = {}
     for it in sorted(outs.glob("for-loop-*-iteration-*")):
