@@ -7,7 +7,8 @@ command ``waferflow evaluate --model models:/NAME@champion --data SCORE.npz`` (t
 version when nothing was promoted). The score maps are never seen by the run.
 
 Choosing a recipe: ``--dev N`` takes N random maps (seeded) of ``--unlabeled`` out of the pool and scores on them
-(``train_10`` is the development split); the final recipe is scored on ``wm811k_val_data.npz`` once::
+(``train_10`` is the development split; ``--dev-from labeled`` takes them out of ``--labeled`` instead, for the
+more-labels case); the final recipe is scored on ``wm811k_val_data.npz`` once::
 
     python -m benchmarks.bench_real_pipeline --dev 1500 --workdir /tmp/dev --out dev.json
     python -m benchmarks.bench_real_pipeline --workdir /tmp/final --out final.json        # val_data, once
@@ -48,17 +49,19 @@ def _data(a, wd: Path) -> tuple[Path, Path]:
 
     from benchmarks.lswmd_shaped import write_lswmd_pickle
 
-    unl, score = a.unlabeled, a.score
+    lab, unl, score = a.labeled, a.unlabeled, a.score
     if a.dev:  # a seeded random slice: the shared files are sorted by class, so their tail is a few classes
         import numpy as np
 
-        pool = load_dataset(a.unlabeled)
-        order = np.random.default_rng(0).permutation(len(pool))
-        save_dataset(pool.subset(np.sort(order[a.dev:])), wd / "pool.npz")
-        save_dataset(pool.subset(np.sort(order[:a.dev])), wd / "dev.npz")
-        unl, score = wd / "pool.npz", wd / "dev.npz"
+        src = load_dataset(a.unlabeled if a.dev_from == "unlabeled" else a.labeled)
+        order = np.random.default_rng(0).permutation(len(src))
+        rest = wd / ("pool.npz" if a.dev_from == "unlabeled" else "labeled.npz")
+        save_dataset(src.subset(np.sort(order[a.dev:])), rest)
+        save_dataset(src.subset(np.sort(order[:a.dev])), wd / "dev.npz")
+        score = wd / "dev.npz"
+        unl, lab = (rest, lab) if a.dev_from == "unlabeled" else (unl, rest)
     pkl = wd / "LSWMD_like.pkl"
-    write_lswmd_pickle(a.labeled, unl, pkl, a.repeat_to)
+    write_lswmd_pickle(lab, unl, pkl, a.repeat_to)
     return pkl, score
 
 
@@ -68,6 +71,8 @@ def main() -> None:
     ap.add_argument("--unlabeled", type=Path, default=SHARED / "wm811k_train_10_split.npz")
     ap.add_argument("--score", type=Path, default=SHARED / "wm811k_val_data.npz")
     ap.add_argument("--dev", type=int, default=0, help="score on N seeded random maps of --unlabeled, kept out of the pool")
+    ap.add_argument("--dev-from", choices=("unlabeled", "labeled"), default="unlabeled",
+                    help="the file the dev maps come out of (labeled: fewer labels, the more-labels case)")
     ap.add_argument("--repeat-to", type=int, default=0, help="repeat maps until the table has N rows (scale)")
     ap.add_argument("--workdir", type=Path, required=True, help="a fresh folder for the run")
     ap.add_argument("--set", action="append", default=[], help="profile override key=value (repeatable)")
