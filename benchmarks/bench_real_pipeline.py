@@ -70,7 +70,8 @@ def main() -> None:
     ap.add_argument("--labeled", type=Path, default=SHARED / "wm811k_train_1_split.npz")
     ap.add_argument("--unlabeled", type=Path, default=SHARED / "wm811k_train_10_split.npz")
     ap.add_argument("--score", type=Path, default=SHARED / "wm811k_val_data.npz")
-    ap.add_argument("--dev", type=int, default=0, help="score on N seeded random maps of --unlabeled, kept out of the pool")
+    ap.add_argument("--dev", type=int, default=0,
+                    help="score on N seeded random maps of --unlabeled (see --dev-from), kept out of the run")
     ap.add_argument("--dev-from", choices=("unlabeled", "labeled"), default="unlabeled",
                     help="the file the dev maps come out of (labeled: fewer labels, the more-labels case)")
     ap.add_argument("--repeat-to", type=int, default=0, help="repeat maps until the table has N rows (scale)")
