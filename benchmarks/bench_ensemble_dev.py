@@ -35,11 +35,12 @@ import numpy as np
 TAUS = [round(float(t), 1) + 0.0 for t in np.arange(-1.0, 1.01, 0.1)]  # + 0.0: no "-0.0"
 
 
-def _scores(y: np.ndarray, prob: np.ndarray) -> dict:
-    """Accuracy and macro-F1 as ``waferflow evaluate`` computes them (macro over the classes present)."""
+def _scores(y: np.ndarray, scores: np.ndarray) -> dict:
+    """Accuracy and macro-F1 of argmax(scores) as ``waferflow evaluate`` computes them (macro over the classes
+    present)."""
     from waferflow.evaluation import metrics_from_logits
 
-    m = metrics_from_logits(y, np.log(prob + 1e-12), [str(i) for i in range(prob.shape[1])])["overall"]
+    m = metrics_from_logits(y, scores, [str(i) for i in range(scores.shape[1])])["overall"]
     return {"accuracy": round(m["accuracy"], 4), "macro_f1": round(m["macro_f1"], 4)}
 
 
@@ -69,19 +70,16 @@ def _models(run: Path) -> tuple[dict[str, Path], list[str], Path]:
 
 def _pseudo_labels(prob: np.ndarray, truth: np.ndarray, train_counts: np.ndarray, threshold: float,
                    ratio: float) -> dict:
-    conf, pred = prob.max(1), prob.argmax(1)
-    kept = []
-    for c in range(prob.shape[1]):
-        cand = np.flatnonzero((pred == c) & (conf >= threshold))
-        kept.append(cand[np.argsort(-conf[cand], kind="stable")[:int(np.ceil(ratio * train_counts[c]))]])
-    idx = np.concatenate(kept)
-    return {"kept": int(len(idx)), "wrong": int((pred[idx] != truth[idx]).sum())}
+    """Kept and wrong pseudo-labels under self-training's own rule."""
+    from waferflow.train.selftrain import select_confident
+
+    idx, _ = select_confident(prob, train_counts, threshold, ratio)
+    return {"kept": int(len(idx)), "wrong": int((prob[idx].argmax(1) != truth[idx]).sum())}
 
 
 def main(argv: list[str] | None = None) -> int:
     from waferflow.config import load_config
     from waferflow.data.contract import load_dataset
-    from waferflow.predictors import softmax as _softmax
     from waferflow.profiles import get_profile
     from waferflow.train.selftrain import SelfTrainConfig
 
@@ -112,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                 split: _scores(data[split].labels, sum(probs[n][split] for n in combo)) for split in ("val", "dev")}
     res["rule"] = short[ranked[1]] + "+final"  # the key of that pair above
     prior = np.log(np.bincount(train.labels, minlength=len(train.class_names)) / len(train) + 1e-9)
-    adj = {t: {s: _scores(data[s].labels, _softmax(np.log(probs["final"][s] + 1e-12) - t * prior))
+    adj = {t: {s: _scores(data[s].labels, np.log(probs["final"][s] + 1e-12) - t * prior)
                for s in ("val", "dev")}
            for t in TAUS}
     tau = max(TAUS, key=lambda t: (adj[t]["val"]["macro_f1"], -abs(t)))

@@ -59,7 +59,10 @@ def _data(a, wd: Path) -> tuple[Path, Path]:
         save_dataset(src.subset(np.sort(order[a.dev:])), rest)
         save_dataset(src.subset(np.sort(order[:a.dev])), wd / "dev.npz")
         score = wd / "dev.npz"
-        unl, lab = (rest, lab) if a.dev_from == "unlabeled" else (unl, rest)
+        if a.dev_from == "unlabeled":
+            unl = rest
+        else:
+            lab = rest
     pkl = wd / "LSWMD_like.pkl"
     write_lswmd_pickle(lab, unl, pkl, a.repeat_to)
     return pkl, score

@@ -73,7 +73,7 @@ def embed(model: Any, spec: Any, ds: WaferDataset, batch_size: int = 256,
           progress: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Run the model over ``ds``; return (embeddings [N, D], softmax probabilities [N, K]).
 
-    The model is put in eval mode and channels-last memory format, in place (the values it computes are the same).
+    The model is put in eval mode and channels-last memory format, in place (its outputs change only by float rounding).
     """
     import torch
 

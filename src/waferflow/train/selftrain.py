@@ -77,16 +77,8 @@ def pseudo_label(teacher_dir: str | Path, unlabeled: WaferDataset, labeled: Wafe
     prob = softmax(predict_dataset(predict, unlabeled, spec, batch_size, desc="pseudo-label"))
     conf, pred = prob.max(1), prob.argmax(1)
     labeled_counts = np.bincount(labeled.labels, minlength=len(spec.class_names))
-    keep: list[np.ndarray] = []
-    per_class = {}
-    for c, name in enumerate(spec.class_names):
-        cand = np.flatnonzero((pred == c) & (conf >= threshold))
-        # a class without labeled maps gets no pseudo-labels: the teacher never saw one
-        cap = int(np.ceil(max_per_class_ratio * labeled_counts[c]))
-        chosen = cand[np.argsort(-conf[cand], kind="stable")[:cap]]
-        keep.append(chosen)
-        per_class[name] = {"confident": int(len(cand)), "kept": int(len(chosen)), "cap": cap}
-    idx = np.sort(np.concatenate(keep))
+    idx, counts = select_confident(prob, labeled_counts, threshold, max_per_class_ratio)
+    per_class = dict(zip(spec.class_names, counts))
     pseudo = replace(unlabeled.subset(idx), labels=pred[idx].astype(np.int64), class_names=tuple(spec.class_names),
                      lots=None, meta=dict(labeled.meta))
     report = {"unlabeled_maps": int(len(unlabeled)), "kept": int(len(idx)), "threshold": threshold,
@@ -95,6 +87,27 @@ def pseudo_label(teacher_dir: str | Path, unlabeled: WaferDataset, labeled: Wafe
     if unlabeled.labeled and tuple(unlabeled.class_names) == tuple(spec.class_names) and len(idx):
         report["pseudo_label_accuracy"] = float((pred[idx] == unlabeled.labels[idx]).mean())
     return pseudo, report
+
+
+def select_confident(prob: np.ndarray, labeled_counts: np.ndarray, threshold: float,
+                     max_per_class_ratio: float) -> tuple[np.ndarray, list[dict]]:
+    """The pseudo-labelling rule: per predicted class, the maps whose probability reaches ``threshold``, at most
+    ``max_per_class_ratio`` times the class's labeled maps (the most confident first).
+
+    Returns:
+        ``(sorted indices into prob, per class {"confident", "kept", "cap"})``.
+    """
+    conf, pred = prob.max(1), prob.argmax(1)
+    keep: list[np.ndarray] = []
+    per_class = []
+    for c in range(prob.shape[1]):
+        cand = np.flatnonzero((pred == c) & (conf >= threshold))
+        # a class without labeled maps gets no pseudo-labels: the teacher never saw one
+        cap = int(np.ceil(max_per_class_ratio * labeled_counts[c]))
+        chosen = cand[np.argsort(-conf[cand], kind="stable")[:cap]]
+        keep.append(chosen)
+        per_class.append({"confident": int(len(cand)), "kept": int(len(chosen)), "cap": cap})
+    return np.sort(np.concatenate(keep)), per_class
 
 
 def check_settings(threshold: float, max_per_class_ratio: float, rounds: int = 1) -> None:
