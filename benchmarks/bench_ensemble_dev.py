@@ -7,7 +7,9 @@ symmetries (the deployed ``onnx_fp32_tta``, computed in torch), and compared wit
 baseline):
 
 - **ensembles**: the mean probability of the final model and the runner-up candidate on validation (``rule``: a
-  pairing a pipeline can make without the dev maps), and of every other pair and triple, for context;
+  pairing a pipeline can make without the dev maps), and of every other pair and triple, for context; the models
+  include the synthetic source model (``source``: trained on synthetic maps only, never on a real label) when the
+  run had one, so its zero-shot score and its pairing with the final model show what the real labels add;
 - **logit adjustment**: ``logits - tau * log(train prior)``, tau chosen on the validation split (the only place a
   pipeline could choose it), then scored on the dev maps;
 - **pseudo-labels**: how many pool maps the profile's threshold and per-class cap keep, and how many are right, with
@@ -56,8 +58,8 @@ def _tta_probs(model_dir: Path, datasets: dict) -> dict:
 
 
 def _models(run: Path) -> tuple[dict[str, Path], list[str], Path]:
-    """{name: model dir} of the candidates and the model that went on ("final"), the candidates ranked on
-    validation, and the run's kfp output folder."""
+    """{name: model dir} of the candidates, the model that went on ("final") and the synthetic source model
+    ("source", when the run had one), the candidates ranked on validation, and the run's kfp output folder."""
     outs = sorted((run / "kfp_outputs").glob("waferflow-training-*"))[-1]
     models = {}
     for it in sorted(outs.glob("for-loop-*-iteration-*")):
@@ -65,7 +67,28 @@ def _models(run: Path) -> tuple[dict[str, Path], list[str], Path]:
         models[name] = it / "train-candidate" / "model"
     ranked = json.loads((outs / "select-best" / "candidates" / "candidates.json").read_text())["ranked"]
     models["final"] = outs / "self-train-model" / "model"
+    source = _source_model(run, outs)
+    if source is not None:
+        models["source"] = source
     return models, ranked, outs
+
+
+def _source_model(run: Path, outs: Path) -> Path | None:
+    """The source model the run's candidates started from (synthetic maps only, no real label), downloaded from the
+    run's registry into ``run/bench_source``; None when the run had no source stage or no taxonomy matched."""
+    from mlflow import MlflowClient
+
+    from waferflow.tracking.artifacts import download_run_artifacts
+    from waferflow.tracking.source import ARTIFACT_PATH
+
+    reports = sorted((outs / "source-model" / "report").glob("*.json"))
+    uris = list(json.loads(reports[0].read_text()).get("sources", {}).values()) if reports else []
+    if not uris:
+        return None
+    name, version = uris[0].removeprefix("models:/").split("/")
+    uri = f"sqlite:///{(run / 'mlflow.db').resolve()}"
+    run_id = MlflowClient(uri).get_model_version(name, version).run_id
+    return download_run_artifacts(uri, run_id, ARTIFACT_PATH, run / "bench_source")
 
 
 def _pseudo_labels(prob: np.ndarray, truth: np.ndarray, train_counts: np.ndarray, threshold: float,
@@ -102,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     scored = {k: v for k, v in data.items() if k != "pool"}
     # the pool only for the two models that pseudo-label it here
     probs = {name: _tta_probs(d, data if name in ranked[:2] else scored) for name, d in models.items()}
-    short = {name: name.split("-")[0] for name in models}
+    short = {name: name.split("-")[0] for name in models}  # "final" and "source" stay as they are
     res: dict = {"workdir": str(a.workdir), "ranked_on_val": ranked, "options": {}}
     for k in (1, 2, 3):
         for combo in itertools.combinations(models, k):

@@ -174,12 +174,49 @@ def test_self_training_stage_never_reads_pool_labels_and_keeps_the_better_model(
     assert "pseudo_label_accuracy" not in json.dumps(rep)  # the hidden labels were never there to score against
     assert set(rep["per_round"][0]["kept_per_class"]) == {"vertical", "horizontal"} and rep["pool"] == 40
     assert (tmp_path / "out" / "weights.pt").read_bytes() == (tdir / "weights.pt").read_bytes()
+    topped = {**settings, "synthetic_min_per_class": 50}  # asked for, but these classes have no synthetic twin
     rep = run_self_training(tdir, {"accuracy": 0.0, "macro_f1": 0.0}, tmp_path / "train.npz", tmp_path / "val.npz",
-                            tmp_path / "pool.npz", settings, tc, 0, "cpu", tmp_path / "out2")
+                            tmp_path / "pool.npz", topped, tc, 0, "cpu", tmp_path / "out2")
     assert rep["chosen"] == "student" and (tmp_path / "out2" / "self_training.json").is_file()
+    assert rep["synthetic"].startswith("off: no synthetic taxonomy has the data's classes")
+    assert rep["per_round"][0]["synthetic_per_class"] == {}
     off = run_self_training(tdir, {"accuracy": 1.0, "macro_f1": 1.0}, tmp_path / "train.npz", tmp_path / "val.npz",
                             tmp_path / "none.npz", settings, tc, 0, "cpu", tmp_path / "out3")
     assert off["status"] == "skipped: the data has no unlabeled maps" and (tmp_path / "out3" / "weights.pt").is_file()
     with pytest.raises(ConfigError, match="rounds"):
         run_self_training(tdir, {}, tmp_path / "train.npz", tmp_path / "val.npz", tmp_path / "pool.npz",
                           {"rounds": -1}, tc, 0, "cpu", tmp_path / "out4")
+
+
+def test_synthetic_top_up_fills_only_the_classes_below_the_minimum():
+    from waferflow.data.synth import TAXONOMIES
+    from waferflow.train.selftrain import SelfTrainConfig, SyntheticTopUp, synthetic_maps
+
+    names = TAXONOMIES["wm811k"].class_names
+    labels = np.array([0, 0, 0] + [8] * 12 + [3] * 6)
+    rng = np.random.default_rng(0)
+    real = WaferDataset(class_names=names, labels=labels, maps=rng.integers(0, 3, (len(labels), 32, 32), np.uint8))
+    top = SyntheticTopUp("wm811k", min_per_class=6, map_size=32, seed=0)
+    joined, added = top(real, 0)
+    assert added == [3, 6, 6, 0, 6, 6, 6, 6, 0]
+    assert np.bincount(joined.labels, minlength=9).tolist() == [6, 6, 6, 6, 6, 6, 6, 6, 12]
+    # the real maps come first, unchanged; the synthetic ones are wafer maps of the taxonomy's classes
+    assert np.array_equal(joined.labels[:len(real)], labels)
+    assert all(np.array_equal(joined.get(i), real.get(i)) for i in range(len(real)))
+    assert joined.class_names == names and joined.get(len(real)).shape == (32, 32)
+    # seeded: the same round gives the same maps, another round other maps
+    again, _ = top(real, 0)
+    other, _ = top(real, 1)
+    tail = lambda d: np.stack([d.get(i) for i in range(len(real), len(d))])  # noqa: E731
+    assert np.array_equal(tail(joined), tail(again)) and not np.array_equal(tail(joined), tail(other))
+    assert top(real.subset(range(3)), 0)[1][0] == 3  # counts are of the set it is given
+    assert SyntheticTopUp("wm811k", 2, 32)(real, 0)[1] == [0, 2, 2, 0, 2, 2, 2, 2, 0]
+    nothing, none_added = SyntheticTopUp("wm811k", 0, 32)(real, 0)
+    assert nothing is real and none_added == [0] * 9
+    assert np.bincount(synthetic_maps("wm811k", [0, 0, 0, 0, 0, 4, 0, 0, 0], 32, 5).labels, minlength=9)[5] == 4
+    with pytest.raises(ConfigError, match="9 counts"):
+        synthetic_maps("wm811k", [1, 2], 32, 0)
+    with pytest.raises(ConfigError, match="synthetic_min_per_class"):
+        SelfTrainConfig(synthetic_min_per_class=-1)
+    with pytest.raises(ConfigError, match="synthetic_map_size"):
+        SelfTrainConfig(synthetic_map_size=8)

@@ -37,7 +37,8 @@ def _ensemble_benchmark_reads_the_run(tmp_path):
     res = json.loads((bench / "ens.json").read_text())
     assert sorted(res["ranked_on_val"]) == ["feature_extraction-tf_efficientnet_lite0",
                                             "full_finetune+source-tf_efficientnet_lite0"]
-    assert {"final", "feature_extraction", "full_finetune+source"} <= set(res["options"])
+    # the synthetic source model (from the run's registry) is scored alone and beside the final model
+    assert {"final", "feature_extraction", "full_finetune+source", "source", "final+source"} <= set(res["options"])
     assert res["rule"] == res["ranked_on_val"][1].split("-")[0] + "+final" and res["rule"] in res["options"]
     assert res["minus_final_on_dev"][res["rule"]].keys() == {"accuracy", "macro_f1"}
     pl = res["pseudo_labels"]
@@ -45,6 +46,28 @@ def _ensemble_benchmark_reads_the_run(tmp_path):
     assert pl["pool"] == len(range(1, len(ds), 4))
     for who in ("teacher", "teacher+runner_up"):
         assert 0 <= pl[who]["wrong"] <= pl[who]["kept"] <= pl["pool"]
+
+
+def _selftrain_benchmark_tops_up_the_student(tmp_path):
+    """benchmarks/bench_selftrain_dev reruns the run's self-training step with synthetic top-up: every class of the
+    student's training set reaches the minimum (labeled + pseudo-labeled + synthetic), and both models are scored."""
+    from benchmarks import bench_selftrain_dev
+
+    bench = tmp_path / "bench"
+    st = ("self_training={rounds: 1, threshold: 0.2, synthetic_min_per_class: 20, synthetic_map_size: 32, "
+          "train: {strategy: full_finetune, epochs: 1}}")
+    assert bench_selftrain_dev.main(["--workdir", str(bench), "--set", st, "--out-dir", str(tmp_path / "st"),
+                                     "--out", str(bench / "st.json")]) == 0
+    res = json.loads((bench / "st.json").read_text())
+    assert res["synthetic"] == "on: wm811k synthetic maps until every class has 20"
+    (r,) = res["per_round"]
+    train = load_dataset(next((tmp_path / "wd").rglob("split-data/train/data.npz")))
+    for c, name in enumerate(train.class_names):
+        have = int((train.labels == c).sum()) + r["kept_per_class"][name]
+        assert r["synthetic_per_class"][name] == max(0, 20 - have)
+    assert sum(r["synthetic_per_class"].values()) > 0 and res["rule_would_keep"] in ("student", "teacher")
+    assert {"student", next(k for k in res["dev"] if k.startswith("run's final"))} == set(res["dev"])
+    assert set(res["dev"]["student"]["f1_per_class"]) == set(train.class_names)
 
 
 def _stage(result, name):
@@ -89,6 +112,7 @@ def test_source_model_registered_once_then_reused_and_self_training_reports(tmp_
     assert rep["pool"] == 60 and rep["per_round"][0]["unlabeled_maps"] == 60
     _deployed_form_is_the_tta_graph(r1, tmp_path)
     _ensemble_benchmark_reads_the_run(tmp_path)
+    _selftrain_benchmark_tops_up_the_student(tmp_path)
 
     # a second run: the source stage is never cached (the registry is its cache); it finds the model by its recipe
     r2 = run_local(profile, workdir=tmp_path / "wd")

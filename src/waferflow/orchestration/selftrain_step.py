@@ -25,6 +25,20 @@ def _student_config(settings: SelfTrainConfig, train_config: Mapping[str, Any], 
     return load_config(TrainConfig, overrides=overrides)
 
 
+def _top_up(cfg: SelfTrainConfig, class_names, seed: int):
+    """The students' synthetic top-up and a line that says whether it is on (and why not)."""
+    from waferflow.train.selftrain import SyntheticTopUp
+    from waferflow.train.source import matching_taxonomy
+
+    if cfg.synthetic_min_per_class == 0:
+        return None, "off: self_training.synthetic_min_per_class is 0"
+    tax = matching_taxonomy(class_names)
+    if tax is None:
+        return None, f"off: no synthetic taxonomy has the data's classes {list(class_names)}"
+    return (SyntheticTopUp(tax, cfg.synthetic_min_per_class, cfg.synthetic_map_size, seed),
+            f"on: {tax} synthetic maps until every class has {cfg.synthetic_min_per_class}")
+
+
 def run_self_training(teacher_dir: str | Path, teacher_val: Mapping[str, float], train_file: Path, val_file: Path,
                       unlabeled_file: Path, settings: Mapping[str, Any], train_config: Mapping[str, Any], seed: int,
                       device: str, out_dir: str | Path) -> dict[str, Any]:
@@ -56,14 +70,17 @@ def run_self_training(teacher_dir: str | Path, teacher_val: Mapping[str, float],
     pool = load_dataset(unlabeled_file)
     if pool.labeled:  # a pool with labels (a benchmark's): they are dropped here, never read
         pool = dataclasses.replace(pool, labels=None, class_names=())
+    top_up, report["synthetic"] = _top_up(cfg, train_ds.class_names, seed)
     with tempfile.TemporaryDirectory(prefix="waferflow-student-", dir=out.parent) as tmp:
         result = self_train(student_cfg, teacher, train_ds, val_ds, pool, Path(tmp) / "student", rounds=cfg.rounds,
-                            threshold=cfg.threshold, max_per_class_ratio=cfg.max_per_class_ratio, tta=cfg.tta)
+                            threshold=cfg.threshold, max_per_class_ratio=cfg.max_per_class_ratio, tta=cfg.tta,
+                            top_up=top_up)
         student_val = {k: float(result.best_val[k]) for k in ("accuracy", "macro_f1")}
         won = student_val["macro_f1"] > float(teacher_val["macro_f1"])
         shutil.copytree(Path(tmp) / "student" if won else teacher, out, dirs_exist_ok=True)
     rounds = [{"round": r["round"], "kept": r["kept"], "unlabeled_maps": r["unlabeled_maps"],
                "kept_per_class": {c: v["kept"] for c, v in r["per_class"].items()},
+               "synthetic_per_class": r.get("synthetic_per_class", {}),
                "student_val_macro_f1": float(r["student_best_val"]["macro_f1"]), "seconds": r["seconds"]}
               for r in result.extra["self_training"]]
     report.update(status="student" if won else "teacher", chosen="student" if won else "teacher",
@@ -77,7 +94,9 @@ def describe(report: Mapping[str, Any]) -> str:
     """One line for the log and the run summary."""
     if "per_round" not in report:
         return f"self-training {report['status']}"
-    kept = ", ".join(f"r{r['round']}: {r['kept']} of {r['unlabeled_maps']}" for r in report["per_round"])
+    kept = ", ".join(f"r{r['round']}: {r['kept']} of {r['unlabeled_maps']}"
+                     + (f" + {sum(r['synthetic_per_class'].values())} synthetic" if r.get("synthetic_per_class") else "")
+                     for r in report["per_round"])
     return (f"self-training: pseudo-labels kept {kept}; val macro-F1 teacher {report['teacher_val']['macro_f1']:.4f}"
             f" -> student {report['student_val']['macro_f1']:.4f}; {report['chosen']} goes on")
 

@@ -6,6 +6,10 @@ confidence reaches ``threshold`` get the predicted class as a pseudo-label. Each
 ``max_per_class_ratio`` times its labeled count (its most confident maps), so the majority class cannot flood the
 student. The student starts from the teacher's weights and trains with the normal loop on the union; validation
 (early stopping, best checkpoint) stays on real labels only.
+
+With ``synthetic_min_per_class`` set and a data taxonomy that has a synthetic counterpart (the source model's), each
+student's training set is topped up with synthetic maps of the classes that have fewer maps than that (labeled +
+pseudo-labeled), so a class with a handful of labels keeps what the source model learned of it.
 """
 
 from __future__ import annotations
@@ -32,6 +36,9 @@ class SelfTrainConfig:
         threshold: Minimum TTA-averaged confidence of a pseudo-label.
         max_per_class_ratio: Pseudo-labels per class at most this many times its labeled maps.
         tta: Pseudo-label with test-time augmentation over the data's symmetries.
+        synthetic_min_per_class: Top each student's training set up with synthetic maps of the data's taxonomy
+            until every class has at least this many maps (0 = off; data without a synthetic taxonomy: off).
+        synthetic_map_size: Size of those synthetic maps (as the source model's, ``source.map_size``).
         train: TrainConfig overrides of every student (strategy, steps, patience_steps, ...), on top of the run's.
     """
 
@@ -39,12 +46,64 @@ class SelfTrainConfig:
     threshold: float = 0.9
     max_per_class_ratio: float = 3.0
     tta: bool = True
+    synthetic_min_per_class: int = 0
+    synthetic_map_size: int = 64
     train: dict = field(default_factory=lambda: {"strategy": "full_finetune"})
 
     def __post_init__(self) -> None:
         if self.rounds < 0:
             raise ConfigError(f"self_training.rounds must be >= 0, got {self.rounds}")
         check_settings(self.threshold, self.max_per_class_ratio, max(1, self.rounds))
+        if self.synthetic_min_per_class < 0:
+            raise ConfigError(f"self_training.synthetic_min_per_class must be >= 0 (0 = off), got "
+                              f"{self.synthetic_min_per_class}")
+        if self.synthetic_map_size < 16:
+            raise ConfigError(f"self_training.synthetic_map_size must be >= 16, got {self.synthetic_map_size}")
+
+
+@dataclass(frozen=True)
+class SyntheticTopUp:
+    """Synthetic maps for the classes a student has too few maps of: every class reaches ``min_per_class``."""
+
+    taxonomy: str
+    min_per_class: int
+    map_size: int = 64
+    seed: int = 0
+
+    def __call__(self, ds: WaferDataset, round_index: int = 0) -> tuple[WaferDataset, list[int]]:
+        """``ds`` joined with the synthetic maps it needs, and how many each class got."""
+        need = np.maximum(0, self.min_per_class - np.bincount(ds.labels, minlength=len(ds.class_names)))
+        if not need.any():
+            return ds, need.tolist()
+        syn = synthetic_maps(self.taxonomy, need, self.map_size, self.seed + 1234 + round_index)
+        syn = replace(syn, class_names=tuple(ds.class_names), meta=dict(ds.meta))
+        return concat_datasets([ds, syn]), need.tolist()
+
+
+def synthetic_maps(taxonomy: str, per_class, size: int, seed: int) -> WaferDataset:
+    """Exactly ``per_class[c]`` synthetic maps of each class ``c`` of ``taxonomy`` (its generator, drawn in
+    proportion to the counts asked for, then the first maps of each class kept), labeled, in class order.
+
+    Raises:
+        ConfigError: unknown taxonomy, or counts that do not match its classes.
+    """
+    from waferflow.data.synth import default_config, generate, get_taxonomy
+
+    need = np.asarray(per_class, dtype=np.int64)
+    tax = get_taxonomy(taxonomy)
+    if need.shape != (tax.num_classes,) or (need < 0).any():
+        raise ConfigError(f"per_class must be {tax.num_classes} counts >= 0 for taxonomy {taxonomy!r}, got "
+                          f"{need.tolist()}")
+    # every class keeps a tiny share, so the generator's draws stay valid when a count is 0
+    freqs = tuple(float(n) / need.sum() + 1e-6 for n in need)
+    cfg = replace(default_config(taxonomy), class_freqs=freqs)
+    n = int(need.sum() * 1.6) + 50
+    while True:
+        syn = generate(n, size=size, seed=seed, taxonomy=taxonomy, config=cfg)
+        picks = [np.flatnonzero(syn.labels == c)[:k] for c, k in enumerate(need)]
+        if all(len(p) == k for p, k in zip(picks, need)):
+            return replace(syn.subset(np.sort(np.concatenate(picks))), lots=None)
+        n *= 2  # a rare shortfall: draw the same stream further
 
 
 def pseudo_label(teacher_dir: str | Path, unlabeled: WaferDataset, labeled: WaferDataset, threshold: float = 0.9,
@@ -122,8 +181,11 @@ def check_settings(threshold: float, max_per_class_ratio: float, rounds: int = 1
 
 def self_train(cfg, teacher_dir: str | Path, train_ds: WaferDataset, val_ds: WaferDataset, unlabeled: WaferDataset,
                out_dir: str | Path, rounds: int = 1, threshold: float = 0.9, max_per_class_ratio: float = 3.0,
-               tta: bool = True):
+               tta: bool = True, top_up: SyntheticTopUp | None = None):
     """``rounds`` of pseudo-label -> train a student from the previous model's weights.
+
+    ``top_up`` (optional) adds synthetic maps to each student's training set after pseudo-labelling (the caps count
+    labeled maps only); validation stays real.
 
     The student of the last round is written to ``out_dir`` (earlier rounds to ``out_dir/rounds/r{i}``), with
     ``self_training.json`` (every round's pseudo-label report and the student's best validation metrics).
@@ -148,8 +210,12 @@ def self_train(cfg, teacher_dir: str | Path, train_ds: WaferDataset, val_ds: Waf
             raise DataError(f"no unlabeled map reached confidence {threshold}; lower the threshold or train a "
                             "stronger teacher")
         joined = concat_datasets([train_ds, pseudo])
+        if top_up is not None:
+            joined, added = top_up(joined, r)
+            rep["synthetic_per_class"] = dict(zip(train_ds.class_names, added))
         student = out if r == rounds - 1 else out / "rounds" / f"r{r + 1}"
-        log.info("self-training round %d: %d labeled + %d pseudo-labeled maps", r + 1, len(train_ds), rep["kept"])
+        log.info("self-training round %d: %d labeled + %d pseudo-labeled + %d synthetic maps", r + 1, len(train_ds),
+                 rep["kept"], len(joined) - len(train_ds) - rep["kept"])
         result = train(cfg, joined, val_ds, student, weights=str(teacher))
         rep.update(round=r + 1, student=str(student), student_best_val=result.best_val,
                    seconds=time.perf_counter() - t0)
