@@ -3,8 +3,8 @@
 Reads the workdir of ``python -m benchmarks.bench_real_pipeline --dev N --workdir DIR``, and runs the pipeline's own
 self-training step (``run_self_training``: the same teacher, splits, pool and seed) with the run's settings plus
 ``--set`` overrides, into ``--out-dir``. The student is kept whatever validation says (so its dev score is known);
-what the pipeline's rule would have chosen (student if its validation macro-F1 beats the teacher's) is reported
-beside it. Both the student and the model the run sent on are scored on the dev maps with the deployed TTA (in
+what the stage would have kept (the student if its validation macro-F1 beats the teacher's) is reported beside
+it. Both the student and the model the run sent on are scored on the dev maps with the deployed TTA (in
 torch). Nothing here reads ``wm811k_val_data.npz``::
 
     python -m benchmarks.bench_real_pipeline --dev 2000 --workdir /tmp/devB --out devB.json
@@ -12,7 +12,7 @@ torch). Nothing here reads ``wm811k_val_data.npz``::
         --out-dir /tmp/devB_topup --out topup.json
 
 Prints JSON: the student's and the run's final model's dev accuracy / macro-F1 / per-class F1, both validation
-scores, the rule's choice, the pseudo-label and synthetic counts of every round, and the seconds it took.
+scores, what validation would keep, the pseudo-label and synthetic counts of every round, and the seconds it took.
 """
 
 from __future__ import annotations
@@ -57,17 +57,16 @@ def main(argv: list[str] | None = None) -> int:
     before = json.loads((outs / "self-train-model" / "model" / "self_training_report.json").read_text())
     a.out_dir.mkdir(parents=True, exist_ok=False)
     t0 = time.perf_counter()
-    # a teacher score nothing can fail to beat keeps the student, so its dev score is known
-    rep = run_self_training(outs / "select-best" / "best", {"accuracy": 0.0, "macro_f1": -1.0},
+    # decide=False keeps the student, so its dev score is known; what validation would keep is reported beside it
+    rep = run_self_training(outs / "select-best" / "best", before["teacher_val"],
                             outs / "split-data" / "train" / "data.npz", outs / "split-data" / "val" / "data.npz",
                             outs / "prepare-data" / "unlabeled" / "data.npz", dict(prof.self_training),
-                            dict(prof.train), prof.seed, "cpu", a.out_dir / "student")
+                            dict(prof.train), prof.seed, "cpu", a.out_dir / "student", decide=False)
     seconds = time.perf_counter() - t0
     dev = load_dataset(a.dev or a.workdir / "dev.npz", require_labels=True)
-    rule = "student" if rep["student_val"]["macro_f1"] > before["teacher_val"]["macro_f1"] else "teacher"
     res = {"workdir": str(a.workdir), "set": a.set, "seconds": round(seconds, 1), "synthetic": rep["synthetic"],
-           "teacher_val": before["teacher_val"], "student_val": rep["student_val"], "rule_would_keep": rule,
-           "per_round": rep["per_round"],
+           "teacher_val": before["teacher_val"], "student_val": rep["student_val"],
+           "validation_would_keep": rep["would_keep"], "per_round": rep["per_round"],
            "dev": {"student": _dev_scores(a.out_dir / "student", dev),
                    f"run's final ({before['chosen']})": _dev_scores(outs / "self-train-model" / "model", dev)}}
     emit(res, a.out)

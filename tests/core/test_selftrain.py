@@ -170,7 +170,7 @@ def test_self_training_stage_never_reads_pool_labels_and_keeps_the_better_model(
     tc = dict(x.split("=") for x in TINY)
     rep = run_self_training(tdir, {"accuracy": 1.0, "macro_f1": 1.0}, tmp_path / "train.npz", tmp_path / "val.npz",
                             tmp_path / "pool.npz", settings, tc, 0, "cpu", tmp_path / "out")
-    assert rep["chosen"] == "teacher" and rep["status"] == "teacher"  # a perfect teacher cannot be beaten
+    assert rep["chosen"] == rep["status"] == rep["would_keep"] == "teacher"  # a perfect teacher cannot be beaten
     assert "pseudo_label_accuracy" not in json.dumps(rep)  # the hidden labels were never there to score against
     assert set(rep["per_round"][0]["kept_per_class"]) == {"vertical", "horizontal"} and rep["pool"] == 40
     assert (tmp_path / "out" / "weights.pt").read_bytes() == (tdir / "weights.pt").read_bytes()
@@ -178,6 +178,12 @@ def test_self_training_stage_never_reads_pool_labels_and_keeps_the_better_model(
     rep = run_self_training(tdir, {"accuracy": 0.0, "macro_f1": 0.0}, tmp_path / "train.npz", tmp_path / "val.npz",
                             tmp_path / "pool.npz", topped, tc, 0, "cpu", tmp_path / "out2")
     assert rep["chosen"] == "student" and (tmp_path / "out2" / "self_training.json").is_file()
+    # decide=False (a benchmark's): the student goes on although validation would keep the perfect teacher
+    forced = run_self_training(tdir, {"accuracy": 1.0, "macro_f1": 1.0}, tmp_path / "train.npz",
+                               tmp_path / "val.npz", tmp_path / "pool.npz", settings, tc, 0, "cpu", tmp_path / "out5",
+                               decide=False)
+    assert forced["chosen"] == "student" and forced["would_keep"] == "teacher"
+    assert (tmp_path / "out5" / "weights.pt").read_bytes() != (tdir / "weights.pt").read_bytes()
     assert rep["synthetic"].startswith("off: no synthetic taxonomy has the data's classes")
     assert rep["per_round"][0]["synthetic_per_class"] == {}
     off = run_self_training(tdir, {"accuracy": 1.0, "macro_f1": 1.0}, tmp_path / "train.npz", tmp_path / "val.npz",
@@ -211,6 +217,9 @@ def test_synthetic_top_up_fills_only_the_classes_below_the_minimum():
     assert np.array_equal(tail(joined), tail(again)) and not np.array_equal(tail(joined), tail(other))
     assert top(real.subset(range(3)), 0)[1][0] == 3  # counts are of the set it is given
     assert SyntheticTopUp("wm811k", 2, 32)(real, 0)[1] == [0, 2, 2, 0, 2, 2, 2, 2, 0]
+    # classes_below: only classes with fewer labeled maps than that (labeled counts, not labeled + pseudo-labeled)
+    below = SyntheticTopUp("wm811k", 6, 32, classes_below=5)
+    assert below(real, 0, labeled_counts=np.array([3, 5, 0, 6, 0, 0, 0, 0, 12]))[1] == [3, 0, 6, 0, 6, 6, 6, 6, 0]
     nothing, none_added = SyntheticTopUp("wm811k", 0, 32)(real, 0)
     assert nothing is real and none_added == [0] * 9
     assert np.bincount(synthetic_maps("wm811k", [0, 0, 0, 0, 0, 4, 0, 0, 0], 32, 5).labels, minlength=9)[5] == 4
@@ -218,5 +227,7 @@ def test_synthetic_top_up_fills_only_the_classes_below_the_minimum():
         synthetic_maps("wm811k", [1, 2], 32, 0)
     with pytest.raises(ConfigError, match="synthetic_min_per_class"):
         SelfTrainConfig(synthetic_min_per_class=-1)
+    with pytest.raises(ConfigError, match="synthetic_classes_below"):
+        SelfTrainConfig(synthetic_classes_below=-1)
     with pytest.raises(ConfigError, match="synthetic_map_size"):
         SelfTrainConfig(synthetic_map_size=8)

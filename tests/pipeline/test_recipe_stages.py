@@ -65,7 +65,7 @@ def _selftrain_benchmark_tops_up_the_student(tmp_path):
     for c, name in enumerate(train.class_names):
         have = int((train.labels == c).sum()) + r["kept_per_class"][name]
         assert r["synthetic_per_class"][name] == max(0, 20 - have)
-    assert sum(r["synthetic_per_class"].values()) > 0 and res["rule_would_keep"] in ("student", "teacher")
+    assert sum(r["synthetic_per_class"].values()) > 0 and res["validation_would_keep"] in ("student", "teacher")
     assert {"student", next(k for k in res["dev"] if k.startswith("run's final"))} == set(res["dev"])
     assert set(res["dev"]["student"]["f1_per_class"]) == set(train.class_names)
 

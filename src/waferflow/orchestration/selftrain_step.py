@@ -35,19 +35,23 @@ def _top_up(cfg: SelfTrainConfig, class_names, seed: int):
     tax = matching_taxonomy(class_names)
     if tax is None:
         return None, f"off: no synthetic taxonomy has the data's classes {list(class_names)}"
-    return (SyntheticTopUp(tax, cfg.synthetic_min_per_class, cfg.synthetic_map_size, seed),
-            f"on: {tax} synthetic maps until every class has {cfg.synthetic_min_per_class}")
+    which = f"every class with fewer than {cfg.synthetic_classes_below} labeled maps" if cfg.synthetic_classes_below \
+        else "every class"
+    return (SyntheticTopUp(tax, cfg.synthetic_min_per_class, cfg.synthetic_map_size, seed, cfg.synthetic_classes_below),
+            f"on: {tax} synthetic maps until {which} has {cfg.synthetic_min_per_class}")
 
 
 def run_self_training(teacher_dir: str | Path, teacher_val: Mapping[str, float], train_file: Path, val_file: Path,
                       unlabeled_file: Path, settings: Mapping[str, Any], train_config: Mapping[str, Any], seed: int,
-                      device: str, out_dir: str | Path) -> dict[str, Any]:
+                      device: str, out_dir: str | Path, decide: bool = True) -> dict[str, Any]:
     """Self-train from the selected candidate and write the chosen model (student or teacher) to ``out_dir``.
 
     Args:
-        teacher_val: The teacher's best validation metrics (``accuracy``, ``macro_f1``).
+        teacher_val: The teacher's best validation metrics (``accuracy``, ``macro_f1``), reported.
         unlabeled_file: The pool (may not exist: no unlabeled maps). Its labels, if any, are never read.
         settings: :class:`SelfTrainConfig` overrides.
+        decide: False keeps the student whatever validation says (a benchmark's way to score it); ``would_keep``
+            reports what validation chose either way.
 
     Returns:
         The report: ``status`` (off / skipped / student / teacher), the rounds' pseudo-label counts per class,
@@ -76,13 +80,14 @@ def run_self_training(teacher_dir: str | Path, teacher_val: Mapping[str, float],
                             threshold=cfg.threshold, max_per_class_ratio=cfg.max_per_class_ratio, tta=cfg.tta,
                             top_up=top_up)
         student_val = {k: float(result.best_val[k]) for k in ("accuracy", "macro_f1")}
-        won = student_val["macro_f1"] > float(teacher_val["macro_f1"])
+        won = student_val["macro_f1"] > float(teacher_val["macro_f1"]) or not decide
         shutil.copytree(Path(tmp) / "student" if won else teacher, out, dirs_exist_ok=True)
     rounds = [{"round": r["round"], "kept": r["kept"], "unlabeled_maps": r["unlabeled_maps"],
                "kept_per_class": {c: v["kept"] for c, v in r["per_class"].items()},
                "synthetic_per_class": r.get("synthetic_per_class", {}),
                "student_val_macro_f1": float(r["student_best_val"]["macro_f1"]), "seconds": r["seconds"]}
               for r in result.extra["self_training"]]
+    report["would_keep"] = "student" if student_val["macro_f1"] > float(teacher_val["macro_f1"]) else "teacher"
     report.update(status="student" if won else "teacher", chosen="student" if won else "teacher",
                   student_val=student_val, pool=len(pool), per_round=rounds,
                   student_budget=result.extra.get("budget"))

@@ -38,6 +38,8 @@ class SelfTrainConfig:
         tta: Pseudo-label with test-time augmentation over the data's symmetries.
         synthetic_min_per_class: Top each student's training set up with synthetic maps of the data's taxonomy
             until every class has at least this many maps (0 = off; data without a synthetic taxonomy: off).
+        synthetic_classes_below: Top up only the classes with fewer labeled training maps than this (0 = every
+            class below ``synthetic_min_per_class``), so classes with enough real labels train on real maps only.
         synthetic_map_size: Size of those synthetic maps (as the source model's, ``source.map_size``).
         train: TrainConfig overrides of every student (strategy, steps, patience_steps, ...), on top of the run's.
     """
@@ -47,6 +49,7 @@ class SelfTrainConfig:
     max_per_class_ratio: float = 3.0
     tta: bool = True
     synthetic_min_per_class: int = 0
+    synthetic_classes_below: int = 0
     synthetic_map_size: int = 64
     train: dict = field(default_factory=lambda: {"strategy": "full_finetune"})
 
@@ -57,22 +60,32 @@ class SelfTrainConfig:
         if self.synthetic_min_per_class < 0:
             raise ConfigError(f"self_training.synthetic_min_per_class must be >= 0 (0 = off), got "
                               f"{self.synthetic_min_per_class}")
+        if self.synthetic_classes_below < 0:
+            raise ConfigError(f"self_training.synthetic_classes_below must be >= 0 (0 = every class), got "
+                              f"{self.synthetic_classes_below}")
         if self.synthetic_map_size < 16:
             raise ConfigError(f"self_training.synthetic_map_size must be >= 16, got {self.synthetic_map_size}")
 
 
 @dataclass(frozen=True)
 class SyntheticTopUp:
-    """Synthetic maps for the classes a student has too few maps of: every class reaches ``min_per_class``."""
+    """Synthetic maps for the classes a student has too few maps of: each class reaches ``min_per_class``; with
+    ``classes_below``, only the classes with fewer labeled maps than that."""
 
     taxonomy: str
     min_per_class: int
     map_size: int = 64
     seed: int = 0
+    classes_below: int = 0
 
-    def __call__(self, ds: WaferDataset, round_index: int = 0) -> tuple[WaferDataset, list[int]]:
-        """``ds`` joined with the synthetic maps it needs, and how many each class got."""
-        need = np.maximum(0, self.min_per_class - np.bincount(ds.labels, minlength=len(ds.class_names)))
+    def __call__(self, ds: WaferDataset, round_index: int = 0,
+                 labeled_counts: np.ndarray | None = None) -> tuple[WaferDataset, list[int]]:
+        """``ds`` joined with the synthetic maps it needs, and how many each class got. ``labeled_counts`` (the
+        real labeled maps per class; default: ``ds``'s counts) decide which classes ``classes_below`` admits."""
+        counts = np.bincount(ds.labels, minlength=len(ds.class_names))
+        need = np.maximum(0, self.min_per_class - counts)
+        if self.classes_below:
+            need[(counts if labeled_counts is None else np.asarray(labeled_counts)) >= self.classes_below] = 0
         if not need.any():
             return ds, need.tolist()
         syn = synthetic_maps(self.taxonomy, need, self.map_size, self.seed + 1234 + round_index)
@@ -211,7 +224,7 @@ def self_train(cfg, teacher_dir: str | Path, train_ds: WaferDataset, val_ds: Waf
                             "stronger teacher")
         joined = concat_datasets([train_ds, pseudo])
         if top_up is not None:
-            joined, added = top_up(joined, r)
+            joined, added = top_up(joined, r, np.bincount(train_ds.labels, minlength=len(train_ds.class_names)))
             rep["synthetic_per_class"] = dict(zip(train_ds.class_names, added))
         student = out if r == rounds - 1 else out / "rounds" / f"r{r + 1}"
         log.info("self-training round %d: %d labeled + %d pseudo-labeled + %d synthetic maps", r + 1, len(train_ds),
