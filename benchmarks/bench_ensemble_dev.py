@@ -57,10 +57,23 @@ def _tta_probs(model_dir: Path, datasets: dict) -> dict:
             for k, ds in datasets.items()}
 
 
+def run_outputs(run: Path) -> Path:
+    """The kfp output folder of the latest training run under ``run`` (a benchmark workdir's ``run/``).
+
+    Raises:
+        SystemExit: no finished run there.
+    """
+    found = sorted((run / "kfp_outputs").glob("waferflow-training-*"))
+    if not found:
+        raise SystemExit(f"{run} holds no pipeline run (kfp_outputs/waferflow-training-*): give the --workdir of a "
+                         "finished `python -m benchmarks.bench_real_pipeline --dev N` run")
+    return found[-1]
+
+
 def _models(run: Path) -> tuple[dict[str, Path], list[str], Path]:
     """{name: model dir} of the candidates, the model that went on ("final") and the synthetic source model
     ("source", when the run had one), the candidates ranked on validation, and the run's kfp output folder."""
-    outs = sorted((run / "kfp_outputs").glob("waferflow-training-*"))[-1]
+    outs = run_outputs(run)
     models = {}
     for it in sorted(outs.glob("for-loop-*-iteration-*")):
         name = json.loads((it / "evaluate-model" / "metrics_json" / "metrics.json").read_text())["candidate"]

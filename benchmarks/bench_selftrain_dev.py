@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     from waferflow.profiles import get_profile
 
     from benchmarks._report import emit
+    from benchmarks.bench_ensemble_dev import run_outputs
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", type=Path, required=True, help="a finished `bench_real_pipeline --dev` workdir")
@@ -52,9 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     run = a.workdir / "run"
-    outs = sorted((run / "kfp_outputs").glob("waferflow-training-*"))[-1]
+    outs = run_outputs(run)
     prof = get_profile("real", a.set)
-    before = json.loads((outs / "self-train-model" / "model" / "self_training_report.json").read_text())
+    report = outs / "self-train-model" / "model" / "self_training_report.json"
+    if not report.is_file():
+        raise SystemExit(f"{a.workdir} has no self-training report ({report}): the run did not self-train")
+    before = json.loads(report.read_text())
     a.out_dir.mkdir(parents=True, exist_ok=False)
     t0 = time.perf_counter()
     # decide=False keeps the student, so its dev score is known; what validation would keep is reported beside it

@@ -152,3 +152,14 @@ def test_data_without_a_synthetic_taxonomy_keeps_imagenet_candidates_and_says_so
     assert found["sources"] == {} and "no synthetic taxonomy" in found["note"]
     off = resolve_sources(["a", "b"], ["tf_efficientnet_lite0"], {}, 64, "offline", "cpu", "")
     assert off["sources"] == {} and off["note"].startswith("off")
+
+
+def test_dev_benchmarks_refuse_a_folder_that_holds_no_finished_run(tmp_path):
+    from benchmarks import bench_ensemble_dev, bench_selftrain_dev
+
+    (tmp_path / "run").mkdir()
+    with pytest.raises(SystemExit, match="holds no pipeline run"):
+        bench_ensemble_dev.main(["--workdir", str(tmp_path)])
+    with pytest.raises(SystemExit, match="holds no pipeline run"):
+        bench_selftrain_dev.main(["--workdir", str(tmp_path), "--out-dir", str(tmp_path / "st")])
+    assert not (tmp_path / "st").exists()  # refused before anything was written

@@ -80,14 +80,14 @@ def run_self_training(teacher_dir: str | Path, teacher_val: Mapping[str, float],
                             threshold=cfg.threshold, max_per_class_ratio=cfg.max_per_class_ratio, tta=cfg.tta,
                             top_up=top_up)
         student_val = {k: float(result.best_val[k]) for k in ("accuracy", "macro_f1")}
-        won = student_val["macro_f1"] > float(teacher_val["macro_f1"]) or not decide
+        report["would_keep"] = "student" if student_val["macro_f1"] > float(teacher_val["macro_f1"]) else "teacher"
+        won = report["would_keep"] == "student" or not decide
         shutil.copytree(Path(tmp) / "student" if won else teacher, out, dirs_exist_ok=True)
     rounds = [{"round": r["round"], "kept": r["kept"], "unlabeled_maps": r["unlabeled_maps"],
                "kept_per_class": {c: v["kept"] for c, v in r["per_class"].items()},
                "synthetic_per_class": r.get("synthetic_per_class", {}),
                "student_val_macro_f1": float(r["student_best_val"]["macro_f1"]), "seconds": r["seconds"]}
               for r in result.extra["self_training"]]
-    report["would_keep"] = "student" if student_val["macro_f1"] > float(teacher_val["macro_f1"]) else "teacher"
     report.update(status="student" if won else "teacher", chosen="student" if won else "teacher",
                   student_val=student_val, pool=len(pool), per_round=rounds,
                   student_budget=result.extra.get("budget"))

@@ -88,6 +88,7 @@ class SyntheticTopUp:
             need[(counts if labeled_counts is None else np.asarray(labeled_counts)) >= self.classes_below] = 0
         if not need.any():
             return ds, need.tolist()
+        # a stream apart from the source model's maps (generated from source.seed), and new maps each round
         syn = synthetic_maps(self.taxonomy, need, self.map_size, self.seed + 1234 + round_index)
         syn = replace(syn, class_names=tuple(ds.class_names), meta=dict(ds.meta))
         return concat_datasets([ds, syn]), need.tolist()
