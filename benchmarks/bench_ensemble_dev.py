@@ -70,6 +70,12 @@ def run_outputs(run: Path) -> Path:
     return found[-1]
 
 
+def deployed_model(outs: Path) -> Path:
+    """The model a run sent on to export: the prior-correction stage's output (runs before it: self-training's)."""
+    corrected = outs / "correct-prior" / "model"
+    return corrected if corrected.is_dir() else outs / "self-train-model" / "model"
+
+
 def _models(run: Path) -> tuple[dict[str, Path], list[str], Path]:
     """{name: model dir} of the candidates, the model that went on ("final") and the synthetic source model
     ("source", when the run had one), the candidates ranked on validation, and the run's kfp output folder."""
@@ -79,7 +85,7 @@ def _models(run: Path) -> tuple[dict[str, Path], list[str], Path]:
         name = json.loads((it / "evaluate-model" / "metrics_json" / "metrics.json").read_text())["candidate"]
         models[name] = it / "train-candidate" / "model"
     ranked = json.loads((outs / "select-best" / "candidates" / "candidates.json").read_text())["ranked"]
-    models["final"] = outs / "self-train-model" / "model"
+    models["final"] = deployed_model(outs)
     source = _source_model(run, outs)
     if source is not None:
         models["source"] = source

@@ -4,8 +4,8 @@ Reads the workdir of ``python -m benchmarks.bench_real_pipeline --dev N --workdi
 self-training step (``run_self_training``: the same teacher, splits, pool and seed) with the run's settings plus
 ``--set`` overrides, into ``--out-dir``. The student is kept whatever validation says (so its dev score is known);
 what the stage would have kept (the student if its validation macro-F1 beats the teacher's) is reported beside
-it. Both the student and the model the run sent on are scored on the dev maps with the deployed TTA (in
-torch). Nothing here reads ``wm811k_val_data.npz``::
+it. With the profile's ``undo_class_weights`` the student gets the prior correction the run's own stage applies.
+Both the student and the model the run sent on are scored on the dev maps with the deployed TTA (in torch). Nothing here reads ``wm811k_val_data.npz``::
 
     python -m benchmarks.bench_real_pipeline --dev 2000 --workdir /tmp/devB --out devB.json
     python -m benchmarks.bench_selftrain_dev --workdir /tmp/devB --set self_training.synthetic_min_per_class=100 \\
@@ -40,9 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     from waferflow.data.contract import load_dataset
     from waferflow.orchestration.selftrain_step import run_self_training
     from waferflow.profiles import get_profile
+    from waferflow.train.prior import undo_class_prior
 
     from benchmarks._report import emit
-    from benchmarks.bench_ensemble_dev import run_outputs
+    from benchmarks.bench_ensemble_dev import deployed_model, run_outputs
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", type=Path, required=True, help="a finished `bench_real_pipeline --dev` workdir")
@@ -66,13 +67,17 @@ def main(argv: list[str] | None = None) -> int:
                             outs / "split-data" / "train" / "data.npz", outs / "split-data" / "val" / "data.npz",
                             outs / "prepare-data" / "unlabeled" / "data.npz", dict(prof.self_training),
                             dict(prof.train), prof.seed, "cpu", a.out_dir / "student", decide=False)
+    student = a.out_dir / "student"
+    if prof.undo_class_weights:  # as the run's prior-correction stage does to the model that goes on
+        student = a.out_dir / "student_prior_corrected"
+        undo_class_prior(a.out_dir / "student", student)
     seconds = time.perf_counter() - t0
     dev = load_dataset(a.dev or a.workdir / "dev.npz", require_labels=True)
     res = {"workdir": str(a.workdir), "set": a.set, "seconds": round(seconds, 1), "synthetic": rep["synthetic"],
            "teacher_val": before["teacher_val"], "student_val": rep["student_val"],
            "validation_would_keep": rep["would_keep"], "per_round": rep["per_round"],
-           "dev": {"student": _dev_scores(a.out_dir / "student", dev),
-                   f"run's final ({before['chosen']})": _dev_scores(outs / "self-train-model" / "model", dev)}}
+           "dev": {"student": _dev_scores(student, dev),
+                   f"run's final ({before['chosen']})": _dev_scores(deployed_model(outs), dev)}}
     emit(res, a.out)
     return 0
 

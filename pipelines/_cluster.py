@@ -42,6 +42,7 @@ TASKS: dict[str, Needs] = {
     "evaluate-model": Needs(),
     "select-best": Needs(),
     "self-train-model": Needs(image="gpu"),
+    "correct-prior": Needs(),
     "export-model": Needs(),
     "compile-tensorrt": Needs(image="gpu", gpu_pool=True),
     "log-to-mlflow": Needs(secret=True, retry=True),

@@ -4,7 +4,8 @@ start MLflow run -> ExitHandler[ data (the unlabeled pool sampled to pool_size) 
 synthetic maps of the data's taxonomy: found in MLflow by its recipe, or pretrained and registered once) -> adaptive
 BN (ImageNet and source start points) -> ParallelFor(candidates, ImageNet and +source: train -> evaluate on val) ->
 Collected fan-in: select best on validation -> self-training (teacher -> pseudo-labels -> student; the better on
-validation goes on; off when rounds is 0 or there is no pool) -> evaluate on test -> export (ONNX FP32/INT8 + latency) ->
+validation goes on; off when rounds is 0 or there is no pool) -> prior correction (the class weights' prior taken
+out of the head; off unless the profile's undo_class_weights) -> evaluate on test -> export (ONNX FP32/INT8 + latency) ->
 evaluate INT8 -> TensorRT compile -> log to MLflow -> gates + register (the version's tags and model card carry
 every verdict, so the gates run just before the version is created) -> label queue (the unlabeled maps worth
 labeling) -> report; dsl.If(gates passed) -> promote
@@ -35,6 +36,7 @@ from waferflow.components.promote_model import promote_model
 from waferflow.components.register_model import register_model
 from waferflow.components.report import build_report
 from waferflow.components.select_best import select_best
+from waferflow.components.prior_correction import correct_prior
 from waferflow.components.self_train import self_train_model
 from waferflow.components.source_model import source_model
 from waferflow.components.split import split_data
@@ -158,6 +160,7 @@ def build_pipeline(profile: Profile | None = None):
         candidates: list = default_candidates,
         source_settings: dict = dict(p.source),
         self_training: dict = dict(p.self_training),
+        undo_class_weights: bool = p.undo_class_weights,
         input_size: int = p.input_size,
         pretrained: str = p.pretrained,
         train_config: dict = dict(p.train),
@@ -207,11 +210,13 @@ def build_pipeline(profile: Profile | None = None):
                 models=dsl.Collected(trained.outputs["model"]),
                 val_metrics=dsl.Collected(val_eval.outputs["metrics_json"]),
             ).set_display_name("select-best"), c)
-            best = place(self_train_model(
+            taught = place(self_train_model(
                 teacher=selected.outputs["best"], train=split.outputs["train"], val=split.outputs["val"],
                 unlabeled=data.outputs["unlabeled"], settings=self_training, train_config=train_config,
                 device=device, seed=seed,
             ).set_display_name("self-train"), c, gpu_pool=p.device == "cuda")
+            best = place(correct_prior(trained=taught.outputs["model"], undo_class_weights=undo_class_weights)
+                         .set_display_name("prior-correction"), c)
             forms = _deployment_forms(c, best, split, int8, bench_iters, export_options, trt_precision)
             reg = _record(c, started, data, split, best, selected.outputs["candidates"], forms, gates,
                           registered_model_name, tracking_uri)

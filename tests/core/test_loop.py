@@ -60,6 +60,23 @@ def test_feature_extraction_cached_trains_head_only(tmp_path, make_lines, r18_fi
     assert all(h["cached_features"] for h in r.history)
 
 
+def test_training_records_the_logit_shift_of_its_class_weights(tmp_path, make_lines, r18_file):
+    """The prior-correction stage undoes exactly what the loss trained in (waferflow.train.prior)."""
+    import numpy as np
+
+    from waferflow.train.losses import training_logit_shift
+
+    tr, va = make_lines(48, seed=0), make_lines(16, seed=1)
+    tr = tr.subset(np.r_[np.flatnonzero(tr.labels == 0), np.flatnonzero(tr.labels == 1)[:6]])  # imbalanced
+    train(_cfg(strategy="feature_extraction", backbone="resnet18", epochs=1, class_weights="sqrt"), tr, va,
+          tmp_path / "w", weights=r18_file)
+    want = training_logit_shift(tr.labels, 2, "sqrt")
+    assert abs(want[0]) > 0.1
+    np.testing.assert_allclose(load_model_dir(tmp_path / "w")[1].extra["train"]["logit_shift"], want, atol=1e-6)
+    train(_cfg(strategy="feature_extraction", backbone="resnet18", epochs=1), tr, va, tmp_path / "u", weights=r18_file)
+    assert load_model_dir(tmp_path / "u")[1].extra["train"]["logit_shift"] == [0.0, 0.0]
+
+
 def test_pretrained_strategy_refuses_random_and_cuda_is_never_faked(tmp_path, make_lines):
     tr, va = make_lines(16), make_lines(8, seed=1)
     with pytest.raises(ConfigError, match="scratch"):

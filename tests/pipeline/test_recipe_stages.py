@@ -17,7 +17,7 @@ RECIPE = [
     "map_size=32", "input_size=64", "strategies=[feature_extraction]", "source_strategies=[full_finetune]",
     "source={n_maps: 90, map_size: 32, train: {strategy: full_finetune, epochs: 1}}",
     "self_training={rounds: 1, threshold: 0.2, train: {strategy: full_finetune, epochs: 1}}",
-    "label_queue=5", "pool_size=60",
+    "label_queue=5", "pool_size=60", "train.class_weights=sqrt", "undo_class_weights=true",
     # deployed as the real profile deploys: the TTA graph, which the gates read
     "export={max_abs_diff: 0.01, tta: true}", "gates.deployment_form=onnx_fp32_tta",
 ]
@@ -110,6 +110,7 @@ def test_source_model_registered_once_then_reused_and_self_training_reports(tmp_
     rep = json.loads(next(p for p in reports if p.parent.name == "report").read_text())
     assert set(rep["per_round"][0]["kept_per_class"]) == set(load_dataset(FIXTURE).class_names)
     assert rep["pool"] == 60 and rep["per_round"][0]["unlabeled_maps"] == 60
+    _prior_corrected_model_goes_on(r1, tmp_path)
     _deployed_form_is_the_tta_graph(r1, tmp_path)
     _ensemble_benchmark_reads_the_run(tmp_path)
     _selftrain_benchmark_tops_up_the_student(tmp_path)
@@ -126,6 +127,23 @@ def test_source_model_registered_once_then_reused_and_self_training_reports(tmp_
     meta = record["model_metadata"]["full_finetune+source-tf_efficientnet_lite0"]
     assert meta["init"] == "source" and meta["weights_source"].endswith("@source")
     assert any("models:/wafer-source-wm811k/1" in w for w in meta["weights_lineage"]), meta["weights_lineage"]
+
+
+def _prior_corrected_model_goes_on(result, tmp_path):
+    """The class weights' prior is taken out of the head of the model that self-training sent on, and that model is
+    the one evaluated on test, exported and registered."""
+    import numpy as np
+
+    (pc,) = _stage(result, "prior_correction")
+    assert pc["status"] == "undone"
+    outs = next((tmp_path / "wd" / "kfp_outputs").glob("waferflow-training-*"))
+    before = json.loads((outs / "self-train-model" / "model" / "model.json").read_text())
+    after = json.loads((outs / "correct-prior" / "model" / "model.json").read_text())
+    shift = np.array(before["train"]["logit_shift"])
+    assert np.abs(shift).max() > 0.05 and after["train"]["logit_shift"] == [0.0] * len(shift)
+    assert after["prior_correction"]["shift"] == dict(zip(before["class_names"], shift.tolist()))
+    exported = json.loads((outs / "export-model" / "onnx" / "export.json").read_text())["source"]
+    assert exported["weights_sha256"] == after["weights_sha256"] != before["weights_sha256"]
 
 
 def _deployed_form_is_the_tta_graph(result, tmp_path):

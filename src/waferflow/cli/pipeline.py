@@ -37,6 +37,9 @@ few labels, many unlabeled maps (--set KEY=VALUE; the real profile's values in p
   self_training.synthetic_min_per_class=N   top each student's classes up to N maps with synthetic maps of
                               the data's taxonomy (0 = off; a development lead, not the recipe: README)
   self_training.synthetic_classes_below=N   only the classes with fewer than N labeled maps (0 = every class)
+  train.class_weights=MODE    none | sqrt | inverse: loss weights that help rare classes train (sqrt)
+  undo_class_weights=BOOL     take the prior those weights train in out of the final model's head, so it scores
+                              maps under the data's own class prior (true)
 """
 
 

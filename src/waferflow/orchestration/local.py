@@ -160,6 +160,7 @@ def pipeline_arguments(profile: Profile, candidates: list[dict]) -> dict[str, An
         "candidates": candidates,
         "source_settings": dict(profile.source),
         "self_training": dict(profile.self_training),
+        "undo_class_weights": profile.undo_class_weights,
         "input_size": profile.input_size,
         "pretrained": profile.pretrained,
         "train_config": dict(profile.train),
@@ -339,7 +340,7 @@ _TASK_TO_STAGE = {
     "evaluate-model": "evaluate", "select-best": "select_best", "export-model": "export",
     "compile-tensorrt": "compile_trt", "start-run": "start_run", "log-to-mlflow": "log_mlflow",
     "register-model": "register", "build-report": "report", "promote-model": "promote", "finish-run": "finish_run",
-    "source-model": "source_model", "self-train-model": "self_train",
+    "source-model": "source_model", "self-train-model": "self_train", "correct-prior": "prior_correction",
 }
 
 

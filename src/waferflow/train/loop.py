@@ -25,7 +25,7 @@ from waferflow.predictors import penultimate_features, predict_batches
 from waferflow.train.adapt import adapt_bn
 from waferflow.train.augment import Augmenter, resolve_symmetries
 from waferflow.train.config import TrainConfig
-from waferflow.train.losses import balanced_sample_weights, build_loss, class_weights
+from waferflow.train.losses import balanced_sample_weights, build_loss, class_weights, training_logit_shift
 from waferflow.train.strategies import (
     STRATEGIES,
     Phase,
@@ -153,6 +153,7 @@ class _Run:
         self.loss_fn = build_loss(cfg.loss, None if w is None else w.to(self.device), cfg.label_smoothing,
                                   cfg.focal_gamma)
         self.sample_w = balanced_sample_weights(train_ds.labels, self.k) if cfg.balanced_sampler else None
+        self.logit_shift = training_logit_shift(train_ds.labels, self.k, cfg.class_weights, cfg.balanced_sampler)
         self.steps_per_epoch = steps_per_epoch(len(train_ds), cfg.batch_size)
         self.epochs = cfg.epochs or (math.ceil(cfg.steps / self.steps_per_epoch) if cfg.steps
                                      else self.strategy.default_epochs)
@@ -476,7 +477,8 @@ def _finalise(run: _Run, st: LoopState, out: Path, epoch_times: dict[str, list])
     extra = {"best_epoch": st.best_epoch, "best_val": st.best_val, "symmetries": list(run.syms),
              "epoch_seconds": {k: float(np.mean(v)) for k, v in epoch_times.items()},
              "budget": {"steps": run.cfg.steps, "steps_per_epoch": run.steps_per_epoch, "epochs": run.epochs,
-                        "per_phase": list(run.per_phase), "patience_epochs": run.patience}}
+                        "per_phase": list(run.per_phase), "patience_epochs": run.patience},
+             "logit_shift": [round(float(v), 6) for v in run.logit_shift]}
     if run.bn_report:
         extra["adapt_bn"] = {k: v for k, v in run.bn_report.items() if k != "per_layer"}
     if run.cache_seconds is not None:

@@ -71,6 +71,36 @@ def build_loss(kind: str, weight: torch.Tensor | None, label_smoothing: float = 
     raise ConfigError(f"loss must be ce or focal; got {kind!r}")
 
 
+def training_logit_shift(labels: np.ndarray, num_classes: int, mode: str = "none",
+                         balanced_sampler: bool = False) -> np.ndarray:
+    """The per-class shift that class weights and a balanced sampler add to a trained model's logits.
+
+    A loss that weighs class ``c`` by ``w_c`` is minimised by ``logits_c = log p(c | x) + log w_c`` (up to a
+    constant), and drawing every class equally often subtracts ``log prior_c``; so subtracting this shift from the
+    logits gives scores under the training data's own class prior (Menon et al., "Long-tail learning via logit
+    adjustment", ICLR 2021). Exact for cross-entropy, approximate for focal loss.
+
+    Args:
+        labels: int [N] the training labels the weights were computed from.
+        num_classes: K.
+        mode, balanced_sampler: ``TrainConfig.class_weights`` and ``balanced_sampler``.
+
+    Returns:
+        float64 [K], mean 0 over the classes present in ``labels``; 0 for absent classes and all 0 when neither is on.
+    """
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes).astype(np.float64)
+    present = counts > 0
+    shift = np.zeros(num_classes)
+    w = class_weights(labels, num_classes, mode)
+    if w is not None:
+        shift[present] += np.log(w.double().numpy()[present])
+    if balanced_sampler:
+        shift[present] -= np.log(counts[present] / counts.sum())
+    if present.any():
+        shift[present] -= shift[present].mean()
+    return shift
+
+
 def balanced_sample_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
     """Per-sample weights so every present class is drawn equally often."""
     counts = np.bincount(labels, minlength=num_classes).astype(np.float64)

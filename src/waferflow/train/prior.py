@@ -1,0 +1,68 @@
+"""Undo, in a trained model's head, the class prior that its class weights (or balanced sampler) trained in.
+
+Class weights help a few-label model learn its rare classes, but they also tilt its outputs towards them: a map it
+is unsure of leans to the rare class, which costs precision (and accuracy) on maps where rare classes are rare. The
+training loop records that tilt (``model.json`` ``train.logit_shift``, :func:`~waferflow.train.losses.
+training_logit_shift`); :func:`undo_class_prior` subtracts it from the classifier's bias, so every form exported
+from the model (ONNX, INT8, TTA, TensorRT) scores maps under the training data's own class prior, with no extra
+operator. A model trained without class weights has a zero shift and is written unchanged.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from waferflow.errors import ModelFormatError
+
+
+def recorded_shift(spec) -> np.ndarray:
+    """The logit shift the model's last training recorded.
+
+    Raises:
+        ModelFormatError: the model predates the record (train it again with this version).
+    """
+    shift = spec.extra.get("train", {}).get("logit_shift")
+    if shift is None:
+        raise ModelFormatError(
+            "model.json has no train.logit_shift (the class prior its training used): the model was trained by an "
+            "older waferflow; train it again, or turn the prior correction off (undo_class_weights=false)")
+    if len(shift) != spec.num_classes:
+        raise ModelFormatError(f"model.json train.logit_shift has {len(shift)} values for {spec.num_classes} classes")
+    return np.asarray(shift, dtype=np.float64)
+
+
+def undo_class_prior(model_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
+    """Write ``model_dir``'s model to ``out_dir`` with its recorded logit shift subtracted from the head's bias.
+
+    Returns:
+        ``{"status": "undone" | "nothing to undo", "shift": {class: value}}``; ``model.json`` of the written model
+        holds it under ``prior_correction``, and its ``train.logit_shift`` is then all zeros.
+    """
+    import torch
+    from torch import nn
+
+    from waferflow.models.spec import load_model_dir, save_model_dir
+
+    src, out = Path(model_dir), Path(out_dir)
+    model, spec = load_model_dir(src)
+    shift = recorded_shift(spec)
+    report = {"status": "nothing to undo" if not shift.any() else "undone",
+              "shift": {c: round(float(v), 6) for c, v in zip(spec.class_names, shift)}}
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if shift.any() and (not isinstance(head, nn.Linear) or head.bias is None
+                        or head.out_features != spec.num_classes):
+        raise ModelFormatError(f"{spec.backbone}: the classifier is not a linear layer with a bias over "
+                               f"{spec.num_classes} classes, so its class prior cannot be corrected")
+    shutil.copytree(src, out, dirs_exist_ok=True)
+    if not shift.any():
+        return report
+    with torch.no_grad():
+        head.bias -= torch.as_tensor(shift, dtype=head.bias.dtype)
+    train = {**spec.extra.get("train", {}), "logit_shift": [0.0] * spec.num_classes}
+    spec = spec.replace(extra={**spec.extra, "train": train, "prior_correction": report}, weights_sha256=None)
+    save_model_dir(model, spec, out)
+    return report
