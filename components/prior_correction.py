@@ -28,6 +28,7 @@ def correct_prior(
     from collections import namedtuple
 
     from waferflow.config import atomic_write_json
+    from waferflow.models.spec import read_spec
     from waferflow.orchestration.runtime import stage, versions
     from waferflow.train.prior import undo_class_prior
 
@@ -40,6 +41,7 @@ def correct_prior(
         os.makedirs(report.path, exist_ok=True)
         atomic_write_json(os.path.join(report.path, "prior_correction.json"), found)
         print(f"[waferflow] prior correction: {found['status']} {found.get('shift', '')}")
-        model.metadata.update({**dict(trained.metadata), "prior_correction": found["status"], "versions": versions()})
+        model.metadata.update({**dict(trained.metadata), "prior_correction": found["status"], "versions": versions(),
+                               "weights_sha256": read_spec(model.path).weights_sha256})
         rec.update(status=found["status"])
     return namedtuple("PriorCorrection", ["status"])(found["status"])

@@ -48,6 +48,31 @@ def _ensemble_benchmark_reads_the_run(tmp_path):
         assert 0 <= pl[who]["wrong"] <= pl[who]["kept"] <= pl["pool"]
 
 
+def _prior_benchmark_scores_before_and_after(tmp_path):
+    """benchmarks/bench_prior_dev scores the self-trained model as trained and with its prior undone; for a run made
+    before models recorded their shift, it recomputes the same shift from the train split and the pseudo-labels."""
+    from benchmarks import bench_prior_dev
+
+    bench = tmp_path / "bench"
+    assert bench_prior_dev.main(["--workdir", str(bench), "--out", str(bench / "prior.json")]) == 0
+    res = json.loads((bench / "prior.json").read_text())
+    assert res["shift_source"] == "recorded by training"
+    for model in ("as_trained", "prior_undone"):
+        assert set(res[model]) == {"val", "test", "dev"} and 0 <= res[model]["dev"]["macro_f1"] <= 1
+    spec_file = next((tmp_path / "wd").rglob("self-train-model/model/model.json"))
+    recorded = spec_file.read_text()
+    spec = json.loads(recorded)
+    spec["train"].pop("logit_shift")
+    spec_file.write_text(json.dumps(spec))
+    try:
+        assert bench_prior_dev.main(["--workdir", str(bench), "--out", str(bench / "prior_old.json")]) == 0
+    finally:
+        spec_file.write_text(recorded)  # the second run below may read this model
+    old = json.loads((bench / "prior_old.json").read_text())
+    assert old["shift_source"].startswith("recomputed")
+    assert old["shift"] == pytest.approx(res["shift"], abs=1e-6) and old["prior_undone"] == res["prior_undone"]
+
+
 def _selftrain_benchmark_tops_up_the_student(tmp_path):
     """benchmarks/bench_selftrain_dev reruns the run's self-training step with synthetic top-up: every class of the
     student's training set reaches the minimum (labeled + pseudo-labeled + synthetic), and both models are scored."""
@@ -113,6 +138,7 @@ def test_source_model_registered_once_then_reused_and_self_training_reports(tmp_
     _prior_corrected_model_goes_on(r1, tmp_path)
     _deployed_form_is_the_tta_graph(r1, tmp_path)
     _ensemble_benchmark_reads_the_run(tmp_path)
+    _prior_benchmark_scores_before_and_after(tmp_path)
     _selftrain_benchmark_tops_up_the_student(tmp_path)
 
     # a second run: the source stage is never cached (the registry is its cache); it finds the model by its recipe
@@ -144,6 +170,8 @@ def _prior_corrected_model_goes_on(result, tmp_path):
     assert after["prior_correction"]["shift"] == dict(zip(before["class_names"], shift.tolist()))
     exported = json.loads((outs / "export-model" / "onnx" / "export.json").read_text())["source"]
     assert exported["weights_sha256"] == after["weights_sha256"] != before["weights_sha256"]
+    meta = json.loads((outs / "correct-prior" / "executor_output.json").read_text())["artifacts"]["model"]
+    assert meta["artifacts"][0]["metadata"]["weights_sha256"] == after["weights_sha256"]
 
 
 def _deployed_form_is_the_tta_graph(result, tmp_path):

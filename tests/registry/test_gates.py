@@ -135,3 +135,22 @@ def test_config_loads_from_yaml_overrides(tmp_path):
     assert cfg.max_p99_latency_ms == 20.0 and cfg.deployment_form == "onnx_fp32"
     with pytest.raises(ConfigError, match="unknown config key"):
         load_config(GateConfig, overrides=["max_p99=20"])
+
+
+def test_model_card_says_whose_class_prior_the_scores_follow():
+    """A reviewer sees whether the class weights' prior was taken out of the head (waferflow.train.prior)."""
+    from waferflow.tracking.card import build_model_card
+
+    spec = {"strategy": "full_finetune", "backbone": "tf_efficientnet_lite0", "class_names": ["a", "b"]}
+    metrics = {"overall": {"accuracy": 0.9, "macro_f1": 0.8, "n": 10}, "per_class": {}}
+
+    def card(spec, config):
+        return build_model_card(name="m", spec=spec, metrics=metrics, gate_report=GateReport(results=()),
+                                config=config)
+
+    undone = card({**spec, "prior_correction": {"status": "undone", "shift": {"a": -0.5, "b": 0.5}}},
+                  {"class_weights": "sqrt"})
+    assert "- Class prior: the data's own; the shift the class weights put into the logits was taken out" in undone
+    kept = card(spec, {"class_weights": "sqrt"})
+    assert "- Class prior: as trained (class_weights=sqrt, balanced_sampler=False): scores lean towards" in kept
+    assert "Class prior" not in card(spec, {"class_weights": "none"})

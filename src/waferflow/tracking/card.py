@@ -40,6 +40,17 @@ def _weights_lines(spec: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _prior_lines(spec: Mapping[str, Any], cfg: Mapping[str, Any]) -> list[str]:
+    """Whose class prior the scores follow: the data's, or the one the class weights trained in."""
+    if (spec.get("prior_correction") or {}).get("status") == "undone":
+        return ["- Class prior: the data's own; the shift the class weights put into the logits was taken out of "
+                "the head after training (`waferflow.train.prior`)"]
+    if cfg.get("class_weights", "none") != "none" or cfg.get("balanced_sampler"):
+        return [f"- Class prior: as trained (class_weights={cfg.get('class_weights')}, balanced_sampler="
+                f"{bool(cfg.get('balanced_sampler'))}): scores lean towards the rare classes"]
+    return []
+
+
 def _recipe_lines(spec: Mapping[str, Any], config: Mapping[str, Any] | None,
                   self_training: Mapping[str, Any] | None) -> list[str]:
     cfg = config or {}
@@ -48,7 +59,7 @@ def _recipe_lines(spec: Mapping[str, Any], config: Mapping[str, Any] | None,
     if shown.get("lr") == 0:  # 0 in the config means the strategy's own default peak learning rate
         shown["lr"] = "the strategy's default"
     knobs = ", ".join(f"{k}={v}" for k, v in shown.items())
-    lines = [f"- Strategy: `{spec.get('strategy')}`" + (f"; {knobs}" if knobs else "")]
+    lines = [f"- Strategy: `{spec.get('strategy')}`" + (f"; {knobs}" if knobs else ""), *_prior_lines(spec, cfg)]
     rounds = (self_training or {}).get("rounds") or []
     if not rounds:
         lines.append("- Self-training: none (0 rounds; no pseudo-labels)")

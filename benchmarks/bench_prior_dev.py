@@ -1,0 +1,99 @@
+"""Does taking the class weights' prior out of the final model pay? Before and after, on a finished development run.
+
+Reads the workdir of ``python -m benchmarks.bench_real_pipeline --dev N --workdir DIR`` and scores the model that
+self-training sent on, as trained (with the class prior its sqrt class weights put into its logits) and with that
+prior taken out of its head (``waferflow.train.prior.undo_class_prior``, what the ``correct-prior`` stage does), on
+the run's validation and test splits and on the dev maps it never saw, each with the deployed TTA (in torch).
+
+A run made before models recorded their shift (``model.json`` ``train.logit_shift``) gets it recomputed from what
+its training saw: the train split's labels plus, when the student went on, the last round's pseudo-labels per class
+(the self-training report), weighted by the run's ``class_weights``. Nothing here reads ``wm811k_val_data.npz``::
+
+    python -m benchmarks.bench_real_pipeline --dev 2000 --workdir /tmp/devB --out devB.json
+    python -m benchmarks.bench_prior_dev --workdir /tmp/devB --out prior_devB.json
+
+Prints JSON: accuracy, macro-F1, balanced accuracy and per-class recall of both models on each split, the shift,
+and after minus before on the dev maps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+
+def _shift_of(model_dir: Path, outs: Path) -> tuple[list[float], str]:
+    """The model's recorded logit shift, or one recomputed from its training data (runs before the record)."""
+    import yaml
+
+    from waferflow.data.contract import load_dataset
+    from waferflow.models.spec import read_spec
+    from waferflow.train.losses import training_logit_shift
+
+    spec = read_spec(model_dir)
+    if "logit_shift" in spec.extra.get("train", {}):
+        return list(spec.extra["train"]["logit_shift"]), "recorded by training"
+    cfg = yaml.safe_load((model_dir / "config.yaml").read_text())
+    labels = load_dataset(outs / "split-data" / "train" / "data.npz", require_labels=True).labels
+    report = json.loads((outs / "self-train-model" / "report" / "self_training.json").read_text())
+    if report.get("chosen") == "student":
+        kept = report["per_round"][-1]["kept_per_class"]
+        extra = [np.full(kept.get(c, 0), i) for i, c in enumerate(spec.class_names)]
+        labels = np.concatenate([labels, *extra]).astype(np.int64)
+    shift = training_logit_shift(labels, spec.num_classes, cfg["class_weights"], cfg.get("balanced_sampler", False))
+    return [round(float(v), 6) for v in shift], "recomputed from the train split and the pseudo-labels"
+
+
+def _scores(model_dir: Path, datasets: dict) -> dict:
+    from waferflow.evaluation import metrics_from_logits
+
+    from benchmarks.bench_ensemble_dev import _tta_probs
+
+    out = {}
+    for split, prob in _tta_probs(model_dir, datasets).items():
+        ds = datasets[split]
+        m = metrics_from_logits(ds.labels, np.log(prob + 1e-12), list(ds.class_names))
+        out[split] = {**{k: round(m["overall"][k], 4) for k in ("accuracy", "macro_f1", "balanced_accuracy")},
+                      "recall": {c: round(v["recall"], 3) for c, v in m["per_class"].items() if v.get("support")}}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    from waferflow.data.contract import load_dataset
+    from waferflow.train.prior import undo_class_prior
+
+    from benchmarks._report import emit
+    from benchmarks.bench_ensemble_dev import run_outputs
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workdir", type=Path, required=True, help="a finished `bench_real_pipeline --dev` workdir")
+    ap.add_argument("--dev", type=Path, default=None, help="dev maps (default: WORKDIR/dev.npz, from --dev N)")
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args(argv)
+    outs = run_outputs(a.workdir / "run")
+    trained = outs / "self-train-model" / "model"
+    data = {s: load_dataset(outs / "split-data" / s / "data.npz", require_labels=True) for s in ("val", "test")}
+    data["dev"] = load_dataset(a.dev or a.workdir / "dev.npz", require_labels=True)
+    shift, how = _shift_of(trained, outs)
+    with tempfile.TemporaryDirectory(prefix="bench-prior-") as tmp:
+        src = Path(tmp) / "trained"
+        shutil.copytree(trained, src)
+        spec = json.loads((src / "model.json").read_text())
+        spec.setdefault("train", {})["logit_shift"] = shift
+        (src / "model.json").write_text(json.dumps(spec))
+        report = undo_class_prior(src, Path(tmp) / "corrected")
+        res = {"workdir": str(a.workdir), "shift": report["shift"], "shift_source": how,
+               "as_trained": _scores(trained, data), "prior_undone": _scores(Path(tmp) / "corrected", data)}
+    res["after_minus_before_on_dev"] = {k: round(res["prior_undone"]["dev"][k] - res["as_trained"]["dev"][k], 4)
+                                        for k in ("accuracy", "macro_f1", "balanced_accuracy")}
+    emit(res, a.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
