@@ -231,3 +231,25 @@ def test_synthetic_top_up_fills_only_the_classes_below_the_minimum():
         SelfTrainConfig(synthetic_classes_below=-1)
     with pytest.raises(ConfigError, match="synthetic_map_size"):
         SelfTrainConfig(synthetic_map_size=8)
+
+
+def test_synthetic_maps_draw_the_stream_further_on_a_shortfall(monkeypatch):
+    """When the first draw holds too few maps of a class, the stream is drawn further from where it stopped: the
+    maps are those of one long draw, bit for bit."""
+    from waferflow.data import synth
+    from waferflow.train.selftrain import synthetic_maps
+
+    need = [3, 0, 2, 0, 0, 0, 0, 4, 5]
+    want = synthetic_maps("wm811k", need, 32, seed=3)
+    real = synth.generate
+    calls = []
+
+    def short_first(n, **kw):
+        calls.append((n, kw.get("start", 0)))
+        return real(6 if len(calls) == 1 else n, **kw)  # the first draw falls short
+
+    monkeypatch.setattr(synth, "generate", short_first)
+    got = synthetic_maps("wm811k", need, 32, seed=3)
+    assert len(calls) >= 2 and calls[1][1] == 6  # drawn on from map 6, not from the start again
+    assert np.array_equal(got.resized(32), want.resized(32)) and np.array_equal(got.labels, want.labels)
+    assert np.bincount(got.labels, minlength=9).tolist() == need

@@ -101,6 +101,7 @@ def synthetic_maps(taxonomy: str, per_class, size: int, seed: int) -> WaferDatas
     Raises:
         ConfigError: unknown taxonomy, or counts that do not match its classes.
     """
+    from waferflow.data.contract import concat_datasets
     from waferflow.data.synth import default_config, generate, get_taxonomy
 
     need = np.asarray(per_class, dtype=np.int64)
@@ -111,13 +112,14 @@ def synthetic_maps(taxonomy: str, per_class, size: int, seed: int) -> WaferDatas
     # every class keeps a tiny share, so the generator's draws stay valid when a count is 0
     freqs = tuple(float(n) / need.sum() + 1e-6 for n in need)
     cfg = replace(default_config(taxonomy), class_freqs=freqs)
-    n = int(need.sum() * 1.6) + 50
+    syn = generate(int(need.sum() * 1.6) + 50, size=size, seed=seed, taxonomy=taxonomy, config=cfg)
     while True:
-        syn = generate(n, size=size, seed=seed, taxonomy=taxonomy, config=cfg)
         picks = [np.flatnonzero(syn.labels == c)[:k] for c, k in enumerate(need)]
         if all(len(p) == k for p, k in zip(picks, need)):
             return replace(syn.subset(np.sort(np.concatenate(picks))), lots=None)
-        n *= 2  # a rare shortfall: draw the same stream further
+        # a rare shortfall: the same stream, drawn further (generate(2n) == generate(n) + generate(n, start=n))
+        more = generate(len(syn), size=size, seed=seed, taxonomy=taxonomy, config=cfg, start=len(syn))
+        syn = concat_datasets([syn, more])
 
 
 def pseudo_label(teacher_dir: str | Path, unlabeled: WaferDataset, labeled: WaferDataset, threshold: float = 0.9,
