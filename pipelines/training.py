@@ -32,11 +32,11 @@ from waferflow.components.export import export_model
 from waferflow.components.label_queue import build_label_queue
 from waferflow.components.finish_run import finish_run
 from waferflow.components.log_mlflow import log_to_mlflow
+from waferflow.components.prior_correction import correct_prior
 from waferflow.components.promote_model import promote_model
 from waferflow.components.register_model import register_model
 from waferflow.components.report import build_report
 from waferflow.components.select_best import select_best
-from waferflow.components.prior_correction import correct_prior
 from waferflow.components.self_train import self_train_model
 from waferflow.components.source_model import source_model
 from waferflow.components.split import split_data
