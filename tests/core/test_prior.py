@@ -47,7 +47,11 @@ def _model_dir(tmp_path, shift):
 def test_undo_class_prior_takes_the_recorded_shift_out_of_every_logit(tmp_path):
     shift = training_logit_shift(LABELS, 3, "sqrt")
     src = _model_dir(tmp_path, shift)
+    (src / "checkpoints").mkdir()
+    (src / "checkpoints" / "best.pt").write_bytes((src / "weights.pt").read_bytes())
     report = undo_class_prior(src, tmp_path / "out")
+    # no stale checkpoint with the uncorrected weights beside the corrected ones; the history travels
+    assert not (tmp_path / "out" / "checkpoints").exists() and (tmp_path / "out" / "model.json").is_file()
     assert report["status"] == "undone" and list(report["shift"]) == ["a", "b", "c"]
     before, _ = load_model_dir(src)
     after, spec = load_model_dir(tmp_path / "out")  # the sha256 in model.json matches the new weights
@@ -65,7 +69,10 @@ def test_undo_class_prior_takes_the_recorded_shift_out_of_every_logit(tmp_path):
 
 def test_a_model_without_class_weights_is_written_unchanged(tmp_path):
     src = _model_dir(tmp_path, training_logit_shift(LABELS, 3, "none"))
+    (src / "checkpoints").mkdir()
+    (src / "checkpoints" / "best.pt").write_bytes(b"x")
     assert undo_class_prior(src, tmp_path / "out")["status"] == "nothing to undo"
+    assert (tmp_path / "out" / "checkpoints" / "best.pt").read_bytes() == b"x"  # a plain copy
     assert (tmp_path / "out" / "weights.pt").read_bytes() == (src / "weights.pt").read_bytes()
 
 

@@ -40,7 +40,8 @@ def undo_class_prior(model_dir: str | Path, out_dir: str | Path) -> dict[str, An
 
     Returns:
         ``{"status": "undone" | "nothing to undo", "shift": {class: value}}``; ``model.json`` of the written model
-        holds it under ``prior_correction``, and its ``train.logit_shift`` is then all zeros.
+        holds it under ``prior_correction``, and its ``train.logit_shift`` is then all zeros. A corrected model is
+        written without ``checkpoints/`` (their weights are the uncorrected ones; a training resumes from the source).
     """
     import torch
     from torch import nn
@@ -57,9 +58,11 @@ def undo_class_prior(model_dir: str | Path, out_dir: str | Path) -> dict[str, An
                         or head.out_features != spec.num_classes):
         raise ModelFormatError(f"{spec.backbone}: the classifier is not a linear layer with a bias over "
                                f"{spec.num_classes} classes, so its class prior cannot be corrected")
-    shutil.copytree(src, out, dirs_exist_ok=True)
     if not shift.any():
+        shutil.copytree(src, out, dirs_exist_ok=True)
         return report
+    # history and config travel; checkpoints/ would hold the uncorrected weights, and nothing resumes from here
+    shutil.copytree(src, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns("checkpoints"))
     with torch.no_grad():
         head.bias -= torch.as_tensor(shift, dtype=head.bias.dtype)
     train = {**spec.extra.get("train", {}), "logit_shift": [0.0] * spec.num_classes}
