@@ -29,7 +29,8 @@ def recorded_shift(spec) -> np.ndarray:
     if shift is None:
         raise ModelFormatError(
             "model.json has no train.logit_shift (the class prior its training used): the model was trained by an "
-            "older waferflow; train it again, or turn the prior correction off (undo_class_weights=false)")
+            "older waferflow, or a pipeline cache made by one served it; train it again (`waferflow run --no-cache`), "
+            "or turn the prior correction off (--set undo_class_weights=false)")
     if len(shift) != spec.num_classes:
         raise ModelFormatError(f"model.json train.logit_shift has {len(shift)} values for {spec.num_classes} classes")
     return np.asarray(shift, dtype=np.float64)
