@@ -85,3 +85,18 @@ def test_a_model_with_no_record_is_refused_and_nothing_is_written(tmp_path):
     with pytest.raises(ModelFormatError, match="2 values for 3 classes"):
         undo_class_prior(bad, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_head_without_a_linear_bias_is_refused_and_nothing_is_written(tmp_path, monkeypatch):
+    from torch import nn
+
+    from waferflow.models import spec as spec_mod
+
+    src = _model_dir(tmp_path, training_logit_shift(LABELS, 3, "sqrt"))
+    model, spec = load_model_dir(src)
+    model.reset_classifier(0)  # the head is now nn.Identity: no bias to correct
+    assert isinstance(model.get_classifier(), nn.Identity)
+    monkeypatch.setattr(spec_mod, "load_model_dir", lambda path: (model, spec))
+    with pytest.raises(ModelFormatError, match="not a linear layer with a bias over 3 classes"):
+        undo_class_prior(src, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
