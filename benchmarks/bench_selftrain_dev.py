@@ -5,7 +5,8 @@ self-training step (``run_self_training``: the same teacher, splits, pool and se
 ``--set`` overrides, into ``--out-dir``. The student is kept whatever validation says (so its dev score is known);
 what the stage would have kept (the student if its validation macro-F1 beats the teacher's) is reported beside
 it. With the profile's ``undo_class_weights`` the student gets the prior correction the run's own stage applies.
-Both the student and the model the run sent on are scored on the dev maps with the deployed TTA (in torch). Nothing here reads ``wm811k_val_data.npz``::
+Both the student and the model the run sent on are scored on the dev maps with the deployed TTA (in torch).
+Nothing here reads ``wm811k_val_data.npz``::
 
     python -m benchmarks.bench_real_pipeline --dev 2000 --workdir /tmp/devB --out devB.json
     python -m benchmarks.bench_selftrain_dev --workdir /tmp/devB --set self_training.synthetic_min_per_class=100 \\

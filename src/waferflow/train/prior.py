@@ -47,21 +47,21 @@ def undo_class_prior(model_dir: str | Path, out_dir: str | Path) -> dict[str, An
     import torch
     from torch import nn
 
-    from waferflow.models.spec import load_model_dir, save_model_dir
+    from waferflow.models.spec import load_model_dir, read_spec, save_model_dir
 
     src, out = Path(model_dir), Path(out_dir)
-    model, spec = load_model_dir(src)
+    spec = read_spec(src)
     shift = recorded_shift(spec)
     report = {"status": "nothing to undo" if not shift.any() else "undone",
               "shift": {c: round(float(v), 6) for c, v in zip(spec.class_names, shift)}}
-    head = model.get_classifier() if hasattr(model, "get_classifier") else None
-    if shift.any() and (not isinstance(head, nn.Linear) or head.bias is None
-                        or head.out_features != spec.num_classes):
-        raise ModelFormatError(f"{spec.backbone}: the classifier is not a linear layer with a bias over "
-                               f"{spec.num_classes} classes, so its class prior cannot be corrected")
-    if not shift.any():
+    if not shift.any():  # nothing to change: a plain copy, no model built
         shutil.copytree(src, out, dirs_exist_ok=True)
         return report
+    model, spec = load_model_dir(src)
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if not isinstance(head, nn.Linear) or head.bias is None or head.out_features != spec.num_classes:
+        raise ModelFormatError(f"{spec.backbone}: the classifier is not a linear layer with a bias over "
+                               f"{spec.num_classes} classes, so its class prior cannot be corrected")
     # history and config travel; checkpoints/ would hold the uncorrected weights, and nothing resumes from here
     shutil.copytree(src, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns("checkpoints"))
     with torch.no_grad():
