@@ -1,10 +1,11 @@
 """Prior-correction stage: undo, in the head of the model that goes on, the class prior its class weights trained
-in, so every exported form scores maps under the data's own class prior."""
+in, so every exported form scores maps under the data's own class prior; the model's validation figures are then
+the corrected model's."""
 
 from typing import NamedTuple
 
 from kfp import dsl
-from kfp.dsl import Artifact, Input, Model, Output
+from kfp.dsl import Artifact, Dataset, Input, Model, Output
 
 from waferflow.components._images import CPU_IMAGE
 
@@ -12,36 +13,39 @@ from waferflow.components._images import CPU_IMAGE
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def correct_prior(
     trained: Input[Model],
+    val: Input[Dataset],
     undo_class_weights: bool,
     model: Output[Model],
     report: Output[Artifact],
 ) -> NamedTuple("PriorCorrection", [("status", str)]):
     """Write ``trained`` as ``model`` with its recorded logit shift (``model.json`` ``train.logit_shift``) taken out of the
-    classifier's bias (``waferflow.train.prior.undo_class_prior``), or unchanged when ``undo_class_weights`` is off.
+    classifier's bias (``waferflow.train.prior.run_prior_correction``), or unchanged when ``undo_class_weights`` is off.
+    A corrected model is scored on validation (``validation_before_after``, before anything is written): its ``val_*``
+    metadata are the corrected model's, the report and ``val_before_prior_correction`` hold both (test is not read).
 
     Args:
         trained: The model that goes on (the self-training stage's output).
+        val: The validation split.
         undo_class_weights: The profile's ``undo_class_weights``.
     """
     import os
-    import shutil
     from collections import namedtuple
 
     from waferflow.config import atomic_write_json
     from waferflow.models.spec import read_spec
-    from waferflow.orchestration.runtime import stage, versions
-    from waferflow.train.prior import undo_class_prior
+    from waferflow.orchestration.runtime import dataset_file, stage, versions
+    from waferflow.train.prior import describe, run_prior_correction
 
     with stage("prior_correction") as rec:
-        if undo_class_weights:
-            found = undo_class_prior(trained.path, model.path)
-        else:
-            shutil.copytree(trained.path, model.path, dirs_exist_ok=True)
-            found = {"status": "off: undo_class_weights is false"}
+        found = run_prior_correction(trained.path, dataset_file(val.path), model.path, undo_class_weights)
         os.makedirs(report.path, exist_ok=True)
         atomic_write_json(os.path.join(report.path, "prior_correction.json"), found)
-        print(f"[waferflow] prior correction: {found['status']} {found.get('shift', '')}")
-        model.metadata.update({**dict(trained.metadata), "prior_correction": found["status"], "versions": versions(),
-                               "weights_sha256": read_spec(model.path).weights_sha256})
+        print(f"[waferflow] {describe(found)}")
+        meta = {**dict(trained.metadata), "prior_correction": found["status"]}
+        if "validation" in found:  # the model's validation figures are the corrected model's
+            after = found["validation"]["after"]
+            meta.update(val_accuracy=after["accuracy"], val_macro_f1=after["macro_f1"],
+                        val_before_prior_correction=found["validation"]["before"])
+        model.metadata.update({**meta, "versions": versions(), "weights_sha256": read_spec(model.path).weights_sha256})
         rec.update(status=found["status"])
     return namedtuple("PriorCorrection", ["status"])(found["status"])

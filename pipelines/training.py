@@ -215,7 +215,8 @@ def build_pipeline(profile: Profile | None = None):
                 unlabeled=data.outputs["unlabeled"], settings=self_training, train_config=train_config,
                 device=device, seed=seed,
             ).set_display_name("self-train"), c, gpu_pool=p.device == "cuda")
-            best = place(correct_prior(trained=taught.outputs["model"], undo_class_weights=undo_class_weights)
+            best = place(correct_prior(trained=taught.outputs["model"], val=split.outputs["val"],
+                                       undo_class_weights=undo_class_weights)
                          .set_display_name("prior-correction"), c)
             forms = _deployment_forms(c, best, split, int8, bench_iters, export_options, trt_precision)
             reg = _record(c, started, data, split, best, selected.outputs["candidates"], forms, gates,

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from waferflow.errors import ModelFormatError
+from waferflow.data.contract import WaferDataset, load_dataset, save_dataset
+from waferflow.errors import DataError, ModelFormatError
 from waferflow.models import create_model, load_model_dir, save_model_dir
 from waferflow.train.losses import training_logit_shift
-from waferflow.train.prior import undo_class_prior
+from waferflow.train.prior import describe, run_prior_correction, undo_class_prior
 
 LABELS = np.array([0] * 80 + [1] * 15 + [2] * 5)
 
@@ -99,4 +100,47 @@ def test_a_head_without_a_linear_bias_is_refused_and_nothing_is_written(tmp_path
     monkeypatch.setattr(spec_mod, "load_model_dir", lambda path: (model, spec))
     with pytest.raises(ModelFormatError, match="not a linear layer with a bias over 3 classes"):
         undo_class_prior(src, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def _val_file(tmp_path, make_disk, names=("a", "b", "c"), labeled=True):
+    maps = make_disk(30, 16, seed=1)
+    labels = np.arange(30) % 3 if labeled else None
+    path = tmp_path / f"val_{'_'.join(names)}_{labeled}.npz"
+    save_dataset(WaferDataset(class_names=names, labels=labels, maps=maps, meta={}), path)
+    return path
+
+
+def test_the_stage_scores_validation_as_trained_and_corrected(tmp_path, make_disk):
+    from waferflow.evaluation import evaluate
+    from waferflow.models.spec import read_spec
+    from waferflow.predictors import create_predictor
+
+    src, val = _model_dir(tmp_path, training_logit_shift(LABELS, 3, "sqrt")), _val_file(tmp_path, make_disk)
+    report = run_prior_correction(src, val, tmp_path / "out", undo=True)
+    assert report["status"] == "undone"
+    # each figure is that of the model it names, as the shared evaluator scores it
+    for key, model_dir in (("before", src), ("after", tmp_path / "out")):
+        m = evaluate(create_predictor("torch", model_dir), load_dataset(val), read_spec(model_dir))["overall"]
+        assert report["validation"][key] == pytest.approx({k: m[k] for k in report["validation"][key]})
+    assert report["validation"]["before"] != report["validation"]["after"]  # this model's predictions do move
+    assert "validation accuracy" in describe(report) and "(a -0.741, b +0.096, c +0.645)" in describe(report)
+
+
+def test_the_stage_reads_no_validation_when_there_is_nothing_to_score(tmp_path, make_disk):
+    src = _model_dir(tmp_path, training_logit_shift(LABELS, 3, "none"))
+    missing = tmp_path / "no_such_val.npz"
+    assert "validation" not in run_prior_correction(src, missing, tmp_path / "zero", undo=True)
+    off = run_prior_correction(_model_dir(tmp_path / "w", training_logit_shift(LABELS, 3, "sqrt")), missing,
+                               tmp_path / "off", undo=False)
+    assert off == {"status": "off: undo_class_weights is false"} and describe(off) == f"prior correction: {off['status']}"
+    assert (tmp_path / "off" / "weights.pt").read_bytes() == (tmp_path / "w" / "in" / "weights.pt").read_bytes()
+
+
+def test_bad_validation_maps_stop_the_stage_before_anything_is_written(tmp_path, make_disk):
+    src = _model_dir(tmp_path, training_logit_shift(LABELS, 3, "sqrt"))
+    with pytest.raises(DataError, match="differ from the model's"):
+        run_prior_correction(src, _val_file(tmp_path, make_disk, names=("a", "c", "b")), tmp_path / "out", undo=True)
+    with pytest.raises(DataError, match="labels"):
+        run_prior_correction(src, _val_file(tmp_path, make_disk, labeled=False), tmp_path / "out", undo=True)
     assert not (tmp_path / "out").exists()

@@ -171,7 +171,13 @@ def _prior_corrected_model_goes_on(result, tmp_path):
     exported = json.loads((outs / "export-model" / "onnx" / "export.json").read_text())["source"]
     assert exported["weights_sha256"] == after["weights_sha256"] != before["weights_sha256"]
     meta = json.loads((outs / "correct-prior" / "executor_output.json").read_text())["artifacts"]["model"]
-    assert meta["artifacts"][0]["metadata"]["weights_sha256"] == after["weights_sha256"]
+    meta = meta["artifacts"][0]["metadata"]
+    assert meta["weights_sha256"] == after["weights_sha256"]
+    # validation was scored as trained and corrected; the model's val_* figures are the corrected model's
+    report = json.loads((outs / "correct-prior" / "report" / "prior_correction.json").read_text())
+    assert meta["val_accuracy"] == report["validation"]["after"]["accuracy"]
+    assert meta["val_macro_f1"] == report["validation"]["after"]["macro_f1"]
+    assert meta["val_before_prior_correction"] == report["validation"]["before"]
 
 
 def _deployed_form_is_the_tta_graph(result, tmp_path):

@@ -6,6 +6,9 @@ training loop records that tilt (``model.json`` ``train.logit_shift``, :func:`~w
 training_logit_shift`); :func:`undo_class_prior` subtracts it from the classifier's bias, so every form exported
 from the model (ONNX, INT8, TTA, TensorRT) scores maps under the training data's own class prior, with no extra
 operator. A model trained without class weights has a zero shift and is written unchanged.
+
+:func:`run_prior_correction` is the pipeline stage's work: it scores the validation split as trained and corrected
+(:func:`validation_before_after`, before anything is written), then writes the corrected model.
 """
 
 from __future__ import annotations
@@ -70,3 +73,66 @@ def undo_class_prior(model_dir: str | Path, out_dir: str | Path) -> dict[str, An
     spec = spec.replace(extra={**spec.extra, "train": train, "prior_correction": report}, weights_sha256=None)
     save_model_dir(model, spec, out)
     return report
+
+
+def validation_before_after(model_dir: str | Path, val_file: str | Path) -> dict[str, dict]:
+    """Validation accuracy, balanced accuracy and macro-F1 of a model as trained and with its prior undone.
+
+    One forward pass of the model as trained: the correction moves only the head's bias, so the corrected logits are
+    these minus its :func:`recorded_shift`. Run it before :func:`undo_class_prior`, so bad validation data stops the
+    stage before anything is written.
+
+    Returns:
+        ``{"before": {...}, "after": {...}}``.
+
+    Raises:
+        DataError: unlabeled or empty validation maps, or classes that differ from the model's.
+        ModelFormatError: the model has no recorded shift.
+    """
+    from waferflow.data.contract import load_dataset
+    from waferflow.evaluation import check_classes, metrics_from_logits
+    from waferflow.models.spec import read_spec
+    from waferflow.predictors import create_predictor, predict_dataset
+
+    spec = read_spec(model_dir)
+    shift = recorded_shift(spec).astype(np.float32)
+    ds = load_dataset(val_file, require_labels=True)
+    check_classes(ds, spec)
+    logits = predict_dataset(create_predictor("torch", model_dir), ds, spec, desc="validation, as trained")
+
+    def overall(z: np.ndarray) -> dict[str, float]:
+        m = metrics_from_logits(ds.labels, z, spec.class_names)["overall"]
+        return {k: float(m[k]) for k in ("accuracy", "balanced_accuracy", "macro_f1")}
+
+    return {"before": overall(logits), "after": overall(logits - shift[None])}
+
+
+def run_prior_correction(trained_dir: str | Path, val_file: str | Path, out_dir: str | Path,
+                         undo: bool) -> dict[str, Any]:
+    """The prior-correction stage: ``trained_dir`` written to ``out_dir`` corrected (``undo``) or unchanged.
+
+    A model with a shift to undo is scored on validation first (:func:`validation_before_after`), so nothing is
+    written when the validation maps are bad; the report then holds ``validation`` (before / after).
+    """
+    if not undo:
+        shutil.copytree(trained_dir, out_dir, dirs_exist_ok=True)
+        return {"status": "off: undo_class_weights is false"}
+    from waferflow.models.spec import read_spec
+
+    scored = validation_before_after(trained_dir, val_file) if recorded_shift(read_spec(trained_dir)).any() else None
+    report = undo_class_prior(trained_dir, out_dir)
+    if scored is not None:
+        report["validation"] = scored
+    return report
+
+
+def describe(report: dict[str, Any]) -> str:
+    """One line for the log: the status, the shift and the validation change."""
+    line = f"prior correction: {report['status']}"
+    if "shift" in report:
+        line += " (" + ", ".join(f"{c} {v:+.3f}" for c, v in report["shift"].items()) + ")"
+    if "validation" in report:
+        b, a = report["validation"]["before"], report["validation"]["after"]
+        line += (f"; validation accuracy {b['accuracy']:.4f} -> {a['accuracy']:.4f}, macro-F1 {b['macro_f1']:.4f} "
+                 f"-> {a['macro_f1']:.4f} (applied whatever these say: a recipe choice, not a per-run decision)")
+    return line
