@@ -44,16 +44,39 @@ def _wf(*args: str, log: Path) -> tuple[int, float, float]:
     return rc, time.perf_counter() - t0, int(m.group(1)) / 1024 if m else float("nan")
 
 
+def _draw_labels(labeled: Path, unlabeled: Path, seed: int, wd: Path) -> tuple[Path, Path]:
+    """Another few-label slice: as many maps per class as ``labeled`` holds, drawn (seeded) from ``unlabeled``;
+    the rest of ``unlabeled`` and all of ``labeled`` become the pool. Returns (labeled file, pool file)."""
+    import numpy as np
+
+    from waferflow.data.contract import concat_datasets, load_dataset, save_dataset
+
+    lab_ds, unl_ds = load_dataset(labeled, require_labels=True), load_dataset(unlabeled, require_labels=True)
+    if tuple(lab_ds.class_names) != tuple(unl_ds.class_names):
+        raise SystemExit(f"--draw-labels needs the same classes in {labeled} and {unlabeled}")
+    rng = np.random.default_rng(seed)
+    counts = np.bincount(lab_ds.labels, minlength=len(lab_ds.class_names))
+    take = np.sort(np.concatenate([rng.choice(np.flatnonzero(unl_ds.labels == c), n, replace=False)
+                                   for c, n in enumerate(counts)]))
+    rest = np.setdiff1d(np.arange(len(unl_ds)), take)
+    out_lab, out_pool = wd / "labeled_drawn.npz", wd / "pool_drawn.npz"
+    save_dataset(unl_ds.subset(take), out_lab)
+    save_dataset(concat_datasets([unl_ds.subset(rest), lab_ds]), out_pool)
+    return out_lab, out_pool
+
+
 def _data(a, wd: Path) -> tuple[Path, Path]:
     from waferflow.data.contract import load_dataset, save_dataset
 
     from benchmarks.lswmd_shaped import write_lswmd_pickle
 
     lab, unl, score = a.labeled, a.unlabeled, a.score
+    if a.draw_labels is not None:
+        lab, unl = _draw_labels(a.labeled, a.unlabeled, a.draw_labels, wd)
     if a.dev:  # a seeded random slice: the shared files are sorted by class, so their tail is a few classes
         import numpy as np
 
-        src = load_dataset(a.unlabeled if a.dev_from == "unlabeled" else a.labeled)
+        src = load_dataset(unl if a.dev_from == "unlabeled" else lab)
         order = np.random.default_rng(0).permutation(len(src))
         rest = wd / ("pool.npz" if a.dev_from == "unlabeled" else "labeled.npz")
         save_dataset(src.subset(np.sort(order[a.dev:])), rest)
@@ -77,6 +100,9 @@ def main() -> None:
                     help="score on N seeded random maps of --unlabeled (see --dev-from), kept out of the run")
     ap.add_argument("--dev-from", choices=("unlabeled", "labeled"), default="unlabeled",
                     help="the file the dev maps come out of (labeled: fewer labels, the more-labels case)")
+    ap.add_argument("--draw-labels", type=int, default=None, metavar="SEED",
+                    help="another few-label slice: draw as many maps per class as --labeled holds from --unlabeled "
+                         "(seeded); --labeled's maps join the pool")
     ap.add_argument("--repeat-to", type=int, default=0, help="repeat maps until the table has N rows (scale)")
     ap.add_argument("--workdir", type=Path, required=True, help="a fresh folder for the run")
     ap.add_argument("--set", action="append", default=[], help="profile override key=value (repeatable)")
@@ -106,8 +132,10 @@ def main() -> None:
         result["version"], result["gates_passed"] = summary.get("version"), summary.get("gates", {}).get("passed")
         result["own_test"] = summary.get("test")
         result["stage_notes"] = {s["stage"]: {k: v for k, v in s.items() if k in ("note", "reused", "pretrained_now",
-                                                                                  "status", "chosen", "kept", "pool")}
-                                 for s in rec["stages"] if s["stage"] in ("source_model", "self_train", "data")}
+                                                                                  "status", "chosen", "kept", "pool",
+                                                                                  "validation")}
+                                 for s in rec["stages"]
+                                 if s["stage"] in ("source_model", "self_train", "data", "prior_correction")}
     if rc == 0 and not a.no_score:
         ref = f"models:/{MODEL}@champion" if result.get("gates_passed") else f"models:/{MODEL}/{result.get('version')}"
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{wd / 'run' / 'mlflow.db'}"

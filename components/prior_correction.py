@@ -47,5 +47,5 @@ def correct_prior(
             meta.update(val_accuracy=after["accuracy"], val_macro_f1=after["macro_f1"],
                         val_before_prior_correction=found["validation"]["before"])
         model.metadata.update({**meta, "versions": versions(), "weights_sha256": read_spec(model.path).weights_sha256})
-        rec.update(status=found["status"])
+        rec.update(status=found["status"], **({"validation": found["validation"]} if "validation" in found else {}))
     return namedtuple("PriorCorrection", ["status"])(found["status"])

@@ -1,0 +1,35 @@
+"""benchmarks/bench_real_pipeline --draw-labels: another few-label slice, drawn from the unlabeled file."""
+
+from pathlib import Path
+
+import numpy as np
+
+from waferflow.data.contract import load_dataset, save_dataset
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "wm811k_small.npz"
+
+
+def _digest(ds) -> list[bytes]:
+    return sorted(np.ascontiguousarray(m).tobytes() + bytes(m.shape) for m in ds)
+
+
+def test_draw_labels_takes_the_labeled_class_counts_from_the_other_file_and_pools_the_rest(tmp_path):
+    from benchmarks.bench_real_pipeline import _draw_labels
+
+    full = load_dataset(FIXTURE)
+    order = np.random.default_rng(1).permutation(len(full))
+    small, big = full.subset(np.sort(order[:60])), full.subset(np.sort(order[60:]))
+    save_dataset(small, tmp_path / "small.npz")
+    save_dataset(big, tmp_path / "big.npz")
+    lab_file, pool_file = _draw_labels(tmp_path / "small.npz", tmp_path / "big.npz", 3, tmp_path)
+    lab, pool = load_dataset(lab_file), load_dataset(pool_file)
+    k = len(full.class_names)
+    assert np.array_equal(np.bincount(lab.labels, minlength=k), np.bincount(small.labels, minlength=k))
+    # the drawn maps are the big file's; nothing lost, nothing twice: drawn + pool = both files
+    assert set(_digest(lab)) <= set(_digest(big))
+    assert sorted(_digest(lab) + _digest(pool)) == sorted(_digest(small) + _digest(big))
+    # seeded: the same seed draws the same maps, another seed others
+    (tmp_path / "again").mkdir(), (tmp_path / "other").mkdir()
+    again, _ = _draw_labels(tmp_path / "small.npz", tmp_path / "big.npz", 3, tmp_path / "again")
+    other, _ = _draw_labels(tmp_path / "small.npz", tmp_path / "big.npz", 4, tmp_path / "other")
+    assert _digest(load_dataset(again)) == _digest(lab) != _digest(load_dataset(other))
