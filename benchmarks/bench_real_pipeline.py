@@ -56,6 +56,10 @@ def _draw_labels(labeled: Path, unlabeled: Path, seed: int, wd: Path) -> tuple[P
         raise SystemExit(f"--draw-labels needs the same classes in {labeled} and {unlabeled}")
     rng = np.random.default_rng(seed)
     counts = np.bincount(lab_ds.labels, minlength=len(lab_ds.class_names))
+    have = np.bincount(unl_ds.labels, minlength=len(counts))
+    short = [f"{c}: {n} needed, {h} there" for c, n, h in zip(lab_ds.class_names, counts, have) if h < n]
+    if short:
+        raise SystemExit(f"--draw-labels: {unlabeled} holds too few maps of {', '.join(short)}; draw from a larger file")
     take = np.sort(np.concatenate([rng.choice(np.flatnonzero(unl_ds.labels == c), n, replace=False)
                                    for c, n in enumerate(counts)]))
     rest = np.setdiff1d(np.arange(len(unl_ds)), take)

@@ -33,3 +33,16 @@ def test_draw_labels_takes_the_labeled_class_counts_from_the_other_file_and_pool
     again, _ = _draw_labels(tmp_path / "small.npz", tmp_path / "big.npz", 3, tmp_path / "again")
     other, _ = _draw_labels(tmp_path / "small.npz", tmp_path / "big.npz", 4, tmp_path / "other")
     assert _digest(load_dataset(again)) == _digest(lab) != _digest(load_dataset(other))
+
+
+def test_draw_labels_refuses_a_file_with_too_few_maps_of_a_class(tmp_path):
+    import pytest
+
+    from benchmarks.bench_real_pipeline import _draw_labels
+
+    full = load_dataset(FIXTURE)
+    save_dataset(full, tmp_path / "all.npz")
+    save_dataset(full.subset(np.arange(20)), tmp_path / "few.npz")
+    with pytest.raises(SystemExit, match="too few maps of .*needed"):
+        _draw_labels(tmp_path / "all.npz", tmp_path / "few.npz", 0, tmp_path)
+    assert not (tmp_path / "labeled_drawn.npz").exists() and not (tmp_path / "pool_drawn.npz").exists()
