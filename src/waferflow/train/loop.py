@@ -21,6 +21,7 @@ from waferflow.config import atomic_write_bytes, atomic_write_json, progress_ena
 from waferflow.data.contract import WaferDataset, dataset_hash
 from waferflow.errors import ConfigError, DataError, ModelFormatError
 from waferflow.models import ModelSpec, create_model, preprocess_tensor, save_model_dir
+from waferflow.models.dwgrad import fast_depthwise_grad
 from waferflow.predictors import penultimate_features, predict_batches
 from waferflow.train.adapt import adapt_bn
 from waferflow.train.augment import Augmenter, resolve_symmetries
@@ -315,8 +316,16 @@ def train(cfg: TrainConfig, train_ds: WaferDataset, val_ds: WaferDataset, out_di
     if do_adapt and ck is None and run.strategy.init == "pretrained":
         run.bn_report = adapt_bn(run.model, run.spec, run.x_train.numpy(), batch_size=64, device=run.device)
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-    pr: _PhaseRun | None = None
     epoch_times: dict[str, list] = {}
+    with fast_depthwise_grad(run.model, enabled=run.cfg.fast_depthwise_grad and not run.cuda):
+        _run_epochs(run, st, ck, aug, gen, out, epoch_times)
+    return _finalise(run, st, out, epoch_times)
+
+
+def _run_epochs(run: _Run, st: LoopState, ck: dict | None, aug: Augmenter, gen: torch.Generator, out: Path,
+                epoch_times: dict[str, list]) -> None:
+    """The epoch plan from ``st.epoch`` on: each phase started once, then train, validate, checkpoint."""
+    pr: _PhaseRun | None = None
     for g_epoch in range(st.epoch, len(run.plan)):
         pi, e_in = run.plan[g_epoch]
         if pi == st.skip_phase:
@@ -329,7 +338,6 @@ def train(cfg: TrainConfig, train_ds: WaferDataset, val_ds: WaferDataset, out_di
         row, overall = _validate(run, pr, g_epoch, loss, secs)
         epoch_times.setdefault(pr.phase.name, []).append(secs)
         _end_epoch(run, st, pr, g_epoch, e_in, row, overall, gen, out)
-    return _finalise(run, st, out, epoch_times)
 
 
 def _load_resume_checkpoint(out: Path, cfg: TrainConfig, resume: bool) -> dict | None:
