@@ -61,8 +61,9 @@ class TrainConfig:
         amp: bf16 autocast on CUDA (on CPU, even with avx512_bf16, it trains Lite0 slower than FP32 channels-last).
         channels_last: channels-last memory format (oneDNN runs Lite0 about 2x faster so on CPU too).
         fast_depthwise_grad: On the CPU, depthwise convolutions whose output is smaller than their kernel compute
-            their weight gradient offset by offset (``waferflow.models.dwgrad``; oneDNN is slow there): about 20%
-            faster Lite0 training steps at 64-80 px, not bit-identical to training without it (off to compare).
+            their weight gradient offset by offset (``waferflow.models.dwgrad``; oneDNN is slow there): Lite0's
+            training loop ran 1.59x faster at 64 px and 1.33x at 80 px on a 2-core AVX2 host
+            (``benchmarks/bench_dwgrad.py``); not bit-identical to training without it (off to compare).
         num_threads: CPU threads for torch (0 = all cores).
         val_fraction: Validation share when one file is given (stratified split).
         eval_batch_size: Batch size for validation / feature caching.
