@@ -182,12 +182,14 @@ class Profile:
                               "too few maps to train on; keep the sum at or below 0.6")
 
     def _check_recipes(self) -> None:
-        """A bad source or self-training key fails here, before any training."""
+        """A bad source, self-training or training key fails here, before any training."""
+        from waferflow.train.config import TrainConfig
         from waferflow.train.selftrain import SelfTrainConfig
         from waferflow.train.source import SourceConfig
 
         for what, cls, value in (("source", SourceConfig, self.source),
-                                 ("self_training", SelfTrainConfig, self.self_training)):
+                                 ("self_training", SelfTrainConfig, self.self_training),
+                                 ("train", TrainConfig, self.train)):
             try:
                 load_config(cls, overrides=dict(value))
             except ConfigError as e:

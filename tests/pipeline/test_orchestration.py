@@ -113,6 +113,12 @@ def test_real_profile_carries_the_recipe_and_refuses_bad_recipe_settings():
         get_profile("real", ["self_training.threshold=2"])
     with pytest.raises(ConfigError, match="self_training: .*unknown config key"):
         get_profile("real", ["self_training.round=2"])
+    # training keys too, before any task runs (a typo used to surface only when the first candidate trained)
+    with pytest.raises(ConfigError, match="train: unknown config key.*fast_depthwse_grad"):
+        get_profile("local", ["train.fast_depthwse_grad=false"])
+    with pytest.raises(ConfigError, match="train: batch_size must be >= 1"):
+        get_profile("real", ["train.batch_size=0"])
+    assert get_profile("local", ["train.fast_depthwise_grad=false"]).train == {"fast_depthwise_grad": False}
     # the real profile deploys the TTA graph, which only export.tta writes
     assert real.gate_config().deployment_form == "onnx_fp32_tta" and real.export["tta"] is True
     with pytest.raises(ConfigError, match="only `export.tta=true` writes"):
