@@ -2,8 +2,8 @@
 
 oneDNN computes the weight gradient of a depthwise convolution slowly when the feature map is smaller than the
 kernel, so that most of each window is padding: EfficientNet-Lite0's last stages at 64 px (2x2 and 4x4 maps under
-5x5 kernels) took 20-45 ms each per 64-map step on a 2-core AVX2 host, against 2-4 ms summed over the kernel's
-offsets here, and they were about 40% of a training step. :func:`fast_depthwise_grad` routes such layers' weight
+5x5 and 3x3 kernels) took 14-28 ms each per 64-map step on a 2-core AVX2 host, against 1-4 ms summed over the
+kernel's offsets here (``benchmarks/bench_dwgrad.py --layers``), and they were about a third of a training step. :func:`fast_depthwise_grad` routes such layers' weight
 gradient through :func:`depthwise_weight_grad` while it is active; their forward pass and input gradient, and
 every other layer, are computed exactly as before (the same oneDNN calls). The weight gradient itself agrees with
 oneDNN's to about 1e-6 relative (another summation order), so a run trained with it is deterministic but not
