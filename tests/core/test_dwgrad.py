@@ -100,3 +100,16 @@ def test_lite0_small_stages_take_the_path():
     model = timm.create_model("tf_efficientnet_lite0", num_classes=3, pretrained=False)
     with fast_depthwise_grad(model) as n:
         assert n == sum(1 for m in model.modules() if isinstance(m, nn.Conv2d) and m.groups > 1)
+
+
+def test_frozen_input_small_map():
+    """Gradual unfreezing's first phases: the layer trains, its input (a frozen block's output) needs no gradient."""
+    torch.manual_seed(3)
+    conv = nn.Conv2d(8, 8, 5, padding=2, groups=8, bias=False)
+    x = torch.randn(2, 8, 2, 2)
+    conv(x).square().sum().backward()
+    ref = conv.weight.grad.clone()
+    conv.zero_grad()
+    with fast_depthwise_grad(conv):
+        conv(x).square().sum().backward()
+    torch.testing.assert_close(conv.weight.grad, ref, rtol=1e-5, atol=1e-5)
