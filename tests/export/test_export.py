@@ -131,7 +131,7 @@ def test_static_same_padding_drops_the_runtime_shape_ops_and_keeps_the_outputs(t
     import torch
     from timm.layers.conv2d_same import Conv2dSame
 
-    from waferflow.export.onnx_export import static_same_padding
+    from waferflow.models.onnx_trace import static_same_padding
 
     torch.manual_seed(0)
     m = torch.nn.Sequential(Conv2dSame(3, 4, 3, stride=2), torch.nn.ReLU(), Conv2dSame(4, 2, 5, stride=2)).eval()

@@ -8,26 +8,22 @@ exports a Lite0 in ~5 s against ~30 s for the torch.export-based exporter, write
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
-import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from waferflow import __version__
 from waferflow.errors import ConfigError, ModelFormatError
+from waferflow.models.onnx_trace import MIN_OPSET, trace_to_onnx
 from waferflow.predictors import spec_field
 
 log = logging.getLogger(__name__)
 
-INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
-MIN_OPSET = 17
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -91,48 +87,6 @@ def onnx_spec(meta: dict[str, Any]) -> Any:
     return ModelSpec.from_dict({"backbone": "unknown", **meta, "num_classes": len(meta["class_names"])})
 
 
-def _static_same_conv(mod: Any, pads: tuple[int, int, int, int], x: Any) -> Any:
-    import torch.nn.functional as F
-
-    return F.conv2d(F.pad(x, pads), mod.weight, mod.bias, mod.stride, 0, mod.dilation, mod.groups)
-
-
-@contextlib.contextmanager
-def static_same_padding(model: Any, example: Any) -> Iterator[int]:
-    """Within the block, timm's ``Conv2dSame`` layers pad by constants computed for ``example``'s spatial size.
-
-    ``Conv2dSame`` (TF "SAME" padding, the ``tf_*`` backbones) computes its padding from the input shape on every
-    call; traced, that is about 30 Shape/Gather/Ceil/... ops per layer around each Pad, run on every inference.
-    The exported model's spatial size is fixed (only the batch is dynamic), so the padding is a constant.
-    Yields the number of layers changed; their own ``forward`` is back after the block.
-    """
-    import functools
-
-    import torch
-    from timm.layers.conv2d_same import Conv2dSame
-    from timm.layers.padding import get_same_padding
-
-    sizes: dict[Any, tuple[int, int]] = {}
-    hooks = [m.register_forward_pre_hook(lambda mod, args: sizes.__setitem__(mod, tuple(args[0].shape[-2:])))
-             for m in model.modules() if isinstance(m, Conv2dSame)]
-    try:
-        if hooks:
-            with torch.no_grad():
-                model(example)
-    finally:
-        for h in hooks:
-            h.remove()
-    for m, (ih, iw) in sizes.items():
-        (kh, kw), (sh, sw), (dh, dw) = m.weight.shape[-2:], m.stride, m.dilation
-        ph, pw = get_same_padding(int(ih), kh, sh, dh), get_same_padding(int(iw), kw, sw, dw)
-        m.forward = functools.partial(_static_same_conv, m, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
-    try:
-        yield len(sizes)
-    finally:
-        for m in sizes:
-            del m.forward
-
-
 def export_fp32(model: Any, spec: Any, path: str | os.PathLike, metadata: dict[str, str],
                 opset: int = MIN_OPSET, exporter: str = "torchscript") -> Path:
     """Export a torch module to ONNX (dynamic batch axis ``batch``) and store ``metadata`` in it.
@@ -151,19 +105,7 @@ def export_fp32(model: Any, spec: Any, path: str | os.PathLike, metadata: dict[s
     model = model.cpu().float().eval()
     dummy = torch.zeros(2, c, s, s)
     path = Path(path)
-    with warnings.catch_warnings(), static_same_padding(model, dummy):
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
-        if exporter == "torchscript":
-            torch.onnx.export(model, (dummy,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                              opset_version=opset, dynamo=False, do_constant_folding=True,
-                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
-        elif exporter == "dynamo":
-            batch = torch.export.Dim("batch", min=1, max=65536)
-            torch.onnx.export(model, (dummy,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                              opset_version=max(opset, 18), dynamo=True, external_data=False,
-                              dynamic_shapes=({0: batch},), verbose=False)
-        else:
-            raise ConfigError(f"exporter must be 'torchscript' or 'dynamo', got {exporter!r}")
+    trace_to_onnx(model, dummy, path, opset, exporter)
     m = onnx.load(str(path))
     # make the batch dim name deterministic whichever exporter ran
     for vi in list(m.graph.input) + list(m.graph.output):
