@@ -253,3 +253,50 @@ def test_synthetic_maps_draw_the_stream_further_on_a_shortfall(monkeypatch):
     assert len(calls) >= 2 and calls[1][1] == 6  # drawn on from map 6, not from the start again
     assert np.array_equal(got.resized(32), want.resized(32)) and np.array_equal(got.labels, want.labels)
     assert np.bincount(got.labels, minlength=9).tolist() == need
+
+
+def test_onnxruntime_engine_labels_as_pytorch_does_and_says_so(teacher, make_lines):
+    from waferflow.models import load_model_dir
+    from waferflow.predictors import onnxruntime_model_predictor, torch_predictor
+
+    tdir, tr, _ = teacher
+    pool = make_lines(40, seed=5)
+    ort_set, rep_ort = pseudo_label(tdir, pool, tr, threshold=0.6, max_per_class_ratio=10)  # the default engine
+    pt_set, rep_pt = pseudo_label(tdir, pool, tr, threshold=0.6, max_per_class_ratio=10, engine="torch")
+    assert (rep_ort["engine"], rep_pt["engine"]) == ("onnxruntime (cpu)", "torch (cpu)")
+    assert rep_ort["kept"] == rep_pt["kept"] > 0 and np.array_equal(ort_set.labels, pt_set.labels)
+    assert np.array_equal(ort_set.maps, pt_set.maps)
+    model, spec = load_model_dir(tdir)
+    x = np.random.default_rng(0).normal(size=(5, 3, 16, 16)).astype(np.float32)
+    assert np.allclose(onnxruntime_model_predictor(model, spec)(x), torch_predictor(model)(x), rtol=1e-4, atol=1e-4)
+
+
+class _Branchy(torch.nn.Module):
+    """Takes a data-dependent branch: a trace (made on zeros) keeps the other one, so onnxruntime disagrees."""
+
+    def forward(self, x):
+        pooled = x.mean((2, 3))
+        return torch.cat([pooled, -pooled], 1) if bool(x.sum() > 0) else torch.cat([-pooled, pooled], 1)
+
+
+def test_onnxruntime_engine_refuses_a_model_that_does_not_trace_faithfully():
+    from waferflow.errors import ModelFormatError
+    from waferflow.predictors import onnxruntime_model_predictor
+
+    predict = onnxruntime_model_predictor(_Branchy(), {"input_size": 8, "in_chans": 3, "backbone": "branchy"})
+    with pytest.raises(ModelFormatError, match="differ from PyTorch's.*self_training.cpu_engine=torch"):
+        predict(np.ones((4, 3, 8, 8), np.float32))
+
+
+def test_pseudo_labelling_engine_and_device_are_checked(teacher, make_lines):
+    from waferflow.train.selftrain import SelfTrainConfig
+
+    tdir, tr, _ = teacher
+    pool = make_lines(8, seed=9)
+    with pytest.raises(ConfigError, match="cpu_engine must be one of"):
+        SelfTrainConfig(cpu_engine="tensorrt")
+    with pytest.raises(ConfigError, match="engine must be one of"):
+        pseudo_label(tdir, pool, tr, engine="openvino")
+    if not torch.cuda.is_available():  # CUDA asked for, none here: an error, never a CPU run
+        with pytest.raises(ConfigError, match="no CUDA device"):
+            pseudo_label(tdir, pool, tr, device="cuda")

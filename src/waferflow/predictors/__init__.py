@@ -20,6 +20,7 @@ from waferflow.predictors.runtime import (
     SYMMETRIES,
     onnx_predictor,
     onnx_session,
+    onnxruntime_model_predictor,
     torch_predictor,
     tta_predictor,
     tta_views,
@@ -31,7 +32,7 @@ from waferflow.predictors.tensorrt import cuda_status, tensorrt_predictor
 __all__ = [
     "BASE_FORMS", "ENGINE_PRECISIONS", "FORMS", "FP32_NAME", "INT8_NAME", "SYMMETRIES", "WEIGHTS_NAME", "Form",
     "Predictor", "batches_for", "create_predictor", "cuda_status", "engine_name", "features_and_logits",
-    "form_file", "get_form", "onnx_predictor", "onnx_session", "penultimate_features", "predict_batches",
+    "form_file", "get_form", "onnx_predictor", "onnx_session", "onnxruntime_model_predictor", "penultimate_features", "predict_batches",
     "predict_dataset", "softmax", "spec_field", "tensorrt_predictor", "torch_predictor", "tta_predictor",
     "tta_views",
 ]
