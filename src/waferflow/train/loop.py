@@ -27,6 +27,7 @@ from waferflow.train.adapt import adapt_bn
 from waferflow.train.augment import Augmenter, resolve_symmetries
 from waferflow.train.config import TrainConfig
 from waferflow.train.losses import balanced_sample_weights, build_loss, class_weights, training_logit_shift
+from waferflow.train.malloc import keep_freed_memory
 from waferflow.train.strategies import (
     STRATEGIES,
     Phase,
@@ -302,6 +303,8 @@ def train(cfg: TrainConfig, train_ds: WaferDataset, val_ds: WaferDataset, out_di
     ck = _load_resume_checkpoint(out, cfg, resume)
     _check_data(train_ds, val_ds)
     torch.set_num_threads(cfg.num_threads or len(os.sched_getaffinity(0)) or 1)
+    if cfg.keep_freed_memory:
+        keep_freed_memory()
     gen = seed_everything(cfg.seed)
     if ck is None:
         run, st = _Run.fresh(cfg, train_ds, val_ds, weights, tracking_uri), LoopState()
