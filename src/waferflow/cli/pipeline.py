@@ -35,7 +35,7 @@ few labels, many unlabeled maps (--set KEY=VALUE; the real profile's values in p
   self_training.threshold=P   minimum TTA confidence of a pseudo-label (0.9)
   self_training.max_per_class_ratio=R   pseudo-labels per class at most R x its labeled maps (3)
   self_training.cpu_engine=E  what runs the teacher over the pool on the CPU: onnxruntime (traced in memory,
-                              checked against PyTorch; about 3x faster) | torch (onnxruntime)
+                              checked against PyTorch; 2.45x faster) | torch (onnxruntime)
   self_training.synthetic_min_per_class=N   top each student's classes up to N maps with synthetic maps of
                               the data's taxonomy (0 = off; a development lead, not the recipe: README)
   self_training.synthetic_classes_below=N   only the classes with fewer than N labeled maps (0 = every class)
