@@ -40,14 +40,15 @@ def test_freed_buffers_stay_in_the_process():
 
 
 def test_user_settings_and_other_platforms_are_left_alone(monkeypatch):
-    monkeypatch.setattr(malloc, "_state", {})
+    malloc.keep_freed_memory.cache_clear()
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "1000000")
     assert malloc.keep_freed_memory() == "left to the environment (MALLOC_TRIM_THRESHOLD_)"
-    monkeypatch.setattr(malloc, "_state", {})
+    malloc.keep_freed_memory.cache_clear()
     monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")
     monkeypatch.setattr(malloc.sys, "platform", "darwin")
     assert malloc.keep_freed_memory() == "unchanged: no glibc on darwin"
     assert malloc.keep_freed_memory() == "unchanged: no glibc on darwin"  # decided once per process
+    malloc.keep_freed_memory.cache_clear()  # the next caller in this process decides afresh
 
 
 @pytest.mark.parametrize("setting", [True, False])

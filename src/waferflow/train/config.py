@@ -65,8 +65,8 @@ class TrainConfig:
             training loop ran 1.59x faster at 64 px and 1.33x at 80 px on a 2-core AVX2 host
             (``benchmarks/bench_dwgrad.py``); not bit-identical to training without it (off to compare).
         keep_freed_memory: Keep freed tensor memory in the process (glibc's mmap and trim thresholds raised,
-            ``waferflow.train.malloc``): fewer page faults, a faster CPU training loop, about 10% more resident
-            memory; process-wide from the first training that asks for it, numerically neutral.
+            ``waferflow.train.malloc``): fewer page faults, a faster CPU training loop (1.11x), about 6% more
+            resident memory; process-wide from the first training that asks for it, numerically neutral.
         num_threads: CPU threads for torch (0 = all cores).
         val_fraction: Validation share when one file is given (stratified split).
         eval_batch_size: Batch size for validation / feature caching.
