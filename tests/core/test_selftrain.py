@@ -271,6 +271,21 @@ def test_onnxruntime_engine_labels_as_pytorch_does_and_says_so(teacher, make_lin
     assert np.allclose(onnxruntime_model_predictor(model, spec)(x), torch_predictor(model)(x), rtol=1e-4, atol=1e-4)
 
 
+def test_onnxruntime_engine_uses_the_threads_pytorch_was_given(teacher, make_lines, monkeypatch):
+    from waferflow.predictors import runtime
+
+    seen, options = [], runtime._session_options
+    monkeypatch.setattr(runtime, "_session_options", lambda threads: seen.append(threads) or options(threads))
+    tdir, tr, _ = teacher
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # what train() does with train.num_threads=1
+    try:
+        pseudo_label(tdir, make_lines(8, seed=3), tr, threshold=0.6)
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [1]
+
+
 class _Branchy(torch.nn.Module):
     """Takes a data-dependent branch: a trace (made on zeros) keeps the other one, so onnxruntime disagrees."""
 

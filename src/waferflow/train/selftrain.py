@@ -185,8 +185,10 @@ def _teacher_predictor(model, spec, engine: str, device: str):
         raise ConfigError(f"the pseudo-labelling engine must be one of {CPU_ENGINES}, got {engine!r}")
     if str(device).startswith("cuda"):
         return torch_predictor(model, device), f"torch ({device})"
-    if engine == "onnxruntime":
-        return onnxruntime_model_predictor(model, spec), "onnxruntime (cpu)"
+    if engine == "onnxruntime":  # as many threads as PyTorch was given (train.num_threads), not all the cores
+        import torch
+
+        return onnxruntime_model_predictor(model, spec, threads=torch.get_num_threads()), "onnxruntime (cpu)"
     return torch_predictor(model), "torch (cpu)"
 
 
