@@ -14,6 +14,14 @@ its training saw: the train split's labels plus, when the student went on, the l
 
 Prints JSON: accuracy, macro-F1, balanced accuracy and per-class recall of both models on each split, the shift,
 and after minus before on the dev maps.
+
+``--shrink K [K ...]`` also scores shifts shrunk where a class had few training maps: class ``c``'s shift times
+``n_c / (n_c + K)``, with ``n_c`` its maps in the training that made the model (train split, plus the last round's
+pseudo-labels when the student went on). These come from the as-trained model's logits per TTA view minus the shift
+(the correction moves only the head's bias, so that is exact), with no second model; ``shrunk["0"]`` is the full
+correction again and matches ``prior_undone`` to rounding::
+
+    python -m benchmarks.bench_prior_dev --workdir /tmp/slice3 --shrink 0 2 5 20 --out shrink_slice3.json
 """
 
 from __future__ import annotations
@@ -27,11 +35,26 @@ from pathlib import Path
 import numpy as np
 
 
-def _shift_of(model_dir: Path, outs: Path) -> tuple[list[float], str]:
-    """The model's recorded logit shift, or one recomputed from its training data (runs before the record)."""
+def _training_labels(model_dir: Path, outs: Path) -> np.ndarray:
+    """The labels the model was trained on: the train split's, plus the last round's pseudo-labels per class when
+    the self-training student went on."""
+    from waferflow.data.contract import load_dataset
+    from waferflow.models.spec import read_spec
+
+    spec = read_spec(model_dir)
+    labels = load_dataset(outs / "split-data" / "train" / "data.npz", require_labels=True).labels
+    report = json.loads((outs / "self-train-model" / "report" / "self_training.json").read_text())
+    if report.get("chosen") == "student":
+        kept = report["per_round"][-1]["kept_per_class"]
+        extra = [np.full(kept.get(c, 0), i) for i, c in enumerate(spec.class_names)]
+        labels = np.concatenate([labels, *extra])
+    return labels.astype(np.int64)
+
+
+def _shift_of(model_dir: Path, labels: np.ndarray) -> tuple[list[float], str]:
+    """The model's recorded logit shift, or one recomputed from its training labels (runs before the record)."""
     import yaml
 
-    from waferflow.data.contract import load_dataset
     from waferflow.models.spec import read_spec
     from waferflow.train.losses import training_logit_shift
 
@@ -39,14 +62,37 @@ def _shift_of(model_dir: Path, outs: Path) -> tuple[list[float], str]:
     if "logit_shift" in spec.extra.get("train", {}):
         return list(spec.extra["train"]["logit_shift"]), "recorded by training"
     cfg = yaml.safe_load((model_dir / "config.yaml").read_text())
-    labels = load_dataset(outs / "split-data" / "train" / "data.npz", require_labels=True).labels
-    report = json.loads((outs / "self-train-model" / "report" / "self_training.json").read_text())
-    if report.get("chosen") == "student":
-        kept = report["per_round"][-1]["kept_per_class"]
-        extra = [np.full(kept.get(c, 0), i) for i, c in enumerate(spec.class_names)]
-        labels = np.concatenate([labels, *extra]).astype(np.int64)
     shift = training_logit_shift(labels, spec.num_classes, cfg["class_weights"], cfg.get("balanced_sampler", False))
     return [round(float(v), 6) for v in shift], "recomputed from the train split and the pseudo-labels"
+
+
+def _view_logits(model_dir: Path, ds) -> np.ndarray:
+    """float32 [views, N, K]: the model's logits for every TTA view of every map of ``ds`` (torch)."""
+    from waferflow.models import load_model_dir
+    from waferflow.predictors import batches_for, torch_predictor, tta_predictor
+    from waferflow.train.augment import model_symmetries
+
+    model, spec = load_model_dir(model_dir)
+    base, seen = torch_predictor(model), []
+    predict = tta_predictor(lambda x: seen.append(base(x)) or seen[-1], model_symmetries(spec))
+    out = np.empty((len(predict.views), len(ds), spec.num_classes), np.float32)
+    for idx, x in batches_for(ds, spec, 256, desc=f"views:{len(ds)}"):
+        seen.clear()
+        predict(x)
+        out[:, idx] = np.stack(seen)
+    return out
+
+
+def _shrunk_scores(view_logits: np.ndarray, ds, shift: np.ndarray, counts: np.ndarray, k: float) -> dict:
+    """Scores of the TTA mean probability when ``shift * n / (n + k)`` is taken out of every view's logits."""
+    from waferflow.evaluation import metrics_from_logits
+    from waferflow.predictors import softmax
+
+    s = shift * counts / np.maximum(counts + k, 1e-12)
+    prob = np.mean([softmax(v - s) for v in view_logits], axis=0)
+    m = metrics_from_logits(ds.labels, np.log(prob + 1e-12), list(ds.class_names))
+    return {**{key: round(m["overall"][key], 4) for key in ("accuracy", "macro_f1", "balanced_accuracy")},
+            "recall": {c: round(v["recall"], 3) for c, v in m["per_class"].items() if v.get("support")}}
 
 
 def _scores(model_dir: Path, datasets: dict) -> dict:
@@ -73,13 +119,16 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", type=Path, required=True, help="a finished `bench_real_pipeline --dev` workdir")
     ap.add_argument("--dev", type=Path, default=None, help="dev maps (default: WORKDIR/dev.npz, from --dev N)")
+    ap.add_argument("--shrink", type=float, nargs="*", default=[], metavar="K",
+                    help="also score each class's shift times n/(n+K), n its training maps (see the docstring)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     outs = run_outputs(a.workdir / "run")
     trained = outs / "self-train-model" / "model"
     data = {s: load_dataset(outs / "split-data" / s / "data.npz", require_labels=True) for s in ("val", "test")}
     data["dev"] = load_dataset(a.dev or a.workdir / "dev.npz", require_labels=True)
-    shift, how = _shift_of(trained, outs)
+    labels = _training_labels(trained, outs)
+    shift, how = _shift_of(trained, labels)
     with tempfile.TemporaryDirectory(prefix="bench-prior-") as tmp:
         src = Path(tmp) / "trained"
         shutil.copytree(trained, src)
@@ -91,6 +140,12 @@ def main(argv: list[str] | None = None) -> int:
                "as_trained": _scores(trained, data), "prior_undone": _scores(Path(tmp) / "corrected", data)}
     res["after_minus_before_on_dev"] = {k: round(res["prior_undone"]["dev"][k] - res["as_trained"]["dev"][k], 4)
                                         for k in ("accuracy", "macro_f1", "balanced_accuracy")}
+    if a.shrink:
+        counts = np.bincount(labels, minlength=len(shift)).astype(np.float64)
+        res["training_maps_per_class"] = dict(zip(data["dev"].class_names, counts.astype(int).tolist()))
+        views = {split: _view_logits(trained, ds) for split, ds in data.items()}
+        res["shrunk"] = {f"{k:g}": {split: _shrunk_scores(views[split], ds, np.asarray(shift), counts, k)
+                                    for split, ds in data.items()} for k in a.shrink}
     emit(res, a.out)
     return 0
 

@@ -54,11 +54,16 @@ def _prior_benchmark_scores_before_and_after(tmp_path):
     from benchmarks import bench_prior_dev
 
     bench = tmp_path / "bench"
-    assert bench_prior_dev.main(["--workdir", str(bench), "--out", str(bench / "prior.json")]) == 0
+    assert bench_prior_dev.main(["--workdir", str(bench), "--shrink", "0", "5", "--out", str(bench / "prior.json")]) == 0
     res = json.loads((bench / "prior.json").read_text())
     assert res["shift_source"] == "recorded by training"
     for model in ("as_trained", "prior_undone"):
         assert set(res[model]) == {"val", "test", "dev"} and 0 <= res[model]["dev"]["macro_f1"] <= 1
+    # a shift shrunk by K=0 is the full correction: from the views' logits, the corrected model's scores
+    assert set(res["shrunk"]) == {"0", "5"} and sum(res["training_maps_per_class"].values()) > 0
+    for split in ("val", "test", "dev"):
+        for key in ("accuracy", "macro_f1"):
+            assert res["shrunk"]["0"][split][key] == pytest.approx(res["prior_undone"][split][key], abs=2e-4)
     spec_file = next((tmp_path / "wd").rglob("self-train-model/model/model.json"))
     recorded = spec_file.read_text()
     spec = json.loads(recorded)
@@ -110,6 +115,8 @@ def lswmd_like(tmp_path):
     return out
 
 
+@pytest.mark.slow
+@pytest.mark.run_first
 @pytest.mark.timeout(1800)
 def test_source_model_registered_once_then_reused_and_self_training_reports(tmp_path, lswmd_like):
     from mlflow import MlflowClient
