@@ -10,6 +10,8 @@ EVERY_STAGE = {"data", "start_run", "split", "adapt_bn", "train", "evaluate", "s
                "log_mlflow", "register", "report", "promote", "finish_run"}
 
 
+@pytest.mark.slow
+@pytest.mark.run_first
 @pytest.mark.timeout(1800)
 def test_tiny_pipeline_promotes_then_a_failing_gate_keeps_the_champion(tmp_path):
     from mlflow import MlflowClient
