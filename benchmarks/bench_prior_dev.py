@@ -21,7 +21,7 @@ pseudo-labels when the student went on). These come from the as-trained model's 
 (the correction moves only the head's bias, so that is exact), with no second model; ``shrunk["0"]`` is the full
 correction again and matches ``prior_undone`` to rounding::
 
-    python -m benchmarks.bench_prior_dev --workdir /tmp/slice3 --shrink 0 2 5 20 --out shrink_slice3.json
+    python -m benchmarks.bench_prior_dev --workdir /tmp/slice4 --shrink 0 2 5 20 --out shrink_slice4.json
 """
 
 from __future__ import annotations
