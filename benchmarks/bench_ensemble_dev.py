@@ -71,7 +71,14 @@ def run_outputs(run: Path) -> Path:
 
 
 def deployed_model(outs: Path) -> Path:
-    """The model a run sent on to export: the prior-correction stage's output (runs before it: self-training's)."""
+    """The model a run sent on to export: the source-interpolation stage's output (runs before it: the prior
+    correction's, and before that self-training's)."""
+    averaged = outs / "interpolate-source" / "model"
+    return averaged if averaged.is_dir() else corrected_model(outs)
+
+
+def corrected_model(outs: Path) -> Path:
+    """The model after the prior correction, before any source interpolation (runs before it: self-training's)."""
     corrected = outs / "correct-prior" / "model"
     return corrected if corrected.is_dir() else outs / "self-train-model" / "model"
 

@@ -85,28 +85,27 @@ def _view_logits(model_dir: Path, ds) -> np.ndarray:
 
 def _shrunk_scores(view_logits: np.ndarray, ds, shift: np.ndarray, counts: np.ndarray, k: float) -> dict:
     """Scores of the TTA mean probability when ``shift * n / (n + k)`` is taken out of every view's logits."""
-    from waferflow.evaluation import metrics_from_logits
     from waferflow.predictors import softmax
 
     s = shift * counts / np.maximum(counts + k, 1e-12)
     prob = np.mean([softmax(v - s) for v in view_logits], axis=0)
-    m = metrics_from_logits(ds.labels, np.log(prob + 1e-12), list(ds.class_names))
-    return {**{key: round(m["overall"][key], 4) for key in ("accuracy", "macro_f1", "balanced_accuracy")},
+    return split_scores(ds, np.log(prob + 1e-12))
+
+
+def split_scores(ds, logits: np.ndarray) -> dict:
+    """Accuracy, macro-F1, balanced accuracy and per-class recall of ``logits`` on the labeled dataset ``ds``."""
+    from waferflow.evaluation import metrics_from_logits
+
+    m = metrics_from_logits(ds.labels, logits, list(ds.class_names))
+    return {**{k: round(m["overall"][k], 4) for k in ("accuracy", "macro_f1", "balanced_accuracy")},
             "recall": {c: round(v["recall"], 3) for c, v in m["per_class"].items() if v.get("support")}}
 
 
 def _scores(model_dir: Path, datasets: dict) -> dict:
-    from waferflow.evaluation import metrics_from_logits
-
     from benchmarks.bench_ensemble_dev import _tta_probs
 
-    out = {}
-    for split, prob in _tta_probs(model_dir, datasets).items():
-        ds = datasets[split]
-        m = metrics_from_logits(ds.labels, np.log(prob + 1e-12), list(ds.class_names))
-        out[split] = {**{k: round(m["overall"][k], 4) for k in ("accuracy", "macro_f1", "balanced_accuracy")},
-                      "recall": {c: round(v["recall"], 3) for c, v in m["per_class"].items() if v.get("support")}}
-    return out
+    return {split: split_scores(datasets[split], np.log(prob + 1e-12))
+            for split, prob in _tta_probs(model_dir, datasets).items()}
 
 
 def main(argv: list[str] | None = None) -> int:
