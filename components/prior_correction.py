@@ -32,8 +32,7 @@ def correct_prior(
     from collections import namedtuple
 
     from waferflow.config import atomic_write_json
-    from waferflow.models.spec import read_spec
-    from waferflow.orchestration.runtime import dataset_file, stage, versions
+    from waferflow.orchestration.runtime import dataset_file, rewritten_model_metadata, stage
     from waferflow.train.prior import describe, run_prior_correction
 
     with stage("prior_correction") as rec:
@@ -41,11 +40,6 @@ def correct_prior(
         os.makedirs(report.path, exist_ok=True)
         atomic_write_json(os.path.join(report.path, "prior_correction.json"), found)
         print(f"[waferflow] {describe(found)}")
-        meta = {**dict(trained.metadata), "prior_correction": found["status"]}
-        if "validation" in found:  # the model's validation figures are the corrected model's
-            after = found["validation"]["after"]
-            meta.update(val_accuracy=after["accuracy"], val_macro_f1=after["macro_f1"],
-                        val_before_prior_correction=found["validation"]["before"])
-        model.metadata.update({**meta, "versions": versions(), "weights_sha256": read_spec(model.path).weights_sha256})
+        model.metadata.update(rewritten_model_metadata(trained.metadata, "prior_correction", found, model.path))
         rec.update(status=found["status"], **({"validation": found["validation"]} if "validation" in found else {}))
     return namedtuple("PriorCorrection", ["status"])(found["status"])

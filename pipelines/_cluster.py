@@ -43,6 +43,7 @@ TASKS: dict[str, Needs] = {
     "select-best": Needs(),
     "self-train-model": Needs(image="gpu"),
     "correct-prior": Needs(),
+    "interpolate-source": Needs(),
     "export-model": Needs(),
     "compile-tensorrt": Needs(image="gpu", gpu_pool=True),
     "log-to-mlflow": Needs(secret=True, retry=True),

@@ -5,8 +5,9 @@ synthetic maps of the data's taxonomy: found in MLflow by its recipe, or pretrai
 BN (ImageNet and source start points) -> ParallelFor(candidates, ImageNet and +source: train -> evaluate on val) ->
 Collected fan-in: select best on validation -> self-training (teacher -> pseudo-labels -> student; the better on
 validation goes on; off when rounds is 0 or there is no pool) -> prior correction (the class weights' prior taken
-out of the head; off unless the profile's undo_class_weights) -> evaluate on test -> export (ONNX FP32/INT8 + latency) ->
-evaluate INT8 -> TensorRT compile -> log to MLflow -> gates + register (the version's tags and model card carry
+out of the head; off unless the profile's undo_class_weights) -> source interpolation (the weights averaged with the
+source model's, batch norm re-estimated; off unless the profile's source_weight) -> evaluate on test -> export
+(ONNX FP32/INT8 + latency) -> evaluate INT8 -> TensorRT compile -> log to MLflow -> gates + register (the version's tags and model card carry
 every verdict, so the gates run just before the version is created) -> label queue (the unlabeled maps worth
 labeling) -> report; dsl.If(gates passed) -> promote
 (inside a small sub-pipeline, see below) ]
@@ -38,6 +39,7 @@ from waferflow.components.register_model import register_model
 from waferflow.components.report import build_report
 from waferflow.components.select_best import select_best
 from waferflow.components.self_train import self_train_model
+from waferflow.components.source_interpolation import interpolate_source
 from waferflow.components.source_model import source_model
 from waferflow.components.split import split_data
 from waferflow.components.start_run import start_run
@@ -161,6 +163,7 @@ def build_pipeline(profile: Profile | None = None):
         source_settings: dict = dict(p.source),
         self_training: dict = dict(p.self_training),
         undo_class_weights: bool = p.undo_class_weights,
+        source_weight: float = p.source_weight,
         input_size: int = p.input_size,
         pretrained: str = p.pretrained,
         train_config: dict = dict(p.train),
@@ -215,9 +218,13 @@ def build_pipeline(profile: Profile | None = None):
                 unlabeled=data.outputs["unlabeled"], settings=self_training, train_config=train_config,
                 device=device, seed=seed,
             ).set_display_name("self-train"), c, gpu_pool=p.device == "cuda")
-            best = place(correct_prior(trained=taught.outputs["model"], val=split.outputs["val"],
-                                       undo_class_weights=undo_class_weights)
-                         .set_display_name("prior-correction"), c)
+            corrected = place(correct_prior(trained=taught.outputs["model"], val=split.outputs["val"],
+                                            undo_class_weights=undo_class_weights)
+                              .set_display_name("prior-correction"), c)
+            best = place(interpolate_source(
+                trained=corrected.outputs["model"], adapted=adapt.outputs["adapted"], train=split.outputs["train"],
+                unlabeled=data.outputs["unlabeled"], val=split.outputs["val"], source_weight=source_weight, seed=seed,
+            ).set_display_name("source-interpolation"), c)
             forms = _deployment_forms(c, best, split, int8, bench_iters, export_options, trt_precision)
             reg = _record(c, started, data, split, best, selected.outputs["candidates"], forms, gates,
                           registered_model_name, tracking_uri)

@@ -101,6 +101,9 @@ class Profile:
         undo_class_weights: The model that goes on (after self-training) has the class prior that its class weights
             trained in taken out of its head (``waferflow.train.prior``), so it scores maps under the data's own
             prior; no effect on a model trained without class weights.
+        source_weight: After the prior correction, the model's weights are averaged with the source model's it was
+            fine-tuned from, this much of them the source's, and its batch norm re-estimated on the run's maps
+            (``waferflow.train.wise``, WiSE-FT); 0 = off. A model that did not start from the source goes on unchanged.
         pool_size: The unlabeled pool is sampled to at most this many maps (stratified by lot where lots exist).
         input_size: Model input size in pixels (0 = the backbone's pretrained size).
         pretrained: Pretrained weights source ("auto", "none", a file, an MLflow URI).
@@ -134,6 +137,7 @@ class Profile:
     source: dict = field(default_factory=dict)
     self_training: dict = field(default_factory=dict)
     undo_class_weights: bool = False
+    source_weight: float = 0.0
     pool_size: int = 20000
     input_size: int = 64
     pretrained: str = "auto"
@@ -160,6 +164,12 @@ class Profile:
         if self.source_strategies and not self.source:
             raise ConfigError(f"source_strategies {list(self.source_strategies)} need a source recipe; set source "
                               "(e.g. source.n_maps=8000) or drop source_strategies")
+        if not 0 <= self.source_weight < 1:
+            raise ConfigError(f"source_weight must be in [0, 1) (0 = off), got {self.source_weight}; e.g. "
+                              "source_weight=0.5")
+        if self.source_weight and not self.source:
+            raise ConfigError(f"source_weight={self.source_weight} averages the model with the source model, and the "
+                              "profile has no source recipe; set source (e.g. source.n_maps=8000) or source_weight=0")
         if self.pool_size < 0:
             raise ConfigError(f"pool_size must be >= 0, got {self.pool_size}")
         self._check_holdout()

@@ -17,7 +17,7 @@ RECIPE = [
     "map_size=32", "input_size=64", "strategies=[feature_extraction]", "source_strategies=[full_finetune]",
     "source={n_maps: 90, map_size: 32, train: {strategy: full_finetune, epochs: 1}}",
     "self_training={rounds: 1, threshold: 0.2, train: {strategy: full_finetune, epochs: 1}}",
-    "label_queue=5", "pool_size=60", "train.class_weights=sqrt", "undo_class_weights=true",
+    "label_queue=5", "pool_size=60", "train.class_weights=sqrt", "undo_class_weights=true", "source_weight=0.5",
     # deployed as the real profile deploys: the TTA graph, which the gates read
     "export={max_abs_diff: 0.01, tta: true}", "gates.deployment_form=onnx_fp32_tta",
 ]
@@ -76,6 +76,19 @@ def _prior_benchmark_scores_before_and_after(tmp_path):
     old = json.loads((bench / "prior_old.json").read_text())
     assert old["shift_source"].startswith("recomputed")
     assert old["shift"] == pytest.approx(res["shift"], abs=1e-6) and old["prior_undone"] == res["prior_undone"]
+
+
+def _wise_benchmark_interpolates_final_and_source(tmp_path):
+    """benchmarks/bench_wise_dev interpolates the deployed model's weights with the BN-adapted source model's: alpha=1
+    and alpha=0 are those two models exactly, and re-estimating batch norm on the run's maps gives a third."""
+    from benchmarks import bench_wise_dev
+
+    bench = tmp_path / "bench"
+    assert bench_wise_dev.main(["--workdir", str(bench), "--alphas", "1", "0", "--out", str(bench / "wise.json")]) == 0
+    res = json.loads((bench / "wise.json").read_text())["variants"]
+    assert res["alpha=1"] == res["final (alpha=1)"] and res["alpha=0"] == res["source (alpha=0)"]
+    assert set(res["alpha=1, BN re-estimated"]) == {"val", "test", "dev"}
+    assert 0 <= res["alpha=1, BN re-estimated"]["dev"]["macro_f1"] <= 1
 
 
 def _selftrain_benchmark_tops_up_the_student(tmp_path):
@@ -146,6 +159,7 @@ def test_source_model_registered_once_then_reused_and_self_training_reports(tmp_
     _deployed_form_is_the_tta_graph(r1, tmp_path)
     _ensemble_benchmark_reads_the_run(tmp_path)
     _prior_benchmark_scores_before_and_after(tmp_path)
+    _wise_benchmark_interpolates_final_and_source(tmp_path)
     _selftrain_benchmark_tops_up_the_student(tmp_path)
 
     # a second run: the source stage is never cached (the registry is its cache); it finds the model by its recipe
@@ -175,16 +189,38 @@ def _prior_corrected_model_goes_on(result, tmp_path):
     shift = np.array(before["train"]["logit_shift"])
     assert np.abs(shift).max() > 0.05 and after["train"]["logit_shift"] == [0.0] * len(shift)
     assert after["prior_correction"]["shift"] == dict(zip(before["class_names"], shift.tolist()))
-    exported = json.loads((outs / "export-model" / "onnx" / "export.json").read_text())["source"]
-    assert exported["weights_sha256"] == after["weights_sha256"] != before["weights_sha256"]
-    meta = json.loads((outs / "correct-prior" / "executor_output.json").read_text())["artifacts"]["model"]
-    meta = meta["artifacts"][0]["metadata"]
+    assert after["weights_sha256"] != before["weights_sha256"]
+    meta = _model_metadata(outs, "correct-prior")
     assert meta["weights_sha256"] == after["weights_sha256"]
     # validation was scored as trained and corrected; the model's val_* figures are the corrected model's
     report = json.loads((outs / "correct-prior" / "report" / "prior_correction.json").read_text())
     assert meta["val_accuracy"] == report["validation"]["after"]["accuracy"]
     assert meta["val_macro_f1"] == report["validation"]["after"]["macro_f1"]
     assert meta["val_before_prior_correction"] == report["validation"]["before"]
+    _source_interpolation_goes_on(result, outs, after)
+
+
+def _model_metadata(outs, task):
+    meta = json.loads((outs / task / "executor_output.json").read_text())["artifacts"]["model"]
+    return meta["artifacts"][0]["metadata"]
+
+
+def _source_interpolation_goes_on(result, outs, corrected):
+    """After the prior correction, a model fine-tuned from the source model is averaged with it (source_weight=0.5),
+    any other goes on unchanged; the stage's output is the model that is exported (and so registered)."""
+    (si,) = _stage(result, "source_interpolation")
+    out = json.loads((outs / "interpolate-source" / "model" / "model.json").read_text())
+    exported = json.loads((outs / "export-model" / "onnx" / "export.json").read_text())["source"]
+    assert exported["weights_sha256"] == out["weights_sha256"] == _model_metadata(outs, "interpolate-source")[
+        "weights_sha256"]
+    if any(w.endswith("tf_efficientnet_lite0@source") for w in corrected["weights_lineage"]):
+        assert si["status"] == "averaged" and out["source_interpolation"]["source_weight"] == 0.5
+        assert out["weights_sha256"] != corrected["weights_sha256"] and out["source_interpolation"]["bn_maps"] > 0
+        assert _model_metadata(outs, "interpolate-source")["val_before_source_interpolation"] == si["validation"][
+            "before"]
+    else:
+        assert si["status"].startswith("skipped: the model was not fine-tuned from the source")
+        assert out["weights_sha256"] == corrected["weights_sha256"]
 
 
 def _deployed_form_is_the_tta_graph(result, tmp_path):

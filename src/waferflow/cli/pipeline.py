@@ -42,6 +42,9 @@ few labels, many unlabeled maps (--set KEY=VALUE; the real profile's values in p
   train.class_weights=MODE    none | sqrt | inverse: loss weights that help rare classes train (sqrt)
   undo_class_weights=BOOL     take the prior those weights train in out of the final model's head, so it scores
                               maps under the data's own class prior (true)
+  source_weight=W             then average the model's weights with the source model's it was fine-tuned from, W
+                              of them the source's, and re-estimate batch norm on the run's maps (WiSE-FT; 0 = off;
+                              a development lead, not the recipe: README)
 """
 
 

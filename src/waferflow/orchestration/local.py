@@ -161,6 +161,7 @@ def pipeline_arguments(profile: Profile, candidates: list[dict]) -> dict[str, An
         "source_settings": dict(profile.source),
         "self_training": dict(profile.self_training),
         "undo_class_weights": profile.undo_class_weights,
+        "source_weight": profile.source_weight,
         "input_size": profile.input_size,
         "pretrained": profile.pretrained,
         "train_config": dict(profile.train),
@@ -341,6 +342,7 @@ _TASK_TO_STAGE = {
     "compile-tensorrt": "compile_trt", "start-run": "start_run", "log-to-mlflow": "log_mlflow",
     "register-model": "register", "build-report": "report", "promote-model": "promote", "finish-run": "finish_run",
     "source-model": "source_model", "self-train-model": "self_train", "correct-prior": "prior_correction",
+    "interpolate-source": "source_interpolation",
 }
 
 

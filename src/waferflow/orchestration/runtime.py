@@ -91,6 +91,20 @@ def versions() -> dict[str, str]:
     return out
 
 
+def rewritten_model_metadata(inherited: Any, stage_key: str, found: dict, model_dir: str | Path) -> dict:
+    """Metadata of a model a stage rewrote after training (prior correction, source interpolation): the trained
+    model's, plus ``stage_key``'s status, the versions and the new weights' sha256. When the stage scored validation
+    before and after, ``val_*`` are the new model's and ``val_before_<stage_key>`` keeps the old ones."""
+    from waferflow.models.spec import read_spec
+
+    meta = {**dict(inherited), stage_key: found["status"]}
+    if "validation" in found:
+        after = found["validation"]["after"]
+        meta.update({"val_accuracy": after["accuracy"], "val_macro_f1": after["macro_f1"],
+                     f"val_before_{stage_key}": found["validation"]["before"]})
+    return {**meta, "versions": versions(), "weights_sha256": read_spec(model_dir).weights_sha256}
+
+
 def persist_metadata(*artifacts: Any) -> None:
     """Write each metrics-style artifact's metadata as JSON to its own path.
 

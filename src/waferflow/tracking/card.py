@@ -51,6 +51,17 @@ def _prior_lines(spec: Mapping[str, Any], cfg: Mapping[str, Any]) -> list[str]:
     return []
 
 
+def _averaging_lines(spec: Mapping[str, Any]) -> list[str]:
+    """The weight averaging with the source model, when the source-interpolation stage did it."""
+    si = spec.get("source_interpolation") or {}
+    if si.get("status") != "averaged":
+        return []
+    b, a = si["validation"]["before"], si["validation"]["after"]
+    return [f"- Weight averaging: {si['source_weight']:g} of every weight is the source model's (WiSE-FT, "
+            f"`waferflow.train.wise`), batch norm re-estimated on {si['bn_maps']} of the run's maps; validation "
+            f"macro-F1 {b['macro_f1']:.3f} before, {a['macro_f1']:.3f} after"]
+
+
 def _recipe_lines(spec: Mapping[str, Any], config: Mapping[str, Any] | None,
                   self_training: Mapping[str, Any] | None) -> list[str]:
     cfg = config or {}
@@ -59,7 +70,7 @@ def _recipe_lines(spec: Mapping[str, Any], config: Mapping[str, Any] | None,
     if shown.get("lr") == 0:  # 0 in the config means the strategy's own default peak learning rate
         shown["lr"] = "the strategy's default"
     knobs = ", ".join(f"{k}={v}" for k, v in shown.items())
-    lines = [f"- Strategy: `{spec.get('strategy')}`" + (f"; {knobs}" if knobs else ""), *_prior_lines(spec, cfg)]
+    lines = [f"- Strategy: `{spec.get('strategy')}`" + (f"; {knobs}" if knobs else ""), *_prior_lines(spec, cfg), *_averaging_lines(spec)]
     rounds = (self_training or {}).get("rounds") or []
     if not rounds:
         lines.append("- Self-training: none (0 rounds; no pseudo-labels)")
