@@ -7,9 +7,9 @@ Collected fan-in: select best on validation -> self-training (teacher -> pseudo-
 validation goes on; off when rounds is 0 or there is no pool) -> prior correction (the class weights' prior taken
 out of the head; off unless the profile's undo_class_weights) -> source interpolation (the weights averaged with the
 source model's, batch norm re-estimated; off unless the profile's source_weight) -> evaluate on test -> export
-(ONNX FP32/INT8 + latency) -> evaluate INT8 -> TensorRT compile -> log to MLflow -> gates + register (the version's tags and model card carry
-every verdict, so the gates run just before the version is created) -> label queue (the unlabeled maps worth
-labeling) -> report; dsl.If(gates passed) -> promote
+(ONNX FP32/INT8 + latency) -> evaluate INT8 -> TensorRT compile -> log to MLflow -> gates + register (the version's
+tags and model card carry every verdict, so the gates run just before the version is created) -> label queue (the
+unlabeled maps worth labeling) -> report; dsl.If(gates passed) -> promote
 (inside a small sub-pipeline, see below) ]
 -> exit task: close the MLflow run, or record it FAILED with the failing task and error. The MLflow parent run is
 tagged with the KFP run's unique id (``dsl.PIPELINE_JOB_ID_PLACEHOLDER``), which links it back to the KFP run; the
