@@ -161,7 +161,7 @@ def pipeline_arguments(profile: Profile, candidates: list[dict]) -> dict[str, An
         "source_settings": dict(profile.source),
         "self_training": dict(profile.self_training),
         "undo_class_weights": profile.undo_class_weights,
-        "source_weight": float(profile.source_weight),  # `--set source_weight=0` parses as an int
+        "source_weight": profile.source_weight,
         "input_size": profile.input_size,
         "pretrained": profile.pretrained,
         "train_config": dict(profile.train),
