@@ -6,7 +6,9 @@ BN (ImageNet and source start points) -> ParallelFor(candidates, ImageNet and +s
 Collected fan-in: select best on validation -> self-training (teacher -> pseudo-labels -> student; the better on
 validation goes on; off when rounds is 0 or there is no pool) -> prior correction (the class weights' prior taken
 out of the head; off unless the profile's undo_class_weights) -> source interpolation (the weights averaged with the
-source model's, batch norm re-estimated; off unless the profile's source_weight) -> evaluate on test -> export
+source model's, batch norm re-estimated, off unless the profile's source_weight; or, with fewer labeled train maps
+than the profile's source_ensemble_below, the model and the source model as one mean-probability ensemble) ->
+evaluate on test -> export
 (ONNX FP32/INT8 + latency) -> evaluate INT8 -> TensorRT compile -> log to MLflow -> gates + register (the version's
 tags and model card carry every verdict, so the gates run just before the version is created) -> label queue (the
 unlabeled maps worth labeling) -> report; dsl.If(gates passed) -> promote
@@ -164,6 +166,7 @@ def build_pipeline(profile: Profile | None = None):
         self_training: dict = dict(p.self_training),
         undo_class_weights: bool = p.undo_class_weights,
         source_weight: float = p.source_weight,
+        source_ensemble_below: int = p.source_ensemble_below,
         input_size: int = p.input_size,
         pretrained: str = p.pretrained,
         train_config: dict = dict(p.train),
@@ -224,6 +227,7 @@ def build_pipeline(profile: Profile | None = None):
             best = place(interpolate_source(
                 trained=corrected.outputs["model"], adapted=adapt.outputs["adapted"], train=split.outputs["train"],
                 unlabeled=data.outputs["unlabeled"], val=split.outputs["val"], source_weight=source_weight, seed=seed,
+                source_ensemble_below=source_ensemble_below, tracking_uri=tracking_uri,
             ).set_display_name("source-interpolation"), c)
             forms = _deployment_forms(c, best, split, int8, bench_iters, export_options, trt_precision)
             reg = _record(c, started, data, split, best, selected.outputs["candidates"], forms, gates,

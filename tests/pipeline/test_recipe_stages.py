@@ -17,7 +17,7 @@ RECIPE = [
     "map_size=32", "input_size=64", "strategies=[feature_extraction]", "source_strategies=[full_finetune]",
     "source={n_maps: 90, map_size: 32, train: {strategy: full_finetune, epochs: 1}}",
     "self_training={rounds: 1, threshold: 0.2, train: {strategy: full_finetune, epochs: 1}}",
-    "label_queue=5", "pool_size=60", "train.class_weights=sqrt", "undo_class_weights=true", "source_weight=0.5",
+    "label_queue=5", "pool_size=60", "train.class_weights=sqrt", "undo_class_weights=true", "source_ensemble_below=100000",
     # deployed as the real profile deploys: the TTA graph, which the gates read
     "export={max_abs_diff: 0.01, tta: true}", "gates.deployment_form=onnx_fp32_tta",
 ]
@@ -206,21 +206,24 @@ def _model_metadata(outs, task):
 
 
 def _source_interpolation_goes_on(result, outs, corrected):
-    """After the prior correction, a model fine-tuned from the source model is averaged with it (source_weight=0.5),
-    any other goes on unchanged; the stage's output is the model that is exported (and so registered)."""
+    """After the prior correction, the model and the registered source model become one mean-probability ensemble
+    (source_ensemble_below is above the run's labels); the ensemble is the model that is exported, gated and
+    registered, and its ONNX graph matched it in the export's parity check."""
+    from waferflow.models import load_model_dir
+    from waferflow.models.ensemble import MeanProbabilityEnsemble
+
     (si,) = _stage(result, "source_interpolation")
+    assert si["status"] == "ensembled" and set(si["validation"]) == {"before", "after"}
     out = json.loads((outs / "interpolate-source" / "model" / "model.json").read_text())
-    exported = json.loads((outs / "export-model" / "onnx" / "export.json").read_text())["source"]
-    assert exported["weights_sha256"] == out["weights_sha256"] == _model_metadata(outs, "interpolate-source")[
+    assert out["ensemble"]["members"] == 2 and out["ensemble"]["member_sources"] == [
+        f"sha256:{corrected['weights_sha256']}", "models:/wafer-source-wm811k/1"]
+    assert out["source_ensemble"]["source"] == "models:/wafer-source-wm811k/1"
+    assert isinstance(load_model_dir(outs / "interpolate-source" / "model")[0], MeanProbabilityEnsemble)
+    export = json.loads((outs / "export-model" / "onnx" / "export.json").read_text())
+    assert export["source"]["weights_sha256"] == out["weights_sha256"] == _model_metadata(outs, "interpolate-source")[
         "weights_sha256"]
-    if any(w.endswith("tf_efficientnet_lite0@source") for w in corrected["weights_lineage"]):
-        assert si["status"] == "averaged" and out["source_interpolation"]["source_weight"] == 0.5
-        assert out["weights_sha256"] != corrected["weights_sha256"] and out["source_interpolation"]["bn_maps"] > 0
-        assert _model_metadata(outs, "interpolate-source")["val_before_source_interpolation"] == si["validation"][
-            "before"]
-    else:
-        assert si["status"].startswith("skipped: the model was not fine-tuned from the source")
-        assert out["weights_sha256"] == corrected["weights_sha256"]
+    assert _model_metadata(outs, "interpolate-source")["val_before_source_interpolation"] == si["validation"][
+        "before"]
 
 
 def _deployed_form_is_the_tta_graph(result, tmp_path):

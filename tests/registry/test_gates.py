@@ -156,8 +156,9 @@ def test_model_card_says_whose_class_prior_the_scores_follow():
     assert "Class prior" not in card(spec, {"class_weights": "none"})
 
 
-def test_model_card_says_when_the_weights_were_averaged_with_the_source_model():
-    """A reviewer sees how much of the weights came from the source model (waferflow.train.wise), and on what."""
+def test_model_card_says_when_the_weights_were_averaged_or_ensembled_with_the_source_model():
+    """A reviewer sees how much of the weights came from the source model (waferflow.train.wise), or that the model
+    is an ensemble with it (waferflow.train.source_ensemble), and on what."""
     from waferflow.tracking.card import build_model_card
 
     spec = {"strategy": "full_finetune", "backbone": "tf_efficientnet_lite0", "class_names": ["a", "b"]}
@@ -171,3 +172,13 @@ def test_model_card_says_when_the_weights_were_averaged_with_the_source_model():
     skipped = {**spec, "source_interpolation": {"status": "off: source_weight is 0", "source_weight": 0.0}}
     assert "Weight averaging" not in build_model_card(name="m", spec=skipped, metrics=metrics,
                                                       gate_report=GateReport(results=()), config={})
+    ensembled = {"status": "ensembled", "source_ensemble_below": 1000, "n_labeled": 498,
+                 "source": "models:/wafer-source-wm811k/1",
+                 "validation": {"before": {"macro_f1": 0.7768}, "after": {"macro_f1": 0.8327}}}
+    text = build_model_card(name="m", spec={**spec, "source_ensemble": ensembled}, metrics=metrics,
+                            gate_report=GateReport(results=()), config={})
+    assert ("- Ensemble: the mean probability of the fine-tuned model and the synthetic source model "
+            "`models:/wafer-source-wm811k/1` (`waferflow.train.source_ensemble`: 498 labeled training maps, fewer "
+            "than 1000); two forward passes per map; validation macro-F1 0.777 for the model alone, 0.833 for the "
+            "ensemble") in text
+    assert "Weight averaging" not in text

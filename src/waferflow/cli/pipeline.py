@@ -45,6 +45,8 @@ few labels, many unlabeled maps (--set KEY=VALUE; the real profile's values in p
   source_weight=W             then average the model's weights with the source model's it was fine-tuned from, W
                               of them the source's, and re-estimate batch norm on the run's maps (WiSE-FT; 0 = off;
                               a development lead, not the recipe: README)
+  source_ensemble_below=N     with fewer than N labeled training maps, deploy the model and the source model as
+                              one mean-probability ensemble (two forward passes per map; 1000; 0 = off)
 """
 
 

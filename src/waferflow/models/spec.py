@@ -224,8 +224,27 @@ def load_state_dict_file(path) -> dict:
     return sd
 
 
+def _build(spec: ModelSpec):
+    """An untrained module of the spec's architecture: one timm backbone, or an ensemble of ``members`` of it."""
+    import timm
+
+    def one():
+        return timm.create_model(spec.backbone, pretrained=False, num_classes=spec.num_classes, in_chans=spec.in_chans)
+
+    record = spec.extra.get("ensemble")
+    if record is None:
+        return one()
+    from waferflow.models.ensemble import MeanProbabilityEnsemble
+
+    n = record.get("members") if isinstance(record, dict) else None
+    if not isinstance(n, int) or n < 2:
+        raise ModelFormatError(f"model.json's ensemble record {record!r} needs an integer members >= 2")
+    return MeanProbabilityEnsemble([one() for _ in range(n)])
+
+
 def load_model_dir(path, device: str = "cpu"):
-    """Rebuild a model from its dir.
+    """Rebuild a model from its dir (a timm backbone, or a mean-probability ensemble when ``model.json`` holds an
+    ``ensemble`` record: :mod:`waferflow.models.ensemble`).
 
     Returns:
         ``(model in eval mode, ModelSpec)``.
@@ -233,8 +252,6 @@ def load_model_dir(path, device: str = "cpu"):
     Raises:
         ModelFormatError: model.json or weights.pt missing, corrupt, or not matching the spec.
     """
-    import timm
-
     p = Path(path)
     if not p.is_dir():
         raise ModelFormatError(f"model dir {p} does not exist; pass the folder written by `waferflow train`")
@@ -248,7 +265,9 @@ def load_model_dir(path, device: str = "cpu"):
                 f"{spec.weights_sha256[:12]}...: the weights were changed or corrupted"
             )
     try:
-        model = timm.create_model(spec.backbone, pretrained=False, num_classes=spec.num_classes, in_chans=spec.in_chans)
+        model = _build(spec)
+    except ModelFormatError:
+        raise
     except Exception as e:
         raise ModelFormatError(f"model.json names backbone {spec.backbone!r} that timm cannot build: {e}") from None
     try:

@@ -21,6 +21,7 @@ from waferflow.errors import ModelFormatError, WeightsError
 log = logging.getLogger(__name__)
 
 HUB_HOST = "huggingface.co"
+_FIRST_MEMBER = "members.0."
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,11 @@ def _from_file(src: str) -> LoadedWeights:
         spec = read_spec(p)
         sd = load_state_dict_file(p / WEIGHTS_PT)
         lineage = [spec.weights_source] + list(spec.extra.get("weights_lineage", []))
-        return LoadedWeights(sd, f"file:{p.resolve()}", lineage, head_trained=spec.strategy is not None)
+        source = f"file:{p.resolve()}"
+        if spec.extra.get("ensemble"):  # an ensemble starts a training from its first member, the fine-tuned model
+            sd = {k.removeprefix(_FIRST_MEMBER): v for k, v in sd.items() if k.startswith(_FIRST_MEMBER)}
+            source += "#member0"
+        return LoadedWeights(sd, source, lineage, head_trained=spec.strategy is not None)
     if not p.exists():
         raise WeightsError(f"weights file {p} does not exist; give a state_dict file, a model dir, a URL or models:/...")
     return LoadedWeights(load_state_dict_file(p), f"file:{p.resolve()}", [])
@@ -99,7 +104,12 @@ def _from_url(url: str) -> LoadedWeights:
     return LoadedWeights(sd, f"url:{url}", [])
 
 
-def _from_mlflow(uri: str, tracking_uri: str | None = None) -> LoadedWeights:
+def download_model_dir(uri: str, tracking_uri: str | None = None) -> Path:
+    """The waferflow model dir an MLflow URI points at, downloaded to a local folder.
+
+    Raises:
+        WeightsError: mlflow missing, the URI unreachable or unknown, or no model dir in it.
+    """
     try:
         import mlflow  # noqa: F401  (an ImportError here says mlflow is missing)
         from mlflow.artifacts import download_artifacts
@@ -116,7 +126,11 @@ def _from_mlflow(uri: str, tracking_uri: str | None = None) -> LoadedWeights:
     candidates = [local] if (local / "model.json").is_file() else sorted(p.parent for p in local.rglob("model.json"))
     if not candidates:
         raise WeightsError(f"{uri} downloaded to {local} but holds no waferflow model dir (model.json + weights.pt)")
-    lw = _from_file(str(candidates[0]))
+    return candidates[0]
+
+
+def _from_mlflow(uri: str, tracking_uri: str | None = None) -> LoadedWeights:
+    lw = _from_file(str(download_model_dir(uri, tracking_uri)))
     return LoadedWeights(lw.state_dict, f"mlflow:{uri}", [lw.source] + lw.lineage, head_trained=lw.head_trained)
 
 

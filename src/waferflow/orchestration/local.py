@@ -162,6 +162,7 @@ def pipeline_arguments(profile: Profile, candidates: list[dict]) -> dict[str, An
         "self_training": dict(profile.self_training),
         "undo_class_weights": profile.undo_class_weights,
         "source_weight": profile.source_weight,
+        "source_ensemble_below": profile.source_ensemble_below,
         "input_size": profile.input_size,
         "pretrained": profile.pretrained,
         "train_config": dict(profile.train),

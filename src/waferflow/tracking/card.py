@@ -52,14 +52,21 @@ def _prior_lines(spec: Mapping[str, Any], cfg: Mapping[str, Any]) -> list[str]:
 
 
 def _averaging_lines(spec: Mapping[str, Any]) -> list[str]:
-    """The weight averaging with the source model, when the source-interpolation stage did it."""
-    si = spec.get("source_interpolation") or {}
-    if si.get("status") != "averaged":
-        return []
-    b, a = si["validation"]["before"], si["validation"]["after"]
-    return [f"- Weight averaging: {si['source_weight']:g} of every weight is the source model's (WiSE-FT, "
-            f"`waferflow.train.wise`), batch norm re-estimated on {si['bn_maps']} of the run's maps; validation "
-            f"macro-F1 {b['macro_f1']:.3f} before, {a['macro_f1']:.3f} after"]
+    """The weight averaging with the source model, or the ensemble with it, when the source-interpolation stage did
+    either."""
+    si, se = spec.get("source_interpolation") or {}, spec.get("source_ensemble") or {}
+    if si.get("status") == "averaged":
+        b, a = si["validation"]["before"], si["validation"]["after"]
+        return [f"- Weight averaging: {si['source_weight']:g} of every weight is the source model's (WiSE-FT, "
+                f"`waferflow.train.wise`), batch norm re-estimated on {si['bn_maps']} of the run's maps; validation "
+                f"macro-F1 {b['macro_f1']:.3f} before, {a['macro_f1']:.3f} after"]
+    if se.get("status") == "ensembled":
+        b, a = se["validation"]["before"], se["validation"]["after"]
+        return [f"- Ensemble: the mean probability of the fine-tuned model and the synthetic source model "
+                f"`{se['source']}` (`waferflow.train.source_ensemble`: {se['n_labeled']} labeled training maps, "
+                f"fewer than {se['source_ensemble_below']}); two forward passes per map; validation macro-F1 "
+                f"{b['macro_f1']:.3f} for the model alone, {a['macro_f1']:.3f} for the ensemble"]
+    return []
 
 
 def _recipe_lines(spec: Mapping[str, Any], config: Mapping[str, Any] | None,
