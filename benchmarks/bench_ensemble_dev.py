@@ -1,8 +1,9 @@
 """Would two models, or a prior correction, beat the champion? Post-hoc options on a finished development run.
 
 Reads the workdir of ``python -m benchmarks.bench_real_pipeline --dev N --workdir DIR``: its candidates, the model
-that went on after self-training ("final": the registered model), its validation split, the dev maps it never saw
-and its pool (whose hidden labels no stage read). Every model is scored with test-time augmentation over its
+that went on after self-training ("final": the registered model; for a run whose source-interpolation stage made the
+source ensemble, that ensemble, so "final+source" then weighs the source twice), its validation split, the dev maps
+it never saw and its pool (whose hidden labels no stage read). Every model is scored with test-time augmentation over its
 symmetries (the deployed ``onnx_fp32_tta``, computed in torch), and compared with the final model alone (the
 baseline):
 
