@@ -3,8 +3,8 @@
 Reads the workdir of ``python -m benchmarks.bench_real_pipeline --dev N --workdir DIR``: its candidates, the model
 that went on after self-training ("final": the registered model; for a run whose source-interpolation stage made the
 source ensemble, that ensemble, so "final+source" then weighs the source twice), its validation split, the dev maps
-it never saw and its pool (whose hidden labels no stage read). Every model is scored with test-time augmentation over its
-symmetries (the deployed ``onnx_fp32_tta``, computed in torch), and compared with the final model alone (the
+it never saw and its pool (whose hidden labels no stage read). Every model is scored with test-time augmentation over
+its symmetries (the deployed ``onnx_fp32_tta``, computed in torch), and compared with the final model alone (the
 baseline):
 
 - **ensembles**: the mean probability of the final model and the runner-up candidate on validation (``rule``: a

@@ -1,6 +1,7 @@
 """Source-interpolation stage: combine the model that goes on with the synthetic source model, by its weights
-(``source_weight``: WiSE-FT, batch norm then re-estimated on the run's maps) or by its outputs (``source_ensemble_below``:
-one mean-probability ensemble when labels are few); the model's validation figures are then the combined model's."""
+(``source_weight``: WiSE-FT, batch norm then re-estimated on the run's maps) or by its outputs
+(``source_ensemble_below``: one mean-probability ensemble when labels are few); the model's validation figures are
+then the combined model's."""
 
 from typing import NamedTuple
 
@@ -46,14 +47,13 @@ def interpolate_source(
 
     from waferflow.config import atomic_write_json
     from waferflow.orchestration.runtime import dataset_file, rewritten_model_metadata, stage
-    from waferflow.orchestration.runtime import tracking_uri as resolve_uri
     from waferflow.train.source_ensemble import describe, run_source_stage
 
     with stage("source_interpolation") as rec:
         maps = [dataset_file(train.path)] + [p for p in [dataset_file(unlabeled.path)] if p.exists()]
         found = run_source_stage(trained.path, adapted.path, maps, dataset_file(val.path), model.path, source_weight,
                                  source_ensemble_below, max_maps=max_maps, seed=seed,
-                                 tracking_uri=resolve_uri(tracking_uri) if source_ensemble_below else None)
+                                 tracking_uri=tracking_uri or None)  # None: $MLFLOW_TRACKING_URI, when needed
         os.makedirs(report.path, exist_ok=True)
         atomic_write_json(os.path.join(report.path, "source_interpolation.json"), found)
         print(f"[waferflow] {describe(found)}")

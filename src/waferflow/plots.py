@@ -121,12 +121,15 @@ def cam_layer(model: Any, x: np.ndarray, min_hw: int = 4) -> Any:
 
     At wafer-map sizes (e.g. 64 px) the very last conv of a CNN is 2x2 or 1x1, which carries no spatial
     information; the last stage at >= 4x4 does. Falls back to the conv with the largest output if none qualifies.
+    In an ensemble (:mod:`waferflow.models.ensemble`) the layer is its first member's, the fine-tuned model: the
+    heatmap shows that member's evidence for the ensemble's score.
     """
     import torch
 
     shapes: list[tuple[Any, tuple[int, int]]] = []
+    searched = model.members[0] if hasattr(model, "members") else model
     hooks = [m.register_forward_hook(lambda mod, i, o: shapes.append((mod, tuple(o.shape[-2:]))))
-             for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+             for m in searched.modules() if isinstance(m, torch.nn.Conv2d)]
     if not hooks:
         raise ConfigError("Grad-CAM needs a model with at least one Conv2d layer")
     try:

@@ -181,7 +181,7 @@ class Profile:
 
     def _check_source_combination(self) -> None:
         """source_weight and source_ensemble_below combine the model with the source model: in range, one at a time,
-        and only with a source recipe."""
+        and averaging only with a source recipe."""
         if not 0 <= self.source_weight < 1:
             raise ConfigError(f"source_weight must be in [0, 1) (0 = off), got {self.source_weight}; e.g. "
                               "source_weight=0.5")
@@ -192,10 +192,11 @@ class Profile:
             raise ConfigError(f"source_weight={self.source_weight} and source_ensemble_below="
                               f"{self.source_ensemble_below} both combine the model with the source model; set one "
                               "of them to 0")
-        for key in ("source_weight", "source_ensemble_below"):
-            if getattr(self, key) and not self.source:
-                raise ConfigError(f"{key}={getattr(self, key)} combines the model with the source model, and the "
-                                  f"profile has no source recipe; set source (e.g. source.n_maps=8000) or {key}=0")
+        # source_ensemble_below without a source recipe is not refused: the stage passes the model on and says why,
+        # so `--set source={}` keeps working with the real profile's threshold
+        if self.source_weight and not self.source:
+            raise ConfigError(f"source_weight={self.source_weight} averages the model with the source model, and the "
+                              "profile has no source recipe; set source (e.g. source.n_maps=8000) or source_weight=0")
 
     def _check_holdout(self) -> None:
         """Validation and test both need maps (early stopping, selection, gates), and train needs most of them."""

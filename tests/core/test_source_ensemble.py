@@ -8,7 +8,7 @@ import torch
 
 from waferflow.data.contract import WaferDataset, save_dataset
 from waferflow.errors import ConfigError, DataError, ModelFormatError, WeightsError
-from waferflow.models import create_model, load_model_dir, preprocess, save_model_dir
+from waferflow.models import create_model, load_model_dir, preprocess, read_spec, save_model_dir
 from waferflow.models.ensemble import MeanProbabilityEnsemble
 from waferflow.train.source_ensemble import describe, run_source_ensemble, run_source_stage
 
@@ -76,7 +76,6 @@ def test_the_model_and_its_source_become_one_ensemble_model_dir(run):
         want = (torch.softmax(final(x), 1) + torch.softmax(src(x), 1)) / 2
         torch.testing.assert_close(torch.softmax(ens(x), 1), want)
     assert not (run / "out" / "checkpoints").exists()  # no stale weights of the single model
-    assert "source_ensemble" not in json.loads((run / "final" / "model.json").read_text())
     assert "ensembled" in describe(report) and "validation accuracy" in describe(report)
 
 
@@ -147,5 +146,22 @@ def test_the_profile_refuses_bad_ensemble_settings():
         get_profile("real", ["source_ensemble_below=-5"])
     with pytest.raises(ConfigError, match="set one of them to 0"):
         get_profile("real", ["source_weight=0.5"])
-    with pytest.raises(ConfigError, match="profile has no source recipe"):
-        get_profile("tiny", ["source_ensemble_below=100"])
+    # ImageNet-only runs of the real profile keep working: the stage finds no source model and passes the model on
+    assert get_profile("real", ["source={}", "source_strategies=[]"]).source_ensemble_below == 1000
+
+
+def test_grad_cam_and_the_card_name_the_members(run):
+    """Grad-CAM draws the fine-tuned member's evidence; the card's and the tags' source model is the ensembled one,
+    even for a model that did not start from it."""
+    from waferflow.plots import cam_layer, gradcam
+    from waferflow.tracking.card import weights_provenance
+
+    report = _go(run, 1000)
+    ens, spec = load_model_dir(run / "out")
+    x = preprocess(np.random.default_rng(1).integers(0, 3, (2, 16, 16), dtype=np.uint8), spec)
+    layer = cam_layer(ens, x)
+    assert any(layer is m for m in ens.members[0].modules())
+    heat, _ = gradcam(ens, x)
+    assert heat.shape[0] == 2 and np.isfinite(heat).all()
+    assert weights_provenance(spec.to_dict())["source_model"] == report["source"]
+    assert weights_provenance(read_spec(run / "final").to_dict())["source_model"] is None

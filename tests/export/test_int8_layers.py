@@ -129,3 +129,22 @@ def test_auto_keeps_the_classifier_fp32_in_every_trial(tiny, tmp_path):
     g = onnx.load(str(tiny["export_dir"] / "model.int8.onnx")).graph
     floats = {i.name for i in g.initializer if i.data_type == onnx.TensorProto.FLOAT}
     assert all(n.input[1] in floats for n in g.node if n.name in clf)  # its weight stayed float
+
+
+def test_auto_keeps_both_heads_of_an_ensemble_fp32(tmp_path):
+    """An ensemble's logits come out of LogSoftmax -> ReduceLogSumExp after its members' classifiers: the classifier
+    choice walks back to both heads instead of finding none."""
+    import torch
+
+    from waferflow.export.quantize import output_layers
+    from waferflow.models import create_model
+    from waferflow.models.ensemble import MeanProbabilityEnsemble
+    from waferflow.models.onnx_trace import trace_to_onnx
+
+    members = [create_model("tf_efficientnet_lite0", num_classes=3, pretrained="none", input_size=32)[0]
+               for _ in range(2)]
+    trace_to_onnx(MeanProbabilityEnsemble(members).eval(), torch.zeros(1, 3, 32, 32), tmp_path / "ens.onnx", 17)
+    heads = output_layers(tmp_path / "ens.onnx")
+    assert len(heads) == 2 and all("Gemm" in h for h in heads)
+    trace_to_onnx(members[0].eval(), torch.zeros(1, 3, 32, 32), tmp_path / "one.onnx", 17)
+    assert len(output_layers(tmp_path / "one.onnx")) == 1

@@ -17,7 +17,8 @@ RECIPE = [
     "map_size=32", "input_size=64", "strategies=[feature_extraction]", "source_strategies=[full_finetune]",
     "source={n_maps: 90, map_size: 32, train: {strategy: full_finetune, epochs: 1}}",
     "self_training={rounds: 1, threshold: 0.2, train: {strategy: full_finetune, epochs: 1}}",
-    "label_queue=5", "pool_size=60", "train.class_weights=sqrt", "undo_class_weights=true", "source_ensemble_below=100000",
+    "label_queue=5", "pool_size=60", "train.class_weights=sqrt", "undo_class_weights=true",
+    "source_ensemble_below=100000",
     # deployed as the real profile deploys: the TTA graph, which the gates read
     "export={max_abs_diff: 0.01, tta: true}", "gates.deployment_form=onnx_fp32_tta",
 ]

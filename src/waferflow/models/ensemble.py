@@ -67,6 +67,11 @@ class MeanProbabilityEnsemble(nn.Module):
         return _EnsembleHead([m.get_classifier() for m in self.members], self._widths())
 
 
+def is_ensemble(spec) -> bool:
+    """Whether a :class:`~waferflow.models.spec.ModelSpec` describes an ensemble (its ``model.json`` has the record)."""
+    return spec.extra.get(ENSEMBLE_KEY) is not None
+
+
 def ensemble_record(member_sources: Sequence[str]) -> dict:
     """The ``model.json`` record of an ensemble whose members came from ``member_sources`` (in member order)."""
     return {"members": len(member_sources), "combine": "mean_probability", "member_sources": list(member_sources)}

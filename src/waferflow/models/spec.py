@@ -231,10 +231,11 @@ def _build(spec: ModelSpec):
     def one():
         return timm.create_model(spec.backbone, pretrained=False, num_classes=spec.num_classes, in_chans=spec.in_chans)
 
-    record = spec.extra.get("ensemble")
-    if record is None:
+    from waferflow.models.ensemble import ENSEMBLE_KEY, MeanProbabilityEnsemble, is_ensemble
+
+    if not is_ensemble(spec):
         return one()
-    from waferflow.models.ensemble import MeanProbabilityEnsemble
+    record = spec.extra[ENSEMBLE_KEY]
 
     n = record.get("members") if isinstance(record, dict) else None
     if not isinstance(n, int) or n < 2:

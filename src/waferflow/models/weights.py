@@ -73,6 +73,7 @@ def hub_reachable(timeout: float = 2.0) -> tuple[bool, str]:
 
 
 def _from_file(src: str) -> LoadedWeights:
+    from waferflow.models.ensemble import is_ensemble
     from waferflow.models.spec import MODEL_JSON, WEIGHTS_PT, load_state_dict_file, read_spec
 
     p = Path(src)
@@ -83,7 +84,7 @@ def _from_file(src: str) -> LoadedWeights:
         sd = load_state_dict_file(p / WEIGHTS_PT)
         lineage = [spec.weights_source] + list(spec.extra.get("weights_lineage", []))
         source = f"file:{p.resolve()}"
-        if spec.extra.get("ensemble"):  # an ensemble starts a training from its first member, the fine-tuned model
+        if is_ensemble(spec):  # an ensemble starts a training from its first member, the fine-tuned model
             sd = {k.removeprefix(_FIRST_MEMBER): v for k, v in sd.items() if k.startswith(_FIRST_MEMBER)}
             source += "#member0"
         return LoadedWeights(sd, source, lineage, head_trained=spec.strategy is not None)

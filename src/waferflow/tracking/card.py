@@ -20,12 +20,17 @@ def weights_provenance(spec: Mapping[str, Any]) -> dict[str, Any]:
 
     ``model.json`` records the file the last training started from (``weights_source``, often a folder of the
     pipeline's adaptive-BN stage) and, in ``weights_lineage``, where that file's weights came from, down to the
-    root. Returns ``{"origin": root source, "source_model": first MLflow URI or None, "chain": [...]}``.
+    root. Returns ``{"origin": root source, "source_model": first MLflow URI or None, "chain": [...]}``; for an
+    ensemble with the source model, that model is the source model even when the fine-tuned member did not start
+    from it.
     """
     chain = [str(spec.get("weights_source") or "unknown")] + [str(x) for x in spec.get("weights_lineage") or []]
     roots = [x for x in chain if not x.startswith("file:")]
     origin = roots[-1] if roots else chain[-1]
     source_model = next((x[len("mlflow:"):] for x in chain if x.startswith("mlflow:")), None)
+    ensembled = spec.get("source_ensemble") or {}
+    if ensembled.get("status") == "ensembled":
+        source_model = str(ensembled["source"])
     return {"origin": origin, "source_model": source_model, "chain": chain}
 
 

@@ -11,8 +11,8 @@ ensembled too), only the same backbone, classes and input.
 
 The source member is the source model as registered (its batch norm as the synthetic maps left it: the measured
 recipe), downloaded by the URI the adaptive-BN stage's ``<backbone>@source`` start point was loaded from. The
-ensemble is one model dir (:func:`waferflow.models.spec.load_model_dir` reads it), so export, TTA, INT8, the gates
-and serving treat it as any model; inference costs two forward passes.
+ensemble is one model dir (:func:`waferflow.models.spec.load_model_dir` reads it), so export, TTA, INT8 (both
+heads kept FP32), the gates and serving treat it as one model; inference costs two forward passes.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from waferflow.errors import ConfigError, ModelFormatError
-from waferflow.train.wise import _val_scores, run_source_interpolation
+from waferflow.train.wise import val_scores, run_source_interpolation
 from waferflow.train.wise import describe as describe_interpolation
 
 _MATCH = ("backbone", "class_names", "input_size", "in_chans", "mean", "std")
@@ -56,7 +56,8 @@ def run_source_ensemble(model_dir: str | Path, adapted_dir: str | Path, train_fi
 
     Raises:
         ConfigError: ``below`` negative.
-        DataError: unlabeled, empty or mismatched train or validation maps (before anything is written).
+        DataError: unlabeled or empty train maps; unlabeled, empty or mismatched validation maps when an ensemble
+            is built (before anything is written).
         ModelFormatError, WeightsError: the source model cannot be had, or differs in architecture, classes or input.
     """
     if below < 0:
@@ -99,25 +100,30 @@ def _ensemble(model_dir: Path, weights_source: str, val_file, out: Path, found: 
               tracking_uri: str | None) -> dict[str, Any]:
     from waferflow.data.contract import load_dataset
     from waferflow.evaluation import check_classes
-    from waferflow.models.ensemble import ENSEMBLE_KEY, MeanProbabilityEnsemble, ensemble_record
+    from waferflow.models.ensemble import ENSEMBLE_KEY, MeanProbabilityEnsemble, ensemble_record, is_ensemble
     from waferflow.models.spec import load_model_dir, save_model_dir
 
     model, spec = load_model_dir(model_dir)
     uri, source_dir = _source_dir(weights_source, tracking_uri)
     source, source_spec = load_model_dir(source_dir)
     differ = [k for k in _MATCH if getattr(source_spec, k) != getattr(spec, k)]
-    if differ or ENSEMBLE_KEY in spec.extra or ENSEMBLE_KEY in source_spec.extra:
-        raise ModelFormatError(f"the source model {uri} differs from the model in {differ or 'being an ensemble'} "
+    if differ:
+        raise ModelFormatError(f"the source model {uri} differs from the model in {differ} "
                                f"({[getattr(source_spec, k) for k in differ]} against "
                                f"{[getattr(spec, k) for k in differ]}), so they cannot be ensembled; set "
                                "source_ensemble_below=0")
+    if is_ensemble(spec) or is_ensemble(source_spec):
+        raise ModelFormatError(f"the model or the source model {uri} is an ensemble already, so they cannot be "
+                               "ensembled again; set source_ensemble_below=0")
     val = load_dataset(val_file, require_labels=True)
     check_classes(val, spec)
     ensemble = MeanProbabilityEnsemble([model, source]).eval()
     report = {"status": "ensembled", **found, "source": uri,
-              "validation": {"before": _val_scores(model, spec, val), "after": _val_scores(ensemble, spec, val)}}
-    # history and config travel (they are the first member's); its checkpoints do not: nothing resumes from here
-    shutil.copytree(model_dir, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns("checkpoints"))
+              "validation": {"before": val_scores(model, spec, val), "after": val_scores(ensemble, spec, val)}}
+    # history and config travel (they are the first member's); its checkpoints and weights do not (nothing resumes
+    # from here), and save_model_dir writes model.json last, so a failed save leaves no loadable half
+    shutil.copytree(model_dir, out, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("checkpoints", "model.json", "weights.pt"))
     record = ensemble_record([f"sha256:{spec.weights_sha256}", uri])
     save_model_dir(ensemble, spec.replace(extra={**spec.extra, ENSEMBLE_KEY: record, "source_ensemble": report},
                                           weights_sha256=None), out)

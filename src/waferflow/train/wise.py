@@ -48,7 +48,8 @@ def _skip_reason(spec, start: Path) -> str | None:
     return None
 
 
-def _val_scores(model, spec, val) -> dict[str, float]:
+def val_scores(model, spec, val) -> dict[str, float]:
+    """Accuracy, balanced accuracy and macro-F1 of an in-memory model on a labeled dataset (torch, no TTA)."""
     from waferflow.evaluation import metrics_from_logits
     from waferflow.predictors import predict_dataset, torch_predictor
 
@@ -102,12 +103,12 @@ def _interpolate(model_dir: Path, start: Path, maps: list, val_file, out: Path, 
                                f"{spec.input_size} px, so they cannot be averaged; set source_weight=0")
     val = load_dataset(val_file, require_labels=True)
     check_classes(val, spec)
-    before = _val_scores(model, spec, val)
+    before = val_scores(model, spec, val)
     model.load_state_dict(interpolate_state(model.state_dict(), source.state_dict(), source_weight))
     bn_maps = sample_maps([load_dataset(p) for p in maps], spec.input_size, max_maps, seed)
     adapt_bn(model, spec, bn_maps, batch_size=64)
     report = {"status": "averaged", "source_weight": source_weight, "start": str(start),
-              "bn_maps": int(len(bn_maps)), "validation": {"before": before, "after": _val_scores(model, spec, val)}}
+              "bn_maps": int(len(bn_maps)), "validation": {"before": before, "after": val_scores(model, spec, val)}}
     # history and config travel; checkpoints/ hold the weights before averaging, and nothing resumes from here
     shutil.copytree(model_dir, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns("checkpoints"))
     # the lineage already names the start point (the model was fine-tuned from it), so it stays as it is
