@@ -19,6 +19,9 @@ def disk_maps(n: int, size: int, seed: int = 0) -> np.ndarray:
     return maps
 
 
+LINE_CLASSES = ("vertical", "horizontal")
+
+
 def line_dataset(n: int = 48, size: int = 16, seed: int = 0) -> WaferDataset:
     """Two easy classes: a vertical or a horizontal fail line through the wafer."""
     maps = disk_maps(n, size, seed)
@@ -29,7 +32,25 @@ def line_dataset(n: int = 48, size: int = 16, seed: int = 0) -> WaferDataset:
             maps[i, 2:-2, c] = 2
         else:
             maps[i, c, 2:-2] = 2
-    return WaferDataset(class_names=("vertical", "horizontal"), labels=labels, maps=maps, meta={})
+    return WaferDataset(class_names=LINE_CLASSES, labels=labels, maps=maps, meta={})
+
+
+def unlabeled_lines(n: int = 16, size: int = 16, seed: int = 6) -> WaferDataset:
+    """:func:`line_dataset`'s maps without labels (e.g. validation maps a stage must refuse)."""
+    return WaferDataset(class_names=LINE_CLASSES, labels=None, maps=line_dataset(n, size, seed).maps, meta={})
+
+
+def lite0(seed: int, classes=LINE_CLASSES, size: int = 32, lineage=None):
+    """A seeded, randomly initialised ``tf_efficientnet_lite0`` in eval mode and its spec (``weights_lineage`` set
+    when ``lineage`` is given)."""
+    from waferflow.models import create_model
+
+    torch.manual_seed(seed)
+    model, spec = create_model("tf_efficientnet_lite0", num_classes=len(classes), pretrained="none",
+                               input_size=size, class_names=list(classes))
+    if lineage is not None:
+        spec = spec.replace(extra={**spec.extra, "weights_lineage": list(lineage)})
+    return model.eval(), spec
 
 
 @pytest.fixture

@@ -6,20 +6,19 @@ import numpy as np
 import pytest
 import torch
 
-from waferflow.data.contract import WaferDataset, save_dataset
+from waferflow.data.contract import save_dataset
 from waferflow.errors import ConfigError, DataError, ModelFormatError, WeightsError
 from waferflow.models import create_model, load_model_dir, preprocess, read_spec, save_model_dir
 from waferflow.models.ensemble import MeanProbabilityEnsemble
 from waferflow.train.source_ensemble import describe, run_source_ensemble, run_source_stage
 
-CLASSES = ["vertical", "horizontal"]
+from .conftest import LINE_CLASSES, lite0, unlabeled_lines
+
+CLASSES = list(LINE_CLASSES)
 
 
-def _model(seed, classes=CLASSES, size=32):
-    torch.manual_seed(seed)
-    model, spec = create_model("tf_efficientnet_lite0", num_classes=len(classes), pretrained="none", input_size=size,
-                               class_names=classes)
-    return model.eval(), spec
+def _model(seed, classes=CLASSES):
+    return lite0(seed, classes)
 
 
 @pytest.fixture
@@ -106,11 +105,10 @@ def test_off_enough_labels_or_no_source_pass_the_model_on_unchanged(run):
     assert not (run / "out5").exists()
 
 
-def test_bad_settings_and_bad_inputs_stop_before_anything_is_written(run, make_lines, monkeypatch):
+def test_bad_settings_and_bad_inputs_stop_before_anything_is_written(run, monkeypatch):
     with pytest.raises(ConfigError, match="source_ensemble_below must be >= 0"):
         _go(run, -1)
-    maps = make_lines(16, 16, seed=6).maps
-    save_dataset(WaferDataset(class_names=tuple(CLASSES), labels=None, maps=maps, meta={}), run / "val_unlabeled.npz")
+    save_dataset(unlabeled_lines(), run / "val_unlabeled.npz")
     with pytest.raises(DataError):
         _go(run, 1000, val="val_unlabeled.npz")
     other, spec = _model(1, classes=["a", "b"])  # a source of other classes

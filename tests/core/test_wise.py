@@ -5,19 +5,18 @@ import json
 import pytest
 import torch
 
-from waferflow.data.contract import WaferDataset, save_dataset
+from waferflow.data.contract import save_dataset
 from waferflow.errors import ConfigError, DataError, ModelFormatError
-from waferflow.models import create_model, load_model_dir, save_model_dir
+from waferflow.models import load_model_dir, save_model_dir
 from waferflow.train.wise import describe, interpolate_state, run_source_interpolation
 
-CLASSES = ["vertical", "horizontal"]
+from .conftest import LINE_CLASSES, lite0, unlabeled_lines
+
+CLASSES = list(LINE_CLASSES)
 
 
-def _model(seed, lineage=(), classes=CLASSES, size=32):
-    torch.manual_seed(seed)
-    model, spec = create_model("tf_efficientnet_lite0", num_classes=len(classes), pretrained="none", input_size=size,
-                               class_names=classes)
-    return model.eval(), spec.replace(extra={**spec.extra, "weights_lineage": list(lineage)})
+def _model(seed, lineage=(), classes=CLASSES):
+    return lite0(seed, classes, lineage=lineage)
 
 
 @pytest.fixture
@@ -83,12 +82,11 @@ def test_weight_zero_or_a_model_not_from_the_source_is_passed_on_unchanged(run):
     assert _go(run, 0.5, out="out3")["status"].startswith("skipped: the run has no source model")
 
 
-def test_bad_settings_and_bad_inputs_stop_before_anything_is_written(run, make_lines):
+def test_bad_settings_and_bad_inputs_stop_before_anything_is_written(run):
     for weight in (-0.1, 1.0):
         with pytest.raises(ConfigError, match=r"source_weight must be in \[0, 1\)"):
             _go(run, weight)
-    maps = make_lines(16, 16, seed=6).maps
-    save_dataset(WaferDataset(class_names=tuple(CLASSES), labels=None, maps=maps, meta={}), run / "val_unlabeled.npz")
+    save_dataset(unlabeled_lines(), run / "val_unlabeled.npz")
     with pytest.raises(DataError):
         _go(run, 0.5, val="val_unlabeled.npz")
     other, spec = _model(1, classes=["a", "b"])  # a source of other classes
