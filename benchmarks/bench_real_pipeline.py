@@ -135,6 +135,7 @@ def main() -> None:
         result["selected"] = summary.get("candidates", {}).get("best")
         result["version"], result["gates_passed"] = summary.get("version"), summary.get("gates", {}).get("passed")
         result["own_test"] = summary.get("test")
+        result["host"] = rec.get("host")  # the CPU it trained on: another CPU trains another model (waferflow.host)
         result["stage_notes"] = {s["stage"]: {k: v for k, v in s.items() if k in ("note", "reused", "pretrained_now",
                                                                                   "status", "chosen", "kept", "pool",
                                                                                   "validation")}

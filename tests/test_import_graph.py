@@ -107,7 +107,7 @@ def test_the_checker_finds_a_cycle_through_a_lazy_import(tmp_path):
 
 #: The library's layers, lowest first (docs/ARCHITECTURE.md draws them). A module may import its own layer and
 #: the layers before it, never a later one.
-LAYERS = ["errors", "config", "forms", "data", "models", "predictors", "plots", "evaluation", "train", "export",
+LAYERS = ["errors", "config", "forms", "host", "data", "models", "predictors", "plots", "evaluation", "train", "export",
           "gates", "profiles", "selection", "labelqueue", "tracking", "drift", "orchestration", "cli", "__main__"]
 
 

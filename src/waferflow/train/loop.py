@@ -20,6 +20,7 @@ from torch import nn
 from waferflow.config import atomic_write_bytes, atomic_write_json, progress_enabled, to_dict
 from waferflow.data.contract import WaferDataset, dataset_hash
 from waferflow.errors import ConfigError, DataError, ModelFormatError
+from waferflow.host import describe_host
 from waferflow.models import ModelSpec, create_model, preprocess_tensor, save_model_dir
 from waferflow.models.dwgrad import fast_depthwise_grad
 from waferflow.predictors import penultimate_features, predict_batches
@@ -489,7 +490,8 @@ def _finalise(run: _Run, st: LoopState, out: Path, epoch_times: dict[str, list])
              "epoch_seconds": {k: float(np.mean(v)) for k, v in epoch_times.items()},
              "budget": {"steps": run.cfg.steps, "steps_per_epoch": run.steps_per_epoch, "epochs": run.epochs,
                         "per_phase": list(run.per_phase), "patience_epochs": run.patience},
-             "logit_shift": [round(float(v), 6) for v in run.logit_shift]}
+             "logit_shift": [round(float(v), 6) for v in run.logit_shift],
+             "host": describe_host(str(run.device))}
     if run.bn_report:
         extra["adapt_bn"] = {k: v for k, v in run.bn_report.items() if k != "per_layer"}
     if run.cache_seconds is not None:
