@@ -158,6 +158,8 @@ def test_model_card_says_whose_class_prior_the_scores_follow():
                                           "simd": ["avx2", "avx512f"], "torch_threads": 2, "device": "cpu"}}}
     assert ("- Trained on: Intel(R) Xeon(R) Processor (x86_64, 2 cores; avx2 avx512f), 2 torch threads; seeded, so a "
             "rerun on this kind of CPU gives these weights again") in card(trained, {})
+    gpu = {**spec, "train": {"host": {**trained["train"]["host"], "device": "cuda", "gpu": "NVIDIA H100"}}}
+    assert "2 torch threads, on NVIDIA H100; seeded, but a rerun on another GPU" in card(gpu, {})
     assert "Trained on" not in card(spec, {})
 
 

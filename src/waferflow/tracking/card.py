@@ -51,8 +51,10 @@ def _host_lines(spec: Mapping[str, Any]) -> list[str]:
     host = (spec.get("train") or {}).get("host")
     if not host:
         return []
-    return [f"- Trained on: {host_line(host)}; seeded, so a rerun on this kind of CPU gives these weights again, "
-            "and a rerun on another CPU gives another model (`waferflow.host`)"]
+    repeat = ("seeded, but a rerun on another GPU or with nondeterministic GPU kernels gives another model"
+              if host.get("gpu") else "seeded, so a rerun on this kind of CPU gives these weights again, and a rerun "
+              "on another CPU gives another model")
+    return [f"- Trained on: {host_line(host)}; {repeat} (`waferflow.host`)"]
 
 
 def _prior_lines(spec: Mapping[str, Any], cfg: Mapping[str, Any]) -> list[str]:
