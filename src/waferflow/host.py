@@ -52,8 +52,9 @@ def describe_host(device: str = "cpu") -> dict:
     """``{"machine", "cpu", "simd", "cores", "torch_threads", "device"[, "gpu"]}``: what a result was computed on."""
     import torch
 
-    out = {"machine": platform.machine(), "cpu": cpu_model(), "simd": cpu_flags(), "cores": os.cpu_count(),
-           "torch_threads": torch.get_num_threads(), "device": device}
+    info = read_cpuinfo() or ""  # read once; "" (unreadable) gives no flags and the platform's CPU name
+    out = {"machine": platform.machine(), "cpu": cpu_model(info), "simd": cpu_flags(cpuinfo=info),
+           "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": device}
     if device.startswith("cuda") and torch.cuda.is_available():
         out["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return out

@@ -147,6 +147,18 @@ def state_dict_bytes(model) -> bytes:
     return buf.getvalue()
 
 
+def copy_model_extras(model_dir, out_dir) -> Path:
+    """Copy what travels with a model that a stage rewrites (history, config, plots) into ``out_dir``: not its
+    ``checkpoints/`` (they hold the old weights, and nothing resumes from a rewritten model), ``weights.pt`` or
+    ``model.json``. Then :func:`save_model_dir` writes the new model, ``model.json`` last, so a failure between the
+    two leaves no loadable half model."""
+    import shutil
+
+    shutil.copytree(model_dir, out_dir, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("checkpoints", MODEL_JSON, WEIGHTS_PT))
+    return Path(out_dir)
+
+
 def save_model_dir(model, spec: ModelSpec, out_dir, history=None, config=None) -> Path:
     """Write ``model.json``, ``weights.pt`` and optionally ``history.json``/``config.yaml``.
 

@@ -50,7 +50,7 @@ def undo_class_prior(model_dir: str | Path, out_dir: str | Path) -> dict[str, An
     import torch
     from torch import nn
 
-    from waferflow.models.spec import load_model_dir, read_spec, save_model_dir
+    from waferflow.models.spec import copy_model_extras, load_model_dir, read_spec, save_model_dir
 
     src, out = Path(model_dir), Path(out_dir)
     spec = read_spec(src)
@@ -65,8 +65,7 @@ def undo_class_prior(model_dir: str | Path, out_dir: str | Path) -> dict[str, An
     if not isinstance(head, nn.Linear) or head.bias is None or head.out_features != spec.num_classes:
         raise ModelFormatError(f"{spec.backbone}: the classifier is not a linear layer with a bias over "
                                f"{spec.num_classes} classes, so its class prior cannot be corrected")
-    # history and config travel; checkpoints/ would hold the uncorrected weights, and nothing resumes from here
-    shutil.copytree(src, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns("checkpoints"))
+    copy_model_extras(src, out)
     with torch.no_grad():
         head.bias -= torch.as_tensor(shift, dtype=head.bias.dtype)
     train = {**spec.extra.get("train", {}), "logit_shift": [0.0] * spec.num_classes}

@@ -101,7 +101,7 @@ def _ensemble(model_dir: Path, weights_source: str, val_file, out: Path, found: 
     from waferflow.data.contract import load_dataset
     from waferflow.evaluation import check_classes
     from waferflow.models.ensemble import ENSEMBLE_KEY, MeanProbabilityEnsemble, ensemble_record, is_ensemble
-    from waferflow.models.spec import load_model_dir, save_model_dir
+    from waferflow.models.spec import copy_model_extras, load_model_dir, save_model_dir
 
     model, spec = load_model_dir(model_dir)
     uri, source_dir = _source_dir(weights_source, tracking_uri)
@@ -120,10 +120,7 @@ def _ensemble(model_dir: Path, weights_source: str, val_file, out: Path, found: 
     ensemble = MeanProbabilityEnsemble([model, source]).eval()
     report = {"status": "ensembled", **found, "source": uri,
               "validation": {"before": val_scores(model, spec, val), "after": val_scores(ensemble, spec, val)}}
-    # history and config travel (they are the first member's); its checkpoints and weights do not (nothing resumes
-    # from here), and save_model_dir writes model.json last, so a failed save leaves no loadable half
-    shutil.copytree(model_dir, out, dirs_exist_ok=True,
-                    ignore=shutil.ignore_patterns("checkpoints", "model.json", "weights.pt"))
+    copy_model_extras(model_dir, out)  # history and config are the first member's
     record = ensemble_record([f"sha256:{spec.weights_sha256}", uri])
     save_model_dir(ensemble, spec.replace(extra={**spec.extra, ENSEMBLE_KEY: record, "source_ensemble": report},
                                           weights_sha256=None), out)

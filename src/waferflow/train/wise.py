@@ -92,7 +92,7 @@ def _interpolate(model_dir: Path, start: Path, maps: list, val_file, out: Path, 
                  max_maps: int, seed: int) -> dict[str, Any]:
     from waferflow.data.contract import load_dataset
     from waferflow.evaluation import check_classes
-    from waferflow.models.spec import load_model_dir, save_model_dir
+    from waferflow.models.spec import copy_model_extras, load_model_dir, save_model_dir
     from waferflow.train.adapt import adapt_bn, sample_maps
 
     model, spec = load_model_dir(model_dir)
@@ -109,8 +109,7 @@ def _interpolate(model_dir: Path, start: Path, maps: list, val_file, out: Path, 
     adapt_bn(model, spec, bn_maps, batch_size=64)
     report = {"status": "averaged", "source_weight": source_weight, "start": str(start),
               "bn_maps": int(len(bn_maps)), "validation": {"before": before, "after": val_scores(model, spec, val)}}
-    # history and config travel; checkpoints/ hold the weights before averaging, and nothing resumes from here
-    shutil.copytree(model_dir, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns("checkpoints"))
+    copy_model_extras(model_dir, out)
     # the lineage already names the start point (the model was fine-tuned from it), so it stays as it is
     save_model_dir(model, spec.replace(extra={**spec.extra, "source_interpolation": report}, weights_sha256=None), out)
     return report
