@@ -63,11 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     before = json.loads(report.read_text())
     a.out_dir.mkdir(parents=True, exist_ok=False)
     t0 = time.perf_counter()
-    # decide=False keeps the student, so its dev score is known; what validation would keep is reported beside it
+    # keep=student sends the student on, so its dev score is known; what validation would keep is reported beside it
     rep = run_self_training(outs / "select-best" / "best", before["teacher_val"],
                             outs / "split-data" / "train" / "data.npz", outs / "split-data" / "val" / "data.npz",
-                            outs / "prepare-data" / "unlabeled" / "data.npz", dict(prof.self_training),
-                            dict(prof.train), prof.seed, "cpu", a.out_dir / "student", decide=False)
+                            outs / "prepare-data" / "unlabeled" / "data.npz",
+                            {**prof.self_training, "keep": "student"}, dict(prof.train), prof.seed, "cpu",
+                            a.out_dir / "student")
     student = a.out_dir / "student"
     if prof.undo_class_weights:  # as the run's prior-correction stage does to the model that goes on
         student = a.out_dir / "student_prior_corrected"

@@ -178,10 +178,10 @@ def test_self_training_stage_never_reads_pool_labels_and_keeps_the_better_model(
     rep = run_self_training(tdir, {"accuracy": 0.0, "macro_f1": 0.0}, tmp_path / "train.npz", tmp_path / "val.npz",
                             tmp_path / "pool.npz", topped, tc, 0, "cpu", tmp_path / "out2")
     assert rep["chosen"] == "student" and (tmp_path / "out2" / "self_training.json").is_file()
-    # decide=False (a benchmark's): the student goes on although validation would keep the perfect teacher
+    # keep=student: the student goes on although validation would keep the perfect teacher
     forced = run_self_training(tdir, {"accuracy": 1.0, "macro_f1": 1.0}, tmp_path / "train.npz",
-                               tmp_path / "val.npz", tmp_path / "pool.npz", settings, tc, 0, "cpu", tmp_path / "out5",
-                               decide=False)
+                               tmp_path / "val.npz", tmp_path / "pool.npz", {**settings, "keep": "student"}, tc, 0,
+                               "cpu", tmp_path / "out5")
     assert forced["chosen"] == "student" and forced["would_keep"] == "teacher"
     assert (tmp_path / "out5" / "weights.pt").read_bytes() != (tdir / "weights.pt").read_bytes()
     assert rep["synthetic"].startswith("off: no synthetic taxonomy has the data's classes")
@@ -192,6 +192,10 @@ def test_self_training_stage_never_reads_pool_labels_and_keeps_the_better_model(
     with pytest.raises(ConfigError, match="rounds"):
         run_self_training(tdir, {}, tmp_path / "train.npz", tmp_path / "val.npz", tmp_path / "pool.npz",
                           {"rounds": -1}, tc, 0, "cpu", tmp_path / "out4")
+    with pytest.raises(ConfigError, match="self_training.keep must be one of"):
+        run_self_training(tdir, {}, tmp_path / "train.npz", tmp_path / "val.npz", tmp_path / "pool.npz",
+                          {**settings, "keep": "teacher"}, tc, 0, "cpu", tmp_path / "out6")
+    assert not (tmp_path / "out6").exists()
 
 
 def test_synthetic_top_up_fills_only_the_classes_below_the_minimum():

@@ -1,5 +1,5 @@
-"""The self-training stage's work: teacher -> pseudo-labels (TTA, per-class caps) -> student, kept only if it wins
-on validation. No kfp import here."""
+"""The self-training stage's work: teacher -> pseudo-labels (TTA, per-class caps) -> student, kept if it wins on
+validation (or always, ``self_training.keep=student``). No kfp import here."""
 
 from __future__ import annotations
 
@@ -43,15 +43,15 @@ def _top_up(cfg: SelfTrainConfig, class_names, seed: int):
 
 def run_self_training(teacher_dir: str | Path, teacher_val: Mapping[str, float], train_file: Path, val_file: Path,
                       unlabeled_file: Path, settings: Mapping[str, Any], train_config: Mapping[str, Any], seed: int,
-                      device: str, out_dir: str | Path, decide: bool = True) -> dict[str, Any]:
+                      device: str, out_dir: str | Path) -> dict[str, Any]:
     """Self-train from the selected candidate and write the chosen model (student or teacher) to ``out_dir``.
 
     Args:
         teacher_val: The teacher's best validation metrics (``accuracy``, ``macro_f1``), reported.
         unlabeled_file: The pool (may not exist: no unlabeled maps). Its labels, if any, are never read.
         settings: :class:`SelfTrainConfig` overrides.
-        decide: False keeps the student whatever validation says (a benchmark's way to score it); ``would_keep``
-            reports what validation chose either way.
+            ``keep``: ``student`` sends the student on whatever validation says; ``would_keep`` reports what
+            validation chose either way.
 
     Returns:
         The report: ``status`` (off / skipped / student / teacher), the rounds' pseudo-label counts per class,
@@ -81,7 +81,7 @@ def run_self_training(teacher_dir: str | Path, teacher_val: Mapping[str, float],
                             top_up=top_up, engine=cfg.cpu_engine)
         student_val = {k: float(result.best_val[k]) for k in ("accuracy", "macro_f1")}
         report["would_keep"] = "student" if student_val["macro_f1"] > float(teacher_val["macro_f1"]) else "teacher"
-        won = report["would_keep"] == "student" or not decide
+        won = report["would_keep"] == "student" or cfg.keep == "student"
         shutil.copytree(Path(tmp) / "student" if won else teacher, out, dirs_exist_ok=True)
     rounds = [{"round": r["round"], "kept": r["kept"], "unlabeled_maps": r["unlabeled_maps"],
                "kept_per_class": {c: v["kept"] for c, v in r["per_class"].items()},

@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 #: what runs the teacher on the CPU (``SelfTrainConfig.cpu_engine``)
 CPU_ENGINES = ("onnxruntime", "torch")
+#: which model goes on after self-training (``SelfTrainConfig.keep``)
+KEEP = ("validation", "student")
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,8 @@ class SelfTrainConfig:
         cpu_engine: What runs the teacher over the unlabeled maps on the CPU: ``onnxruntime`` (the teacher traced
             in memory, 2.45x faster than ``torch`` there with 8-view TTA; checked against PyTorch on its first batch) or
             ``torch``. A CUDA training pseudo-labels on its CUDA device in PyTorch.
+        keep: Which model goes on: ``validation`` (the student only if its validation macro-F1 beats the teacher's
+            best one) or ``student`` (the last student always; what validation would keep is still reported).
     """
 
     rounds: int = 0
@@ -60,10 +64,13 @@ class SelfTrainConfig:
     synthetic_map_size: int = 64
     train: dict = field(default_factory=lambda: {"strategy": "full_finetune"})
     cpu_engine: str = "onnxruntime"
+    keep: str = "validation"
 
     def __post_init__(self) -> None:
         if self.cpu_engine not in CPU_ENGINES:
             raise ConfigError(f"self_training.cpu_engine must be one of {CPU_ENGINES}, got {self.cpu_engine!r}")
+        if self.keep not in KEEP:
+            raise ConfigError(f"self_training.keep must be one of {KEEP}, got {self.keep!r}")
         if self.rounds < 0:
             raise ConfigError(f"self_training.rounds must be >= 0, got {self.rounds}")
         check_settings(self.threshold, self.max_per_class_ratio, max(1, self.rounds))
