@@ -128,6 +128,31 @@ def test_bad_settings_and_bad_inputs_stop_before_anything_is_written(run, monkey
     assert not (run / "out").exists()
 
 
+def test_the_source_model_resolves_in_the_registry_of_an_explicit_tracking_uri(run, monkeypatch):
+    """A benchmark or CLI that names the store (no MLFLOW_TRACKING_URI) finds a models:/ source model there."""
+    from mlflow import MlflowClient
+
+    from waferflow.models.weights import download_model_dir
+
+    store = f"sqlite:///{run / 'store.db'}"
+    client = MlflowClient(store)
+    run_id = client.create_run(client.create_experiment("src", artifact_location=str(run / "art"))).info.run_id
+    client.log_artifacts(run_id, str(run / "registry" / "source_model"), "source_model")
+    client.create_registered_model("wafer-source-lines")
+    client.create_model_version("wafer-source-lines", f"runs:/{run_id}/source_model", run_id)
+    start = run / "adapted" / "tf_efficientnet_lite0@source" / "model.json"
+    start.write_text(json.dumps({**json.loads(start.read_text()), "weights_source": "mlflow:models:/wafer-source-lines/1"}))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(run)  # mlflow's default registry (./mlflow.db) holds nothing
+    rep = run_source_ensemble(run / "final", run / "adapted", run / "train.npz", run / "val.npz", run / "out", 100,
+                              tracking_uri=store)
+    assert rep["status"] == "ensembled" and rep["source"] == "models:/wafer-source-lines/1"
+    client.set_registered_model_alias("wafer-source-lines", "start", "1")
+    assert (download_model_dir("models:/wafer-source-lines@start", store) / "model.json").is_file()
+    with pytest.raises(WeightsError, match="cannot download models:/wafer-source-lines@nope"):
+        download_model_dir("models:/wafer-source-lines@nope", store)
+
+
 def test_a_broken_ensemble_record_is_refused(run):
     _go(run, 1000)
     meta = run / "out" / "model.json"

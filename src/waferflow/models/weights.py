@@ -118,7 +118,8 @@ def download_model_dir(uri: str, tracking_uri: str | None = None) -> Path:
         raise WeightsError(f"{uri} is an MLflow URI but mlflow is not installed (pip install mlflow)") from None
     try:
         # an explicit tracking_uri, never mlflow.set_tracking_uri: that would export MLFLOW_TRACKING_URI process-wide
-        local = Path(download_artifacts(artifact_uri=uri, tracking_uri=tracking_uri))
+        where = _registry_download_uri(uri, tracking_uri) if tracking_uri and uri.startswith("models:/") else uri
+        local = Path(download_artifacts(artifact_uri=where, tracking_uri=tracking_uri))
     except Exception as e:
         raise WeightsError(
             f"cannot download {uri} from MLflow ({type(e).__name__}: {str(e)[:200]}); check MLFLOW_TRACKING_URI "
@@ -128,6 +129,21 @@ def download_model_dir(uri: str, tracking_uri: str | None = None) -> Path:
     if not candidates:
         raise WeightsError(f"{uri} downloaded to {local} but holds no waferflow model dir (model.json + weights.pt)")
     return candidates[0]
+
+
+def _registry_download_uri(uri: str, tracking_uri: str) -> str:
+    """Where the version a ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS`` URI names is stored, looked up in the
+    registry of ``tracking_uri`` (mlflow resolves a models:/ URI in its default registry only, whatever
+    tracking_uri it is given)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    rest = uri[len("models:/"):]
+    if "@" in rest:
+        name, alias = rest.split("@", 1)
+        return client.get_model_version_download_uri(name, client.get_model_version_by_alias(name, alias).version)
+    name, _, version = rest.partition("/")
+    return client.get_model_version_download_uri(name, version)
 
 
 def _from_mlflow(uri: str, tracking_uri: str | None = None) -> LoadedWeights:
