@@ -114,6 +114,25 @@ def _selftrain_benchmark_tops_up_the_student(tmp_path):
     assert set(res["dev"]["student"]["f1_per_class"]) == set(train.class_names)
 
 
+def _keep_benchmark_scores_the_teacher_chain(tmp_path):
+    """benchmarks/bench_keep_dev sends the selected candidate through the run's prior correction and source
+    ensemble, and scores that chain beside the run's deployed model; when the run itself kept the teacher, the two
+    chains are the same model and score the same."""
+    from benchmarks import bench_keep_dev
+
+    bench = tmp_path / "bench"
+    assert bench_keep_dev.main(["--workdir", str(bench), "--set", "source_ensemble_below=100000",
+                                "--out", str(bench / "keep.json")]) == 0
+    res = json.loads((bench / "keep.json").read_text())
+    assert res["teacher_chain_steps"] == {"prior_correction": "undone", "source_stage": "ensembled"}
+    assert res["self_training"]["would_keep"] in ("student", "teacher")
+    for chain in ("deployed", "teacher_chain"):
+        assert set(res[chain]) == {"dev", "val"} and 0 <= res[chain]["dev"]["macro_f1"] <= 1
+    if res["self_training"]["status"] == "teacher":
+        assert res["deployed"] == res["teacher_chain"]
+        assert res["dev_change_deployed_minus_teacher"] == {"accuracy": 0.0, "macro_f1": 0.0}
+
+
 def _stage(result, name):
     return [s for s in result.stages if s["stage"] == name and not s.get("cached")]
 
@@ -162,6 +181,7 @@ def test_source_model_registered_once_then_reused_and_self_training_reports(tmp_
     _prior_benchmark_scores_before_and_after(tmp_path)
     _wise_benchmark_interpolates_final_and_source(tmp_path)
     _selftrain_benchmark_tops_up_the_student(tmp_path)
+    _keep_benchmark_scores_the_teacher_chain(tmp_path)
 
     # a second run: the source stage is never cached (the registry is its cache); it finds the model by its recipe
     r2 = run_local(profile, workdir=tmp_path / "wd")
@@ -254,9 +274,11 @@ def test_data_without_a_synthetic_taxonomy_keeps_imagenet_candidates_and_says_so
 
 
 def test_dev_benchmarks_refuse_a_folder_that_holds_no_finished_run(tmp_path):
-    from benchmarks import bench_ensemble_dev, bench_selftrain_dev
+    from benchmarks import bench_ensemble_dev, bench_keep_dev, bench_selftrain_dev
 
     (tmp_path / "run").mkdir()
+    with pytest.raises(SystemExit, match="holds no pipeline run"):
+        bench_keep_dev.main(["--workdir", str(tmp_path)])
     with pytest.raises(SystemExit, match="holds no pipeline run"):
         bench_ensemble_dev.main(["--workdir", str(tmp_path)])
     with pytest.raises(SystemExit, match="holds no pipeline run"):

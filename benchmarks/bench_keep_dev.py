@@ -1,0 +1,94 @@
+"""Teacher or student? What each would have become on a finished development run, scored on its dev maps.
+
+Reads the workdir of ``python -m benchmarks.bench_real_pipeline --dev N --workdir DIR`` and sends the run's
+selected candidate (the self-training teacher) through the same stages the run's own model went through after
+self-training: the prior correction (``undo_class_prior``, when the profile undoes class weights) and the source
+stage (``run_source_stage``: the ensemble with the source model when the train split is small enough). Then it
+scores both chains, the run's deployed model and the teacher's, on the dev maps and on the run's validation split
+with the deployed TTA (in torch). Run the development run with ``--set self_training.keep=student`` so that its
+deployed model is the student's chain whatever validation said::
+
+    python -m benchmarks.bench_real_pipeline --draw-labels 6 --dev 2000 --set self_training.keep=student \\
+        --workdir /tmp/slice6 --out slice6.json
+    python -m benchmarks.bench_keep_dev --workdir /tmp/slice6 --out keep_slice6.json
+
+Prints JSON: for each chain, dev and validation accuracy / macro-F1 / per-class recall; the self-training report
+(what validation would keep, both validation scores); the change student - teacher on the dev maps. Nothing here
+reads ``wm811k_val_data.npz``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+
+def _scored(model_dir: Path, sets: dict) -> dict:
+    from benchmarks.bench_ensemble_dev import _scores, _tta_probs
+
+    out = {}
+    for name, prob in _tta_probs(model_dir, sets).items():
+        y = sets[name].labels
+        recall = {c: round(float((prob[y == i].argmax(1) == i).mean()), 3)
+                  for i, c in enumerate(sets[name].class_names) if (y == i).any()}
+        out[name] = {**_scores(y, prob), "recall": recall}
+    return out
+
+
+def teacher_chain(outs: Path, prof, tracking_uri: str, work: Path) -> tuple[Path, dict]:
+    """The selected candidate through the run's post-self-training stages, written under ``work``."""
+    from waferflow.train.prior import undo_class_prior
+    from waferflow.train.source_ensemble import run_source_stage
+
+    model, steps = outs / "select-best" / "best", {}
+    if prof.undo_class_weights:
+        steps["prior_correction"] = undo_class_prior(model, work / "prior")["status"]
+        model = work / "prior"
+    split = outs / "split-data"
+    maps = [split / "train" / "data.npz"] + [p for p in [outs / "prepare-data" / "unlabeled" / "data.npz"]
+                                             if p.exists()]
+    found = run_source_stage(model, outs / "adapt-batchnorm" / "adapted", maps, split / "val" / "data.npz",
+                             work / "source", prof.source_weight, prof.source_ensemble_below, seed=prof.seed,
+                             tracking_uri=tracking_uri)
+    steps["source_stage"] = found["status"]
+    return work / "source", steps
+
+
+def main(argv: list[str] | None = None) -> int:
+    from waferflow.data.contract import load_dataset
+    from waferflow.profiles import get_profile
+
+    from benchmarks._report import emit
+    from benchmarks.bench_ensemble_dev import deployed_model, run_outputs
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workdir", type=Path, required=True, help="a finished `bench_real_pipeline --dev` workdir")
+    ap.add_argument("--dev", type=Path, default=None, help="dev maps (default: WORKDIR/dev.npz)")
+    ap.add_argument("--set", action="append", default=[], help="the run's real-profile overrides (as given to it)")
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args(argv)
+    run = a.workdir / "run"
+    outs = run_outputs(run)
+    prof = get_profile("real", a.set)
+    report = json.loads((outs / "self-train-model" / "model" / "self_training_report.json").read_text())
+    sets = {"dev": load_dataset(a.dev or a.workdir / "dev.npz", require_labels=True),
+            "val": load_dataset(outs / "split-data" / "val" / "data.npz", require_labels=True)}
+    with tempfile.TemporaryDirectory(prefix="keep-dev-") as tmp:
+        teacher, steps = teacher_chain(outs, prof, f"sqlite:///{(run / 'mlflow.db').resolve()}", Path(tmp))
+        chains = {"deployed": _scored(deployed_model(outs), sets), "teacher_chain": _scored(teacher, sets)}
+    d, t = chains["deployed"]["dev"], chains["teacher_chain"]["dev"]
+    res = {"workdir": str(a.workdir), "self_training": {k: report.get(k) for k in
+                                                        ("status", "would_keep", "teacher_val", "student_val")},
+           "teacher_chain_steps": steps, **chains,
+           "dev_change_deployed_minus_teacher": {k: round(float(np.subtract(d[k], t[k])), 4)
+                                                 for k in ("accuracy", "macro_f1")}}
+    emit(res, a.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
