@@ -39,13 +39,16 @@ def _scored(model_dir: Path, sets: dict) -> dict:
     return out
 
 
-def teacher_chain(outs: Path, prof, tracking_uri: str, work: Path) -> tuple[Path, dict]:
-    """The selected candidate through the run's post-self-training stages, written under ``work``."""
+def after_self_training(model: Path, outs: Path, prof, tracking_uri: str, work: Path,
+                        undo: bool | None = None) -> tuple[Path, dict]:
+    """``model`` through the run's stages after self-training, written under ``work``: the prior correction
+    (``undo``, default the profile's ``undo_class_weights``) and the source stage (the ensemble with the source model
+    when the train split is small enough). Returns the model dir and each stage's status."""
     from waferflow.train.prior import undo_class_prior
     from waferflow.train.source_ensemble import run_source_stage
 
-    model, steps = outs / "select-best" / "best", {}
-    if prof.undo_class_weights:
+    steps = {}
+    if prof.undo_class_weights if undo is None else undo:
         steps["prior_correction"] = undo_class_prior(model, work / "prior")["status"]
         model = work / "prior"
     split = outs / "split-data"
@@ -78,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     sets = {"dev": load_dataset(a.dev or a.workdir / "dev.npz", require_labels=True),
             "val": load_dataset(outs / "split-data" / "val" / "data.npz", require_labels=True)}
     with tempfile.TemporaryDirectory(prefix="keep-dev-") as tmp:
-        teacher, steps = teacher_chain(outs, prof, f"sqlite:///{(run / 'mlflow.db').resolve()}", Path(tmp))
+        teacher, steps = after_self_training(outs / "select-best" / "best", outs, prof,
+                                             f"sqlite:///{(run / 'mlflow.db').resolve()}", Path(tmp))
         chains = {"deployed": _scored(deployed_model(outs), sets), "teacher_chain": _scored(teacher, sets)}
     d, t = chains["deployed"]["dev"], chains["teacher_chain"]["dev"]
     res = {"workdir": str(a.workdir), "self_training": {k: report.get(k) for k in

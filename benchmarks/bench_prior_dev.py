@@ -22,6 +22,11 @@ pseudo-labels when the student went on). These come from the as-trained model's 
 correction again and matches ``prior_undone`` to rounding::
 
     python -m benchmarks.bench_prior_dev --workdir /tmp/slice4 --shrink 0 2 5 20 --out shrink_slice4.json
+
+When the run deployed the model and its source model as one ensemble (``source_ensemble_below``), ``in_ensemble``
+scores that ensemble with the prior undone (the deployed model) and with the model as trained (the same source stage,
+``benchmarks.bench_keep_dev.after_self_training``): what the correction does to the model that is deployed.
+``--set`` gives the run's real-profile overrides.
 """
 
 from __future__ import annotations
@@ -108,6 +113,23 @@ def _scores(model_dir: Path, datasets: dict) -> dict:
             for split, prob in _tta_probs(model_dir, datasets).items()}
 
 
+def _in_ensemble(a, outs: Path, trained: Path, data: dict) -> dict:
+    """The deployed ensemble (prior undone) and the same ensemble of the model as trained, scored on every split."""
+    from waferflow.profiles import get_profile
+
+    from benchmarks.bench_ensemble_dev import deployed_model
+    from benchmarks.bench_keep_dev import after_self_training
+
+    uri = f"sqlite:///{(a.workdir / 'run' / 'mlflow.db').resolve()}"
+    with tempfile.TemporaryDirectory(prefix="bench-prior-ens-") as tmp:
+        plain, steps = after_self_training(trained, outs, get_profile("real", a.set), uri, Path(tmp), undo=False)
+        res = {"as_trained": _scores(plain, data), "prior_undone": _scores(deployed_model(outs), data),
+               "source_stage": steps["source_stage"]}
+    res["after_minus_before_on_dev"] = {k: round(res["prior_undone"]["dev"][k] - res["as_trained"]["dev"][k], 4)
+                                        for k in ("accuracy", "macro_f1", "balanced_accuracy")}
+    return res
+
+
 def main(argv: list[str] | None = None) -> int:
     from waferflow.data.contract import load_dataset
     from waferflow.train.prior import undo_class_prior
@@ -120,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dev", type=Path, default=None, help="dev maps (default: WORKDIR/dev.npz, from --dev N)")
     ap.add_argument("--shrink", type=float, nargs="*", default=[], metavar="K",
                     help="also score each class's shift times n/(n+K), n its training maps (see the docstring)")
+    ap.add_argument("--set", action="append", default=[], help="the run's real-profile overrides (as given to it)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     outs = run_outputs(a.workdir / "run")
@@ -139,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
                "as_trained": _scores(trained, data), "prior_undone": _scores(Path(tmp) / "corrected", data)}
     res["after_minus_before_on_dev"] = {k: round(res["prior_undone"]["dev"][k] - res["as_trained"]["dev"][k], 4)
                                         for k in ("accuracy", "macro_f1", "balanced_accuracy")}
+    ensembled = outs / "interpolate-source" / "model" / "model.json"
+    if ensembled.is_file() and json.loads(ensembled.read_text()).get("ensemble"):
+        res["in_ensemble"] = _in_ensemble(a, outs, trained, data)
     if a.shrink:
         counts = np.bincount(labels, minlength=len(shift)).astype(np.float64)
         res["training_maps_per_class"] = dict(zip(data["dev"].class_names, counts.astype(int).tolist()))

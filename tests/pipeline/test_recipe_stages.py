@@ -55,9 +55,14 @@ def _prior_benchmark_scores_before_and_after(tmp_path):
     from benchmarks import bench_prior_dev
 
     bench = tmp_path / "bench"
-    assert bench_prior_dev.main(["--workdir", str(bench), "--shrink", "0", "5", "--out", str(bench / "prior.json")]) == 0
+    assert bench_prior_dev.main(["--workdir", str(bench), "--shrink", "0", "5", "--set", "source_ensemble_below=100000",
+                                 "--out", str(bench / "prior.json")]) == 0
     res = json.loads((bench / "prior.json").read_text())
     assert res["shift_source"] == "recorded by training"
+    # the run deployed an ensemble: the correction is scored inside it too, the deployed model being the undone one
+    ens = res["in_ensemble"]
+    assert ens["source_stage"] == "ensembled" and set(ens["as_trained"]) == set(ens["prior_undone"]) == {
+        "val", "test", "dev"}
     for model in ("as_trained", "prior_undone"):
         assert set(res[model]) == {"val", "test", "dev"} and 0 <= res[model]["dev"]["macro_f1"] <= 1
     # a shift shrunk by K=0 is the full correction: from the views' logits, the corrected model's scores
