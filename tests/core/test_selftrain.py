@@ -157,7 +157,7 @@ def test_self_training_stage_never_reads_pool_labels_and_keeps_the_better_model(
     """The pipeline's self-training step: labels hidden in the pool file are dropped before pseudo-labeling, the
     per-class counts are reported, and the teacher goes on unless the student beats it on validation."""
     from waferflow.data.contract import save_dataset
-    from waferflow.orchestration.selftrain_step import run_self_training
+    from waferflow.orchestration.selftrain_step import describe, run_self_training
 
     tdir, tr, va = teacher
     save_dataset(tr, tmp_path / "train.npz")
@@ -183,6 +183,8 @@ def test_self_training_stage_never_reads_pool_labels_and_keeps_the_better_model(
                                tmp_path / "val.npz", tmp_path / "pool.npz", {**settings, "keep": "student"}, tc, 0,
                                "cpu", tmp_path / "out5")
     assert forced["chosen"] == "student" and forced["would_keep"] == "teacher"
+    assert describe(forced).endswith("student goes on (self_training.keep=student; validation would keep the teacher)")
+    assert describe(rep).endswith("student goes on")
     assert (tmp_path / "out5" / "weights.pt").read_bytes() != (tdir / "weights.pt").read_bytes()
     assert rep["synthetic"].startswith("off: no synthetic taxonomy has the data's classes")
     assert rep["per_round"][0]["synthetic_per_class"] == {}

@@ -104,5 +104,7 @@ def describe(report: Mapping[str, Any]) -> str:
                      + (f" + {sum(r['synthetic_per_class'].values())} synthetic" if r.get("synthetic_per_class") else "")
                      for r in report["per_round"])
     return (f"self-training: pseudo-labels kept {kept}; val macro-F1 teacher {report['teacher_val']['macro_f1']:.4f}"
-            f" -> student {report['student_val']['macro_f1']:.4f}; {report['chosen']} goes on")
+            f" -> student {report['student_val']['macro_f1']:.4f}; {report['chosen']} goes on"
+            + (" (self_training.keep=student; validation would keep the teacher)"
+               if report.get("would_keep", report["chosen"]) != report["chosen"] else ""))
 
