@@ -126,8 +126,10 @@ def cam_layer(model: Any, x: np.ndarray, min_hw: int = 4) -> Any:
     """
     import torch
 
+    from waferflow.models.ensemble import MeanProbabilityEnsemble
+
     shapes: list[tuple[Any, tuple[int, int]]] = []
-    searched = model.members[0] if hasattr(model, "members") else model
+    searched = model.members[0] if isinstance(model, MeanProbabilityEnsemble) else model
     hooks = [m.register_forward_hook(lambda mod, i, o: shapes.append((mod, tuple(o.shape[-2:]))))
              for m in searched.modules() if isinstance(m, torch.nn.Conv2d)]
     if not hooks:
