@@ -102,20 +102,13 @@ def _models(run: Path) -> tuple[dict[str, Path], list[str], Path]:
 
 def _source_model(run: Path, outs: Path) -> Path | None:
     """The source model the run's candidates started from (synthetic maps only, no real label), downloaded from the
-    run's registry into ``run/bench_source``; None when the run had no source stage or no taxonomy matched."""
-    from mlflow import MlflowClient
-
-    from waferflow.tracking.artifacts import download_run_artifacts
-    from waferflow.tracking.source import ARTIFACT_PATH
+    run's registry; None when the run had no source stage or no taxonomy matched."""
+    from waferflow.models.weights import download_model_dir
+    from waferflow.orchestration.local import embedded_tracking_uri
 
     reports = sorted((outs / "source-model" / "report").glob("*.json"))
     uris = list(json.loads(reports[0].read_text()).get("sources", {}).values()) if reports else []
-    if not uris:
-        return None
-    name, version = uris[0].removeprefix("models:/").split("/")
-    uri = f"sqlite:///{(run / 'mlflow.db').resolve()}"
-    run_id = MlflowClient(uri).get_model_version(name, version).run_id
-    return download_run_artifacts(uri, run_id, ARTIFACT_PATH, run / "bench_source")
+    return download_model_dir(uris[0], embedded_tracking_uri(run)) if uris else None
 
 
 def _pseudo_labels(prob: np.ndarray, truth: np.ndarray, train_counts: np.ndarray, threshold: float,

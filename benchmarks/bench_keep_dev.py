@@ -28,14 +28,16 @@ import numpy as np
 
 
 def _scored(model_dir: Path, sets: dict) -> dict:
+    """Accuracy, macro-F1 (as ``waferflow evaluate`` computes them) and per-class recall of each set, deployed TTA."""
+    from waferflow.evaluation import metrics_from_logits
+
     from benchmarks.bench_ensemble_dev import _scores, _tta_probs
 
     out = {}
     for name, prob in _tta_probs(model_dir, sets).items():
-        y = sets[name].labels
-        recall = {c: round(float((prob[y == i].argmax(1) == i).mean()), 3)
-                  for i, c in enumerate(sets[name].class_names) if (y == i).any()}
-        out[name] = {**_scores(y, prob), "recall": recall}
+        per_class = metrics_from_logits(sets[name].labels, prob, sets[name].class_names)["per_class"]
+        out[name] = {**_scores(sets[name].labels, prob),
+                     "recall": {c: round(m["recall"], 3) for c, m in per_class.items() if m["support"]}}
     return out
 
 
@@ -63,6 +65,7 @@ def after_self_training(model: Path, outs: Path, prof, tracking_uri: str, work: 
 
 def main(argv: list[str] | None = None) -> int:
     from waferflow.data.contract import load_dataset
+    from waferflow.orchestration.local import embedded_tracking_uri
     from waferflow.profiles import get_profile
 
     from benchmarks._report import emit
@@ -81,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     sets = {"dev": load_dataset(a.dev or a.workdir / "dev.npz", require_labels=True),
             "val": load_dataset(outs / "split-data" / "val" / "data.npz", require_labels=True)}
     with tempfile.TemporaryDirectory(prefix="keep-dev-") as tmp:
-        teacher, steps = after_self_training(outs / "select-best" / "best", outs, prof,
-                                             f"sqlite:///{(run / 'mlflow.db').resolve()}", Path(tmp))
+        teacher, steps = after_self_training(outs / "select-best" / "best", outs, prof, embedded_tracking_uri(run),
+                                             Path(tmp))
         chains = {"deployed": _scored(deployed_model(outs), sets), "teacher_chain": _scored(teacher, sets)}
     d, t = chains["deployed"]["dev"], chains["teacher_chain"]["dev"]
     res = {"workdir": str(a.workdir), "self_training": {k: report.get(k) for k in

@@ -115,12 +115,13 @@ def _scores(model_dir: Path, datasets: dict) -> dict:
 
 def _in_ensemble(a, outs: Path, trained: Path, data: dict) -> dict:
     """The deployed ensemble (prior undone) and the same ensemble of the model as trained, scored on every split."""
+    from waferflow.orchestration.local import embedded_tracking_uri
     from waferflow.profiles import get_profile
 
     from benchmarks.bench_ensemble_dev import deployed_model
     from benchmarks.bench_keep_dev import after_self_training
 
-    uri = f"sqlite:///{(a.workdir / 'run' / 'mlflow.db').resolve()}"
+    uri = embedded_tracking_uri(a.workdir / "run")
     with tempfile.TemporaryDirectory(prefix="bench-prior-ens-") as tmp:
         plain, steps = after_self_training(trained, outs, get_profile("real", a.set), uri, Path(tmp), undo=False)
         res = {"as_trained": _scores(plain, data), "prior_undone": _scores(deployed_model(outs), data),

@@ -132,18 +132,15 @@ def download_model_dir(uri: str, tracking_uri: str | None = None) -> Path:
 
 
 def _registry_download_uri(uri: str, tracking_uri: str) -> str:
-    """Where the version a ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS`` URI names is stored, looked up in the
-    registry of ``tracking_uri`` (mlflow resolves a models:/ URI in its default registry only, whatever
-    tracking_uri it is given)."""
+    """Where the version a ``models:/`` URI names (version, alias, stage or latest) is stored, looked up in the
+    registry of ``tracking_uri``: mlflow's own resolution, given a client of that store (``download_artifacts``
+    resolves a models:/ URI in the default registry only, whatever tracking_uri it is given)."""
     from mlflow import MlflowClient
+    from mlflow.store.artifact.utils.models import get_model_name_and_version
 
     client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
-    rest = uri[len("models:/"):]
-    if "@" in rest:
-        name, alias = rest.split("@", 1)
-        return client.get_model_version_download_uri(name, client.get_model_version_by_alias(name, alias).version)
-    name, _, version = rest.partition("/")
-    return client.get_model_version_download_uri(name, version)
+    found = get_model_name_and_version(client, uri)
+    return client.get_model_version_download_uri(*found) if len(found) == 2 else uri  # (id,): a logged model
 
 
 def _from_mlflow(uri: str, tracking_uri: str | None = None) -> LoadedWeights:
