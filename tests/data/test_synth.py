@@ -15,6 +15,7 @@ from waferflow.data.synth import (
     CHUNK,
     GENERATOR,
     NOVEL_PATTERNS,
+    PATTERN_RANGES,
     PATTERNS,
     SEED20_MIXTURES,
     TAXONOMIES,
@@ -331,6 +332,13 @@ def test_config_knobs_shift_the_maps():
         (dict(n=10, config=SynthConfig(grid_skew=0.0)), "grid_skew"),
         (dict(n=10, config=SynthConfig(edge_fail_factor=(2.0, 1.0))), "edge_fail_factor"),
         (dict(n=10, config={"grid_range": (25, 64)}), "must be a SynthConfig"),
+        (dict(n=10, config=SynthConfig(pattern_ranges={"blob": {"density": (0.1, 0.2)}})), "'blob' must be one of"),
+        (dict(n=10, config=SynthConfig(pattern_ranges={"loc": {"size": (0.1, 0.2)}})), "loc has no parameter 'size'"),
+        (dict(n=10, config=SynthConfig(pattern_ranges={"loc": {"density": (0.9, 0.2)}})), r"loc.density must be"),
+        (dict(n=10, config=SynthConfig(pattern_ranges={"loc": {"density": (0.1, 1.5)}})), r"<= hi <= 1.0"),
+        (dict(n=10, config=SynthConfig(pattern_ranges={"loc": {"radius": (0.0, 0.2)}})), r"0.01 <= lo"),
+        (dict(n=10, config=SynthConfig(pattern_ranges={"loc": {"radius": 0.2}})), r"loc.radius must be \(lo, hi\)"),
+        (dict(n=10, config=SynthConfig(pattern_ranges={"loc": [0.1, 0.2]})), "with a dict of parameters"),
     ],
 )
 def test_bad_arguments_raise_clear_errors(kwargs, match):
@@ -356,3 +364,29 @@ def test_config_loads_from_yaml_dict():
     assert len(ds) == 50
     with pytest.raises(ConfigError, match="unknown config key"):
         load_config(SynthConfig, overrides=["grid_rnage=[30, 40]"])
+
+
+# ----------------------------------------------------------- pattern ranges
+
+
+def test_pattern_ranges_change_only_the_pattern_they_name():
+    """An override moves the named pattern's maps and no other; the defaults are the table's."""
+    assert NO_BG.resolved_ranges()["loc"] == PATTERN_RANGES["loc"]
+    faint = SynthConfig(background_fail_rate=(0.0, 0.0), pattern_ranges={"loc": {"density": (0.0, 0.0)}})
+    assert faint.resolved_ranges()["loc"]["density"] == (0.0, 0.0)
+    assert (generate_pattern("loc", 50, size=32, config=faint) != 2).all()  # no fails: density 0
+    assert (generate_pattern("loc", 50, size=32, config=NO_BG) == 2).any()
+    for p in ("center", "edge-loc", "scratch"):
+        assert np.array_equal(generate_pattern(p, 50, size=32, config=faint),
+                              generate_pattern(p, 50, size=32, config=NO_BG)), p
+
+
+def test_wider_ranges_give_smaller_fainter_patterns():
+    """Lower density and radius ranges give loc maps with fewer failing dies (what the source model's variety
+    setting relies on)."""
+    wide = SynthConfig(background_fail_rate=(0.0, 0.0),
+                       pattern_ranges={"loc": {"radius": (0.1, 0.15), "density": (0.35, 0.5)}})
+    base = (generate_pattern("loc", 200, size=32, config=NO_BG) == 2).sum(axis=(1, 2))
+    small = (generate_pattern("loc", 200, size=32, config=wide) == 2).sum(axis=(1, 2))
+    assert small.mean() < 0.4 * base.mean()
+    assert (small > 0).mean() > 0.9  # still visible patterns

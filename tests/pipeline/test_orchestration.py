@@ -109,6 +109,11 @@ def test_real_profile_carries_the_recipe_and_refuses_bad_recipe_settings():
         get_profile("tiny", ["source_strategies=[full_finetune]"])
     with pytest.raises(ConfigError, match="source: .*n_maps"):
         get_profile("real", ["source.n_maps=3"])
+    # the source maps' generator settings are checked before any task runs too
+    with pytest.raises(ConfigError, match=r"source: source.synth: pattern_ranges: loc.density must be"):
+        get_profile("real", ["source.synth.pattern_ranges.loc.density=[0.9,0.1]"])
+    with pytest.raises(ConfigError, match=r"source: source.synth: unknown config key\(s\) pattern_range"):
+        get_profile("real", ["source.synth.pattern_range.loc.density=[0.1,0.9]"])
     with pytest.raises(ConfigError, match="self_training: .*threshold"):
         get_profile("real", ["self_training.threshold=2"])
     with pytest.raises(ConfigError, match="self_training: .*unknown config key"):

@@ -126,6 +126,27 @@ TAXONOMIES: dict[str, Taxonomy] = {
 }
 
 
+#: The range each shape pattern draws its parameters from, per map (uniformly): positions and sizes in wafer radii
+#: (1 = the wafer's radius), ``*_sq`` drawn as a square (uniform over the disc's area), ``density`` the fail
+#: probability inside the pattern, ``half_width_dies`` in dies. ``SynthConfig.pattern_ranges`` overrides entries.
+PATTERN_RANGES: dict[str, dict[str, tuple[float, float]]] = {
+    "center": {"offset": (0.0, 0.08), "radius": (0.2, 0.45), "aspect": (0.7, 1.0), "density": (0.7, 0.97)},
+    "donut": {"offset": (0.0, 0.06), "radius": (0.26, 0.52), "half_width": (0.08, 0.2), "density": (0.55, 0.92)},
+    "edge-loc": {"centre_radius": (0.92, 1.08), "radial_extent": (0.2, 0.45), "elongation": (1.2, 2.2),
+                 "density": (0.7, 0.97)},
+    # a loc's radius is at least ~2 dies on the coarsest grid: a visible blob
+    "loc": {"centre_radius_sq": (0.03, 0.45), "radius": (0.18, 0.36), "aspect": (0.6, 1.0), "density": (0.7, 0.97)},
+    "scratch": {"centre_radius_sq": (0.0, 0.5), "length": (0.5, 1.5), "curvature": (-1.6, 1.6),
+                "half_width_dies": (0.5, 0.72), "density": (0.8, 1.0)},
+    "vertical-scratch": {"half_width_dies": (0.5, 0.72), "density": (0.8, 1.0)},
+    "horizontal-scratch": {"half_width_dies": (0.5, 0.72), "density": (0.8, 1.0)},
+}
+_RANGE_BOUNDS = {"offset": (0.0, 1.0), "radius": (0.01, 2.0), "aspect": (0.05, 1.0), "density": (0.0, 1.0),
+                 "half_width": (0.01, 1.0), "centre_radius": (0.0, 1.5), "radial_extent": (0.01, 2.0),
+                 "elongation": (0.1, 10.0), "centre_radius_sq": (0.0, 1.0), "length": (0.01, 4.0),
+                 "curvature": (-4.0, 4.0), "half_width_dies": (0.1, 10.0)}
+
+
 @dataclass(frozen=True)
 class SynthConfig:
     """Knobs of the generator (the drift helper shifts them to make shifted batches).
@@ -144,6 +165,8 @@ class SynthConfig:
         edge_fail_factor: Per-map range of the multiplier of the background rate on the outermost die
             ring (WM-811K ``none`` maps fail ~2.5x more often there); (1, 1) turns the edge effect off.
         pattern_density_scale: Multiplies every pattern's fail density (1 = as tuned; <1 fainter patterns).
+        pattern_ranges: Overrides of :data:`PATTERN_RANGES`, e.g. ``{"loc": {"density": (0.3, 0.97)}}``: wider
+            ranges give a class more variety (smaller, fainter or off-centre patterns).
     """
 
     grid_range: tuple[int, int] = (25, 64)
@@ -153,6 +176,30 @@ class SynthConfig:
     background_grid_exponent: float = 1.7
     edge_fail_factor: tuple[float, float] = (1.5, 4.0)
     pattern_density_scale: float = 1.0
+    pattern_ranges: dict = field(default_factory=dict)
+
+    def resolved_ranges(self) -> dict[str, dict[str, tuple[float, float]]]:
+        """:data:`PATTERN_RANGES` with ``pattern_ranges`` applied."""
+        return {p: {**r, **{k: tuple(v) for k, v in self.pattern_ranges.get(p, {}).items()}}
+                for p, r in PATTERN_RANGES.items()}
+
+    def _validate_ranges(self) -> None:
+        if not isinstance(self.pattern_ranges, dict):
+            raise ConfigError(f"pattern_ranges must map a pattern to {{parameter: (lo, hi)}}, got {self.pattern_ranges!r}")
+        for pat, over in self.pattern_ranges.items():
+            if pat not in PATTERN_RANGES or not isinstance(over, dict):
+                raise ConfigError(f"pattern_ranges: {pat!r} must be one of {sorted(PATTERN_RANGES)} with a dict of "
+                                  f"parameters, got {over!r}")
+            for k, v in over.items():
+                if k not in PATTERN_RANGES[pat]:
+                    raise ConfigError(f"pattern_ranges: {pat} has no parameter {k!r}; it has "
+                                      f"{sorted(PATTERN_RANGES[pat])}")
+                lo_b, hi_b = _RANGE_BOUNDS[k]
+                ok = isinstance(v, (tuple, list)) and len(v) == 2 and all(
+                    isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)
+                if not ok or not lo_b <= v[0] <= v[1] <= hi_b:
+                    raise ConfigError(f"pattern_ranges: {pat}.{k} must be (lo, hi) with {lo_b} <= lo <= hi <= {hi_b}; "
+                                      f"got {v!r}")
 
     def validate(self, num_classes: int | None = None) -> "SynthConfig":
         """Check every knob.
@@ -184,6 +231,7 @@ class SynthConfig:
             raise ConfigError(f"pattern_density_scale must be in [0, 2], got {self.pattern_density_scale!r}")
         if self.class_freqs is not None and num_classes is not None:
             _norm_freqs(self.class_freqs, num_classes)
+        self._validate_ranges()
         return self
 
 
@@ -279,36 +327,39 @@ def _angle(u: np.ndarray, k: int, lo: float = 0.0, hi: float = 2 * math.pi):
 
 
 def _p_center(G, u, aux):
+    r = aux["ranges"]
     ca, sa = _angle(u, 0)
-    off = _col(u, 1, 0.0, 0.08)
-    ra = _col(u, 2, 0.2, 0.45)
-    asp = _col(u, 3, 0.7, 1.0)
+    off = _col(u, 1, *r["offset"])
+    ra = _col(u, 2, *r["radius"])
+    asp = _col(u, 3, *r["aspect"])
     pc, ps = _angle(u, 4, 0, math.pi)
     d = _ellipse(G, off * ca, off * sa, ra, ra * asp, pc, ps)
-    return _soft(d, 0.3) * _col(u, 5, 0.7, 0.97)
+    return _soft(d, 0.3) * _col(u, 5, *r["density"])
 
 
 def _p_donut(G, u, aux):
+    r = aux["ranges"]
     ca, sa = _angle(u, 0)
-    off = _col(u, 1, 0.0, 0.06)
-    rr = _col(u, 2, 0.26, 0.52)
-    hw = _col(u, 3, 0.08, 0.2)
+    off = _col(u, 1, *r["offset"])
+    rr = _col(u, 2, *r["radius"])
+    hw = _col(u, 3, *r["half_width"])
     dx = G.x - off * ca
     dy = G.y - off * sa
     d = np.sqrt(dx * dx + dy * dy)
     d -= rr
     np.abs(d, out=d)
     d /= hw
-    return _soft(d, 0.5) * _col(u, 4, 0.55, 0.92)
+    return _soft(d, 0.5) * _col(u, 4, *r["density"])
 
 
 def _p_edge_loc(G, u, aux):
+    r = aux["ranges"]
     ca, sa = _angle(u, 0)
-    rho = _col(u, 1, 0.92, 1.08)
-    a = _col(u, 2, 0.2, 0.45)  # radial extent
-    b = a * _col(u, 3, 1.2, 2.2)  # along the edge
+    rho = _col(u, 1, *r["centre_radius"])
+    a = _col(u, 2, *r["radial_extent"])
+    b = a * _col(u, 3, *r["elongation"])  # along the edge
     d = _ellipse(G, rho * ca, rho * sa, a, b, ca, sa)
-    return _soft(d, 0.3) * _col(u, 4, 0.7, 0.97)
+    return _soft(d, 0.3) * _col(u, 4, *r["density"])
 
 
 def _p_edge_ring(G, u, aux):
@@ -323,13 +374,14 @@ def _p_edge_ring(G, u, aux):
 
 
 def _p_loc(G, u, aux):
+    r = aux["ranges"]
     ca, sa = _angle(u, 0)
-    rho = np.sqrt(_col(u, 1, 0.03, 0.45))  # 0.17 .. 0.67 from the centre
-    a = _col(u, 2, 0.18, 0.36)  # at least ~2 dies in radius on the coarsest grid: a loc is a visible blob
-    b = a * _col(u, 3, 0.6, 1.0)
+    rho = np.sqrt(_col(u, 1, *r["centre_radius_sq"]))  # uniform over the disc's area between the two radii
+    a = _col(u, 2, *r["radius"])
+    b = a * _col(u, 3, *r["aspect"])
     pc, ps = _angle(u, 4, 0, math.pi)
     d = _ellipse(G, rho * ca, rho * sa, a, b, pc, ps)
-    return _soft(d, 0.3) * _col(u, 5, 0.7, 0.97)
+    return _soft(d, 0.3) * _col(u, 5, *r["density"])
 
 
 def _p_near_full(G, u, aux):
@@ -347,41 +399,42 @@ def _p_random(G, u, aux):
     return _col(u, 0, 0.18, 0.42) + _col(u, 1, 0.1, 0.5) * field_
 
 
-def _scratch(G, u, phi_c, phi_s, x0, y0, length, curv):
+def _scratch(G, u, phi_c, phi_s, x0, y0, length, curv, r):
     dx = G.x - x0
     dy = G.y - y0
     s = dx * phi_c + dy * phi_s
     t = dy * phi_c - dx * phi_s
     t -= curv * s * s
-    w = _col(u, 5, 0.5, 0.72) * G.die  # half width: mostly one die across
+    w = _col(u, 5, *r["half_width_dies"]) * G.die
     inside = (np.abs(t) < w) & (np.abs(s) < length * 0.5)
-    return inside.astype(np.float32) * _col(u, 6, 0.8, 1.0)
+    return inside.astype(np.float32) * _col(u, 6, *r["density"])
 
 
 def _p_scratch(G, u, aux):
     # Any angle, straight or arced, often starting near the edge.
+    r = aux["ranges"]
     ca, sa = _angle(u, 0)
-    rho = np.sqrt(_col(u, 1, 0.0, 0.5))
+    rho = np.sqrt(_col(u, 1, *r["centre_radius_sq"]))
     pc, ps = _angle(u, 2, 0, math.pi)
-    return _scratch(G, u, pc, ps, rho * ca, rho * sa, _col(u, 3, 0.5, 1.5), _col(u, 4, -1.6, 1.6))
+    return _scratch(G, u, pc, ps, rho * ca, rho * sa, _col(u, 3, *r["length"]), _col(u, 4, *r["curvature"]), r)
 
 
-def _axis_scratch(G, u, base: float):
+def _axis_scratch(G, u, aux, base: float):
     jit = math.radians(8.0)
     pc, ps = _angle(u, 0, base - jit, base + jit)
     x0 = _col(u, 1, -0.55, 0.55)
     y0 = _col(u, 2, -0.3, 0.3)
     if base == 0.0:  # horizontal: swap roles so the spread is across the line
         x0, y0 = y0, x0
-    return _scratch(G, u, pc, ps, x0, y0, _col(u, 3, 0.8, 1.5), _col(u, 4, -0.25, 0.25))
+    return _scratch(G, u, pc, ps, x0, y0, _col(u, 3, 0.8, 1.5), _col(u, 4, -0.25, 0.25), aux["ranges"])
 
 
 def _p_vscratch(G, u, aux):
-    return _axis_scratch(G, u, math.pi / 2)
+    return _axis_scratch(G, u, aux, math.pi / 2)
 
 
 def _p_hscratch(G, u, aux):
-    return _axis_scratch(G, u, 0.0)
+    return _axis_scratch(G, u, aux, 0.0)
 
 
 def _p_checkerboard(G, u, aux):
@@ -444,6 +497,7 @@ def _render_window(
     first, last = start // CHUNK, (start + n - 1) // CHUNK
     batches = [list(range(c, min(c + BATCH_CHUNKS, last + 1))) for c in range(first, last + 1, BATCH_CHUNKS)]
     density = np.float32(cfg.pattern_density_scale)
+    ranges = cfg.resolved_ranges()
     from tqdm import tqdm
 
     bar = tqdm(total=n, desc=desc, unit="map", disable=not progress_enabled() or None,
@@ -485,7 +539,7 @@ def _render_window(
                             continue
                         sub = np.flatnonzero(lab == k)
                         rows = sel[sub]
-                        aux = {"coarse": coarse[rows, slot]}
+                        aux = {"coarse": coarse[rows, slot], "ranges": ranges.get(rec[slot], {})}
                         pk = _PATTERN_FNS[rec[slot]](G, params[rows, slot], aux)
                         if density != 1:
                             pk *= density
@@ -591,5 +645,5 @@ def generate_pattern(
     return maps
 
 
-__all__ = ["CHUNK", "GENERATOR", "NOVEL_PATTERNS", "PATTERNS", "SEED20_MIXTURES", "SynthConfig", "TAXONOMIES",
+__all__ = ["CHUNK", "GENERATOR", "NOVEL_PATTERNS", "PATTERNS", "PATTERN_RANGES", "SEED20_MIXTURES", "SynthConfig", "TAXONOMIES",
            "TAXONOMY_SYNTH_DEFAULTS", "Taxonomy", "default_config", "generate", "generate_pattern", "get_taxonomy"]

@@ -27,18 +27,37 @@ class SourceConfig:
         map_size: Their size in pixels.
         seed: Generation and training seed.
         train: TrainConfig overrides (strategy, epochs or steps, ...); backbone and input size come from the run.
+        synth: ``waferflow.data.synth.SynthConfig`` overrides for the synthetic maps (on top of the taxonomy's
+            defaults), e.g. ``{"pattern_ranges": {"loc": {"density": [0.35, 0.97]}}}``; {} = the generator as tuned.
     """
 
     n_maps: int = 8000
     map_size: int = 64
     seed: int = 0
     train: dict = field(default_factory=lambda: {"strategy": "full_finetune", "epochs": 6})
+    synth: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.n_maps < 50:
             raise ConfigError(f"source.n_maps {self.n_maps} is too few synthetic maps to pretrain on; use >= 50")
         if self.map_size < 16:
             raise ConfigError(f"source.map_size must be >= 16, got {self.map_size}")
+        self.synth_config("wm811k")
+
+    def synth_config(self, taxonomy: str):
+        """The generator settings of the source maps of ``taxonomy``.
+
+        Raises:
+            ConfigError: an unknown or bad ``synth`` key, naming it.
+        """
+        from waferflow.config import load_config
+        from waferflow.data.synth import default_config
+
+        try:
+            return load_config(type(default_config()), overrides=dict(self.synth),
+                               base=default_config(taxonomy)).validate()
+        except ConfigError as e:
+            raise ConfigError(f"source.synth: {e}") from None
 
 
 def matching_taxonomy(class_names: Sequence[str]) -> str | None:
@@ -53,9 +72,12 @@ def recipe(cfg: SourceConfig, taxonomy: str, backbone: str, input_size: int, pre
     """Everything that defines a source model, as plain data (its registry key is a hash of this)."""
     from waferflow import __version__
 
-    return {"taxonomy": taxonomy, "backbone": backbone, "input_size": input_size, "pretrained": pretrained,
-            "n_maps": cfg.n_maps, "map_size": cfg.map_size, "seed": cfg.seed, "train": dict(cfg.train),
-            "waferflow": __version__.split("+")[0]}
+    rec = {"taxonomy": taxonomy, "backbone": backbone, "input_size": input_size, "pretrained": pretrained,
+           "n_maps": cfg.n_maps, "map_size": cfg.map_size, "seed": cfg.seed, "train": dict(cfg.train),
+           "waferflow": __version__.split("+")[0]}
+    if cfg.synth:  # only when set, so the key of a recipe without it is what it was
+        rec["synth"] = dict(cfg.synth)
+    return rec
 
 
 def recipe_key(rec: dict[str, Any]) -> str:
@@ -84,6 +106,6 @@ def pretrain_source(cfg: SourceConfig, taxonomy: str, backbone: str, input_size:
     if input_size:
         overrides["input_size"] = input_size
     tcfg = load_config(TrainConfig, overrides=overrides)
-    ds = generate(cfg.n_maps, size=cfg.map_size, seed=cfg.seed, taxonomy=taxonomy)
+    ds = generate(cfg.n_maps, size=cfg.map_size, seed=cfg.seed, taxonomy=taxonomy, config=cfg.synth_config(taxonomy))
     parts = split_dataset(ds, val=0.15, test=0.0, seed=cfg.seed)
     return train(tcfg, parts.train, parts.val, out_dir, weights=weights)
