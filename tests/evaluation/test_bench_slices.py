@@ -1,8 +1,10 @@
 """benchmarks/bench_real_pipeline --draw-labels: another few-label slice, drawn from the unlabeled file."""
 
+import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from waferflow.data.contract import load_dataset, save_dataset
 
@@ -46,3 +48,30 @@ def test_draw_labels_refuses_a_file_with_too_few_maps_of_a_class(tmp_path):
     with pytest.raises(SystemExit, match="too few maps of .*needed"):
         _draw_labels(tmp_path / "all.npz", tmp_path / "few.npz", 0, tmp_path)
     assert not (tmp_path / "labeled_drawn.npz").exists() and not (tmp_path / "pool_drawn.npz").exists()
+
+
+def test_the_variety_benchmark_leaves_the_dev_maps_out_and_measures_components(tmp_path):
+    """bench_source_variety's design set holds no excluded map; its statistics measure the largest failing blob."""
+    from benchmarks.bench_source_variety import component_stats, design_set, main
+
+    full = load_dataset(FIXTURE)
+    save_dataset(full.subset(np.arange(0, len(full), 3)), tmp_path / "dev.npz")
+    design = design_set([FIXTURE], [tmp_path / "dev.npz"])
+    assert not set(_digest(design)) & set(_digest(load_dataset(tmp_path / "dev.npz")))
+    assert len(design) == len(full) - len(load_dataset(tmp_path / "dev.npz"))
+
+    m = np.ones((40, 40), np.uint8)
+    yy, xx = np.mgrid[:40, :40]
+    m[(yy - 19.5) ** 2 + (xx - 19.5) ** 2 > 400] = 0  # a wafer of radius 20
+    m[4:8, 18:22] = 2  # a 4x4 blob near the top edge
+    fail_rate, area, centre, density, length = component_stats(m)
+    assert area == pytest.approx(16 / (m > 0).sum()) and density == 1.0 and fail_rate == area
+    assert centre == pytest.approx(14 / np.sqrt((m > 0).sum() / np.pi)) and 0.1 < length < 0.3  # 19.5 - 5.5 rows
+    out = tmp_path / "stats.json"
+    assert main(["--labeled", str(FIXTURE), "--exclude", str(tmp_path / "dev.npz"), "--stats-only",
+                 "--set", "source.synth.pattern_ranges.loc.radius=[0.1,0.2]", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["design_maps"] == len(design) and res["variant"]["synth"]["pattern_ranges"]["loc"]["radius"] == [0.1, 0.2]
+    # smaller locs, smaller components; the real maps' statistics are there to compare with
+    assert res["stats"]["variant"]["Loc"]["area"][1] < res["stats"]["baseline"]["Loc"]["area"][1]
+    assert set(res["stats"]["real"]) == {"Loc", "Edge-Loc", "Scratch", "Center", "none"}
