@@ -20,6 +20,7 @@ Nothing here reads ``wm811k_val_data.npz``::
         --set 'source.synth.pattern_ranges.loc.radius=[0.10,0.55]' --workdir /tmp/variety --out variety.json
 
 ``--stats-only`` prints the statistics and trains nothing (seconds, not minutes: for fitting ranges to the maps).
+``--png`` draws eight maps per class of each (real, baseline, variant) for the eye.
 """
 
 from __future__ import annotations
@@ -78,6 +79,24 @@ def pattern_stats(ds, classes=CLASSES, per_class: int = 400) -> dict:
     return out
 
 
+def plot_maps(sets: dict, path: Path, classes=("Loc", "Edge-Loc", "Scratch"), per_row: int = 8) -> Path:
+    """A PNG: for each class, one row of ``per_row`` maps of each set in ``sets`` (name -> dataset)."""
+    from waferflow.data.contract import resize_nearest
+    from waferflow.plots import _plt, _save
+
+    plt = _plt()
+    rows = [(c, name, ds) for c in classes for name, ds in sets.items()]
+    fig, axes = plt.subplots(len(rows), per_row, figsize=(1.2 * per_row, 1.25 * len(rows)), squeeze=False)
+    for ax_row, (c, name, ds) in zip(axes, rows):
+        idx = np.flatnonzero(ds.labels == list(ds.class_names).index(c))[:per_row]
+        for ax, i in zip(ax_row, idx):
+            ax.imshow(resize_nearest(ds.get(i), 64), vmin=0, vmax=2, cmap="viridis", interpolation="nearest")
+        for ax in ax_row:
+            ax.set_xticks([]), ax.set_yticks([])
+        ax_row[0].set_ylabel(f"{c}\n{name}", fontsize=7, rotation=0, ha="right", va="center")
+    return _save(fig, path, dpi=80)
+
+
 def _source(prof, work: Path, tag: str) -> Path:
     """The profile's source model of ``wm811k``, pretrained into ``work/tag`` (kept for a rerun of the scoring)."""
     from waferflow.config import load_config
@@ -106,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], help="the variant: real-profile overrides (source.synth...)")
     ap.add_argument("--workdir", type=Path, default=None, help="where the two source models go (needed to train)")
     ap.add_argument("--stats-only", action="store_true", help="statistics only; train nothing")
+    ap.add_argument("--png", type=Path, default=None, help="write real / baseline / variant maps of the weak classes")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     if not a.stats_only and a.workdir is None:
@@ -113,11 +133,13 @@ def main(argv: list[str] | None = None) -> int:
     files = a.labeled or [SHARED / "wm811k_train_1_split.npz", SHARED / "wm811k_train_10_split.npz"]
     design = design_set(files, a.exclude)
     profs = {"baseline": get_profile("real"), "variant": get_profile("real", a.set)}
-    synth = {t: load_config(SourceConfig, overrides=dict(p.source)).synth_config("wm811k") for t, p in profs.items()}
+    synth = {t: generate(6000, 64, seed=5, taxonomy="wm811k",
+                         config=load_config(SourceConfig, overrides=dict(p.source)).synth_config("wm811k"))
+             for t, p in profs.items()}
     res = {"design_maps": len(design), "design_counts": design.class_counts(), "variant": profs["variant"].source,
-           "stats": {"real": pattern_stats(design),
-                     **{t: pattern_stats(generate(6000, 64, seed=5, taxonomy="wm811k", config=c))
-                        for t, c in synth.items()}}}
+           "stats": {"real": pattern_stats(design), **{t: pattern_stats(ds) for t, ds in synth.items()}}}
+    if a.png:
+        res["png"] = str(plot_maps({"real": design, **synth}, a.png))
     if not a.stats_only:
         res["source_alone"] = {t: _scored(_source(p, a.workdir, t), {"design": design})["design"]
                                for t, p in profs.items()}

@@ -69,7 +69,9 @@ def test_the_variety_benchmark_leaves_the_dev_maps_out_and_measures_components(t
     assert centre == pytest.approx(14 / np.sqrt((m > 0).sum() / np.pi)) and 0.1 < length < 0.3  # 19.5 - 5.5 rows
     out = tmp_path / "stats.json"
     assert main(["--labeled", str(FIXTURE), "--exclude", str(tmp_path / "dev.npz"), "--stats-only",
-                 "--set", "source.synth.pattern_ranges.loc.radius=[0.1,0.2]", "--out", str(out)]) == 0
+                 "--set", "source.synth.pattern_ranges.loc.radius=[0.1,0.2]", "--png", str(tmp_path / "maps.png"),
+                 "--out", str(out)]) == 0
+    assert (tmp_path / "maps.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     res = json.loads(out.read_text())
     assert res["design_maps"] == len(design) and res["variant"]["synth"]["pattern_ranges"]["loc"]["radius"] == [0.1, 0.2]
     # smaller locs, smaller components; the real maps' statistics are there to compare with
