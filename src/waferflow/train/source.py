@@ -42,20 +42,21 @@ class SourceConfig:
             raise ConfigError(f"source.n_maps {self.n_maps} is too few synthetic maps to pretrain on; use >= 50")
         if self.map_size < 16:
             raise ConfigError(f"source.map_size must be >= 16, got {self.map_size}")
-        self.synth_config("wm811k")
+        self.synth_config()
 
-    def synth_config(self, taxonomy: str):
-        """The generator settings of the source maps of ``taxonomy``.
+    def synth_config(self, taxonomy: str | None = None):
+        """The generator settings of the source maps of ``taxonomy`` (its defaults, then ``synth``); without a
+        taxonomy, on the generator's plain defaults (to check the keys).
 
         Raises:
             ConfigError: an unknown or bad ``synth`` key, naming it.
         """
         from waferflow.config import load_config
-        from waferflow.data.synth import default_config
+        from waferflow.data.synth import SynthConfig, default_config
 
         try:
-            return load_config(type(default_config()), overrides=dict(self.synth),
-                               base=default_config(taxonomy)).validate()
+            return load_config(SynthConfig, overrides=dict(self.synth),
+                               base=default_config(taxonomy) if taxonomy else SynthConfig()).validate()
         except ConfigError as e:
             raise ConfigError(f"source.synth: {e}") from None
 
