@@ -30,6 +30,10 @@ few labels, many unlabeled maps (--set KEY=VALUE; the real profile's values in p
   source.n_maps / source.map_size / source.train.epochs
                               the synthetic source model's recipe (8000 / 64 / 6); registered once as
                               wafer-source-<taxonomy> and reused by later runs; source={} turns it off
+  source.synth.pattern_ranges.PATTERN.PARAM=[LO,HI]
+                              the ranges the source maps' patterns are drawn from (e.g. loc.radius=[0.1,0.55];
+                              table in docs/TAXONOMY.md; unset: the generator as tuned; a development lead,
+                              not the recipe: README)
   source_strategies=[...]     strategies fine-tuned from the source model ([full_finetune])
   self_training.rounds=N      teacher -> pseudo-labels -> student rounds (2; 0 = off)
   self_training.threshold=P   minimum TTA confidence of a pseudo-label (0.9)
