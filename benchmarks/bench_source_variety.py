@@ -1,7 +1,8 @@
 """Does a wider synthetic generator make a better source model? Pattern statistics and the source model alone.
 
-The source model is trained on synthetic maps only; its shape patterns draw their position, size and elongation
-from ``waferflow.data.synth.PATTERN_RANGES``, which the source recipe can override (``source.synth``). This
+The source model is trained on synthetic maps only; its shape patterns draw their parameters (position, size,
+elongation, density, ...; the table lists which for each pattern) from ``waferflow.data.synth.PATTERN_RANGES``,
+which the source recipe can override (``source.synth``). This
 benchmark compares the generator as tuned (the baseline) with a variant given as ``--set source.synth...`` on
 real labeled maps that a development run never scores (the design set: ``--labeled`` and ``--unlabeled`` minus the
 maps of every ``--exclude`` file, e.g. the dev maps of ``bench_real_pipeline --dev`` runs):
@@ -74,6 +75,8 @@ def pattern_stats(ds, classes=CLASSES, per_class: int = 400) -> dict:
     out = {}
     for c in classes:
         idx = np.flatnonzero(ds.labels == list(ds.class_names).index(c))[:per_class]
+        if not idx.size:  # a design set without the class: nothing to measure
+            continue
         rows = np.array([component_stats(resize_nearest(ds.get(i), 64)) for i in idx])
         out[c] = {s: [round(float(q), 3) for q in np.quantile(rows[:, j], [0.1, 0.5, 0.9])] for j, s in enumerate(STATS)}
     return out
@@ -98,14 +101,26 @@ def plot_maps(sets: dict, path: Path, classes=("Loc", "Edge-Loc", "Scratch"), pe
 
 
 def _source(prof, work: Path, tag: str) -> Path:
-    """The profile's source model of ``wm811k``, pretrained into ``work/tag`` (kept for a rerun of the scoring)."""
-    from waferflow.config import load_config
-    from waferflow.train.source import SourceConfig, pretrain_source
+    """The profile's source model of ``wm811k``, pretrained into ``work/tag`` and kept there with its recipe: a rerun
+    with the same recipe scores it again, one with another recipe is refused.
 
-    out = work / tag
-    if not (out / "model.json").exists():
-        pretrain_source(load_config(SourceConfig, overrides=dict(prof.source)), "wm811k", prof.backbones[0],
-                        prof.input_size, out, pretrained=prof.pretrained)
+    Raises:
+        SystemExit: ``work/tag`` holds a source model of another recipe.
+    """
+    import json
+
+    from waferflow.config import load_config
+    from waferflow.train.source import SourceConfig, pretrain_source, recipe
+
+    cfg = load_config(SourceConfig, overrides=dict(prof.source))
+    rec = recipe(cfg, "wm811k", prof.backbones[0], prof.input_size, prof.pretrained)
+    out, kept = work / tag, work / f"{tag}.recipe.json"
+    if (out / "model.json").exists():
+        if not kept.exists() or json.loads(kept.read_text()) != json.loads(json.dumps(rec)):
+            raise SystemExit(f"{out} holds a source model of another recipe than {rec}; give another --workdir")
+        return out
+    pretrain_source(cfg, "wm811k", prof.backbones[0], prof.input_size, out, pretrained=prof.pretrained)
+    kept.write_text(json.dumps(rec, indent=1))
     return out
 
 
@@ -126,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", type=Path, default=None, help="where the two source models go (needed to train)")
     ap.add_argument("--stats-only", action="store_true", help="statistics only; train nothing")
     ap.add_argument("--png", type=Path, default=None, help="write real / baseline / variant maps of the weak classes")
+    ap.add_argument("--synthetic", type=int, default=6000, help="synthetic maps per generator for the statistics")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     if not a.stats_only and a.workdir is None:
@@ -133,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     files = a.labeled or [SHARED / "wm811k_train_1_split.npz", SHARED / "wm811k_train_10_split.npz"]
     design = design_set(files, a.exclude)
     profs = {"baseline": get_profile("real"), "variant": get_profile("real", a.set)}
-    synth = {t: generate(6000, 64, seed=5, taxonomy="wm811k",
+    synth = {t: generate(a.synthetic, 64, seed=5, taxonomy="wm811k",
                          config=load_config(SourceConfig, overrides=dict(p.source)).synth_config("wm811k"))
              for t, p in profs.items()}
     res = {"design_maps": len(design), "design_counts": design.class_counts(), "variant": profs["variant"].source,

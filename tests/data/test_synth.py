@@ -15,7 +15,6 @@ from waferflow.data.synth import (
     CHUNK,
     GENERATOR,
     NOVEL_PATTERNS,
-    PATTERN_RANGES,
     PATTERNS,
     SEED20_MIXTURES,
     TAXONOMIES,
@@ -339,6 +338,9 @@ def test_config_knobs_shift_the_maps():
         (dict(n=10, config=SynthConfig(pattern_ranges={"loc": {"radius": (0.0, 0.2)}})), r"0.01 <= lo"),
         (dict(n=10, config=SynthConfig(pattern_ranges={"loc": {"radius": 0.2}})), r"loc.radius must be \(lo, hi\)"),
         (dict(n=10, config=SynthConfig(pattern_ranges={"loc": [0.1, 0.2]})), "with a dict of parameters"),
+        (dict(n=10, config=SynthConfig(pattern_ranges={"scratch": {"half_width_dies": (0.2, 0.6)}})), r"0.5 <= lo"),
+        (dict(n=10, config=SynthConfig(pattern_ranges={"loc": {"radius": (float("nan"), 0.2)}})), "loc.radius must"),
+        (dict(n=10, config=SynthConfig(pattern_ranges={"loc": {"radius": (True, 0.2)}})), "loc.radius must"),
     ],
 )
 def test_bad_arguments_raise_clear_errors(kwargs, match):
@@ -371,7 +373,10 @@ def test_config_loads_from_yaml_dict():
 
 def test_pattern_ranges_change_only_the_pattern_they_name():
     """An override moves the named pattern's maps and no other; the defaults are the table's."""
-    assert NO_BG.resolved_ranges()["loc"] == PATTERN_RANGES["loc"]
+    same = SynthConfig(background_fail_rate=(0.0, 0.0), pattern_ranges={"loc": {"radius": [0.18, 0.36]}})
+    assert same.changed_ranges() == {}  # the table's own value, as a YAML list: no change
+    assert np.array_equal(generate_pattern("loc", 50, size=32, config=same),
+                          generate_pattern("loc", 50, size=32, config=NO_BG))
     faint = SynthConfig(background_fail_rate=(0.0, 0.0), pattern_ranges={"loc": {"density": (0.0, 0.0)}})
     assert faint.resolved_ranges()["loc"]["density"] == (0.0, 0.0)
     assert (generate_pattern("loc", 50, size=32, config=faint) != 2).all()  # no fails: density 0
@@ -379,6 +384,14 @@ def test_pattern_ranges_change_only_the_pattern_they_name():
     for p in ("center", "edge-loc", "scratch"):
         assert np.array_equal(generate_pattern(p, 50, size=32, config=faint),
                               generate_pattern(p, 50, size=32, config=NO_BG)), p
+    # the scratch entry leaves the axis scratches alone; their own entries apply
+    scratch_off = SynthConfig(background_fail_rate=(0.0, 0.0), pattern_ranges={"scratch": {"density": (0.0, 0.0)}})
+    assert (generate_pattern("scratch", 50, size=32, config=scratch_off) != 2).all()
+    assert np.array_equal(generate_pattern("vertical-scratch", 50, size=32, config=scratch_off),
+                          generate_pattern("vertical-scratch", 50, size=32, config=NO_BG))
+    axis_off = SynthConfig(background_fail_rate=(0.0, 0.0),
+                           pattern_ranges={"horizontal-scratch": {"density": (0.0, 0.0)}})
+    assert (generate_pattern("horizontal-scratch", 50, size=32, config=axis_off) != 2).all()
 
 
 def test_wider_ranges_give_smaller_fainter_patterns():

@@ -68,7 +68,7 @@ def test_the_variety_benchmark_leaves_the_dev_maps_out_and_measures_components(t
     assert area == pytest.approx(16 / (m > 0).sum()) and density == 1.0 and fail_rate == area
     assert centre == pytest.approx(14 / np.sqrt((m > 0).sum() / np.pi)) and 0.1 < length < 0.3  # 19.5 - 5.5 rows
     out = tmp_path / "stats.json"
-    assert main(["--labeled", str(FIXTURE), "--exclude", str(tmp_path / "dev.npz"), "--stats-only",
+    assert main(["--labeled", str(FIXTURE), "--exclude", str(tmp_path / "dev.npz"), "--stats-only", "--synthetic", "1500",
                  "--set", "source.synth.pattern_ranges.loc.radius=[0.1,0.2]", "--png", str(tmp_path / "maps.png"),
                  "--out", str(out)]) == 0
     assert (tmp_path / "maps.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -77,3 +77,19 @@ def test_the_variety_benchmark_leaves_the_dev_maps_out_and_measures_components(t
     # smaller locs, smaller components; the real maps' statistics are there to compare with
     assert res["stats"]["variant"]["Loc"]["area"][1] < res["stats"]["baseline"]["Loc"]["area"][1]
     assert set(res["stats"]["real"]) == {"Loc", "Edge-Loc", "Scratch", "Center", "none"}
+
+
+def test_the_variety_benchmark_refuses_a_kept_source_model_of_another_recipe(tmp_path):
+    """A rerun in the same workdir with other --set values must not score the old variant model."""
+    from waferflow.profiles import get_profile
+
+    from benchmarks.bench_source_variety import _source
+
+    (tmp_path / "variant").mkdir()
+    (tmp_path / "variant" / "model.json").write_text("{}")
+    (tmp_path / "variant.recipe.json").write_text(json.dumps({"taxonomy": "wm811k", "n_maps": 1}))
+    with pytest.raises(SystemExit, match="holds a source model of another recipe"):
+        _source(get_profile("real", ["source.synth.pattern_ranges.loc.radius=[0.1,0.2]"]), tmp_path, "variant")
+    (tmp_path / "variant.recipe.json").unlink()  # a model without its recipe is refused too
+    with pytest.raises(SystemExit, match="another recipe"):
+        _source(get_profile("real"), tmp_path, "variant")

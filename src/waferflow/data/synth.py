@@ -144,7 +144,7 @@ PATTERN_RANGES: dict[str, dict[str, tuple[float, float]]] = {
 _RANGE_BOUNDS = {"offset": (0.0, 1.0), "radius": (0.01, 2.0), "aspect": (0.05, 1.0), "density": (0.0, 1.0),
                  "half_width": (0.01, 1.0), "centre_radius": (0.0, 1.5), "radial_extent": (0.01, 2.0),
                  "elongation": (0.1, 10.0), "centre_radius_sq": (0.0, 1.0), "length": (0.01, 4.0),
-                 "curvature": (-4.0, 4.0), "half_width_dies": (0.1, 10.0)}
+                 "curvature": (-4.0, 4.0), "half_width_dies": (0.5, 10.0)}  # narrower can miss every die
 
 
 @dataclass(frozen=True)
@@ -176,12 +176,19 @@ class SynthConfig:
     background_grid_exponent: float = 1.7
     edge_fail_factor: tuple[float, float] = (1.5, 4.0)
     pattern_density_scale: float = 1.0
-    pattern_ranges: dict = field(default_factory=dict)
+    pattern_ranges: dict = field(default_factory=dict, hash=False)
 
     def resolved_ranges(self) -> dict[str, dict[str, tuple[float, float]]]:
         """:data:`PATTERN_RANGES` with ``pattern_ranges`` applied."""
-        return {p: {**r, **{k: tuple(v) for k, v in self.pattern_ranges.get(p, {}).items()}}
+        return {p: {**r, **{k: (float(v[0]), float(v[1])) for k, v in self.pattern_ranges.get(p, {}).items()}}
                 for p, r in PATTERN_RANGES.items()}
+
+    def changed_ranges(self) -> dict[str, dict[str, list[float]]]:
+        """The entries of :meth:`resolved_ranges` that differ from :data:`PATTERN_RANGES`, as plain floats (one
+        spelling per setting: what a recipe key hashes)."""
+        out = {p: {k: list(v) for k, v in r.items() if v != PATTERN_RANGES[p][k]}
+               for p, r in self.resolved_ranges().items()}
+        return {p: r for p, r in out.items() if r}
 
     def _validate_ranges(self) -> None:
         if not isinstance(self.pattern_ranges, dict):

@@ -52,11 +52,15 @@ class SourceConfig:
             ConfigError: an unknown or bad ``synth`` key, naming it.
         """
         from waferflow.config import load_config
-        from waferflow.data.synth import SynthConfig, default_config
+        from waferflow.data.synth import SynthConfig, default_config, get_taxonomy
 
+        if not isinstance(self.synth, dict):
+            raise ConfigError(f"source.synth must be a mapping of generator settings, got {self.synth!r}; e.g. "
+                              "{pattern_ranges: {loc: {radius: [0.1, 0.55]}}}")
         try:
-            return load_config(SynthConfig, overrides=dict(self.synth),
-                               base=default_config(taxonomy) if taxonomy else SynthConfig()).validate()
+            cfg = load_config(SynthConfig, overrides=dict(self.synth),
+                              base=default_config(taxonomy) if taxonomy else SynthConfig())
+            return cfg.validate(get_taxonomy(taxonomy).num_classes if taxonomy else None)
         except ConfigError as e:
             raise ConfigError(f"source.synth: {e}") from None
 
@@ -76,9 +80,26 @@ def recipe(cfg: SourceConfig, taxonomy: str, backbone: str, input_size: int, pre
     rec = {"taxonomy": taxonomy, "backbone": backbone, "input_size": input_size, "pretrained": pretrained,
            "n_maps": cfg.n_maps, "map_size": cfg.map_size, "seed": cfg.seed, "train": dict(cfg.train),
            "waferflow": __version__.split("+")[0]}
-    if cfg.synth:  # only when set, so the key of a recipe without it is what it was
-        rec["synth"] = dict(cfg.synth)
+    synth = canonical_synth(cfg, taxonomy)
+    if synth:  # only when it changes the maps, so the key of a recipe without it is what it was
+        rec["synth"] = synth
     return rec
+
+
+def canonical_synth(cfg: SourceConfig, taxonomy: str) -> dict[str, Any]:
+    """``cfg.synth`` in one spelling: the generator settings that differ from ``taxonomy``'s defaults (pattern ranges
+    as plain floats), so that equal settings make one registry key and settings that change nothing make none."""
+    from waferflow.config import to_dict
+    from waferflow.data.synth import default_config
+
+    if not cfg.synth:
+        return {}
+    mine, base = to_dict(cfg.synth_config(taxonomy)), to_dict(default_config(taxonomy))
+    out = {k: v for k, v in mine.items() if k != "pattern_ranges" and v != base[k]}
+    ranges = cfg.synth_config(taxonomy).changed_ranges()
+    if ranges:
+        out["pattern_ranges"] = ranges
+    return out
 
 
 def recipe_key(rec: dict[str, Any]) -> str:
