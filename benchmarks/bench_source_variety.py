@@ -27,7 +27,6 @@ Nothing here reads ``wm811k_val_data.npz``::
 from __future__ import annotations
 
 import argparse
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -38,17 +37,14 @@ CLASSES = ("Loc", "Edge-Loc", "Scratch", "Center", "none")
 STATS = ("fail_rate", "area", "centre_radius", "density", "length")
 
 
-def _key(m: np.ndarray) -> str:
-    return hashlib.sha1(m.tobytes() + str(m.shape).encode()).hexdigest()
-
-
 def design_set(files: list[Path], exclude: list[Path]):
     """The labeled maps of ``files`` that no ``exclude`` file holds (compared map by map, shape included)."""
     from waferflow.data.contract import concat_datasets, load_dataset
+    from waferflow.data.split import map_hashes
 
-    held = {_key(d.get(i)) for p in exclude for d in [load_dataset(p)] for i in range(len(d))}
+    held = {h for p in exclude for h in map_hashes(load_dataset(p))}
     full = concat_datasets([load_dataset(p, require_labels=True) for p in files])
-    return full.subset(np.array([i for i in range(len(full)) if _key(full.get(i)) not in held], dtype=np.int64))
+    return full.subset(np.array([i for i, h in enumerate(map_hashes(full)) if h not in held], dtype=np.int64))
 
 
 def component_stats(m: np.ndarray) -> list[float]:

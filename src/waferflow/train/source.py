@@ -94,9 +94,10 @@ def canonical_synth(cfg: SourceConfig, taxonomy: str) -> dict[str, Any]:
 
     if not cfg.synth:
         return {}
-    mine, base = to_dict(cfg.synth_config(taxonomy)), to_dict(default_config(taxonomy))
+    synth = cfg.synth_config(taxonomy)
+    mine, base = to_dict(synth), to_dict(default_config(taxonomy))
     out = {k: v for k, v in mine.items() if k != "pattern_ranges" and v != base[k]}
-    ranges = cfg.synth_config(taxonomy).changed_ranges()
+    ranges = synth.changed_ranges()
     if ranges:
         out["pattern_ranges"] = ranges
     return out
