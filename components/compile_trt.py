@@ -18,13 +18,14 @@ def compile_tensorrt(
     engine: Output[Model],
     report: Output[Artifact],
 ) -> NamedTuple("TrtResult", [("status", str)]):
-    """Build a TensorRT engine from ``onnx/model.onnx``. Without a CUDA device the library records
-    ``"skipped: no CUDA device"`` in ``report/trt.json`` and no engine is written: it never fakes one.
+    """Build TensorRT engines (FP16 from ``onnx/model.onnx``, INT8 from a Q/DQ model). Without a CUDA device (or
+    the tensorrt package) the library records ``"skipped: ..."`` in ``report/trt.json`` and no engine is written:
+    it never fakes one.
 
     Args:
         onnx: The export dir.
         model: The model folder (PyTorch baseline of the engine benchmark).
-        calibration: Training maps for the INT8 calibrator.
+        calibration: Training maps, to quantize an INT8 model for TensorRT when the export's is not symmetric.
         test: Labeled maps for the engines' accuracy.
         precision: "fp16", "int8" or "both".
     """

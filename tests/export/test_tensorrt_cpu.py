@@ -1,19 +1,22 @@
-"""TensorRT compile around the CUDA-only module: skip path, calibration batching, cache reuse, metadata."""
+"""TensorRT compile around the CUDA-only module: skip paths, the Q/DQ INT8 source, metadata."""
 
 from __future__ import annotations
 
 import json
+import shutil
+import sys
+import types
 
 import numpy as np
 import pytest
 
 from waferflow.errors import DataError
 from waferflow.export import trt
-from waferflow.models import preprocess, read_spec
+from waferflow.models import read_spec
 
 
 def test_skip_path_writes_no_engine(tiny, tmp_path, monkeypatch):
-    monkeypatch.setattr(trt, "cuda_status", lambda: (False, "torch.cuda.is_available() is False"))
+    monkeypatch.setattr(trt, "trt_skip", lambda: (trt.SKIP_NO_CUDA, "torch.cuda.is_available() is False"))
     out = tmp_path / "trt"
     res = trt.compile_trt(tiny["export_dir"], out, precision="both", calib_ds=tiny["train"])
     assert res["status"] == "skipped: no CUDA device"
@@ -27,7 +30,7 @@ def test_skip_path_writes_no_engine(tiny, tmp_path, monkeypatch):
 def test_cli_skip_path_exits_zero(tiny, tmp_path, monkeypatch):
     from waferflow.cli import main
 
-    monkeypatch.setattr(trt, "cuda_status", lambda: (False, "no CUDA"))
+    monkeypatch.setattr(trt, "trt_skip", lambda: (trt.SKIP_NO_CUDA, "no CUDA"))
     rc = main(["compile-trt", "--export", str(tiny["export_dir"]), "--out", str(tmp_path / "t"),
                "--precision", "fp16"])
     assert rc == 0
@@ -54,62 +57,147 @@ def test_bad_export_dir_fails_even_when_skipping(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_calibration_batches(tiny):
-    spec = read_spec(tiny["model_dir"])
-    ds = tiny["train"]
-    b = trt.CalibrationBatches(ds, spec, n_maps=70, batch_size=32)
-    batches = list(b)
-    assert len(b) == 2 and len(batches) == 2
-    assert all(x.shape == (32, 3, 32, 32) and x.dtype == np.float32 and x.flags.c_contiguous for x in batches)
-    # the batches are exactly models.preprocess of the chosen maps, in order
-    np.testing.assert_array_equal(np.concatenate(batches), preprocess(ds.maps[b.indices[:64]], spec))
-    # every class is represented in the calibration draw
-    assert set(ds.labels[b.indices]) == {0, 1, 2}
-    with pytest.raises(DataError, match="full batch"):
-        trt.CalibrationBatches(ds, spec, n_maps=10, batch_size=32)
+def test_cuda_without_tensorrt_says_so_not_no_cuda(tiny, tmp_path, monkeypatch):
+    """A GPU machine without the tensorrt package is not reported as a machine without a GPU."""
+    import importlib.util
+
+    import torch
+
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("tensorrt is installed here")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    status, why = trt.trt_skip()
+    assert status == trt.SKIP_NO_TENSORRT and "CUDA device is present" in why
+    res = trt.compile_trt(tiny["export_dir"], tmp_path / "t", precision="both")
+    assert res["status"] == "skipped: tensorrt not installed"
+    assert not list((tmp_path / "t").glob("*.engine"))
 
 
-def test_engine_spec_from_onnx_metadata_drives_calibration_like_the_model_spec(tiny):
-    """The CUDA path calibrates and evaluates engines with the spec read back from the ONNX file's metadata."""
-    from waferflow.export.onnx_export import onnx_spec, read_onnx_metadata
+def _fake_builder(monkeypatch, calls: list) -> None:
+    """TensorRT present (as far as compile_trt can tell) with a builder that records what it was given."""
+    def build_engine(onnx_path, engine_path, precision, profile):
+        calls.append((precision, onnx_path.name))
+        return {"build_seconds": 0.0, "size_bytes": 0, "tensorrt_version": "fake", "device": "none"}
 
-    spec = onnx_spec(read_onnx_metadata(tiny["export_dir"] / "model.onnx"))
-    ref = read_spec(tiny["model_dir"])
-    assert list(spec.class_names) == list(ref.class_names) and spec.input_size == ref.input_size
-    a = np.concatenate(list(trt.CalibrationBatches(tiny["train"], spec, n_maps=64, batch_size=32)))
-    b = np.concatenate(list(trt.CalibrationBatches(tiny["train"], ref, n_maps=64, batch_size=32)))
-    np.testing.assert_array_equal(a, b)
-
-
-def test_calibration_cache_reuse(tmp_path):
-    c = trt.CalibrationCache(tmp_path / "calibration.cache")
-    assert c.read_calibration_cache() is None  # no file: TensorRT must calibrate
-    c.write_calibration_cache(memoryview(b"TRT-8601-EntropyCalibration2\ninput: 3c010a14\n"))
-    again = trt.CalibrationCache(tmp_path / "calibration.cache")
-    assert again.read_calibration_cache() == b"TRT-8601-EntropyCalibration2\ninput: 3c010a14\n"
-    (tmp_path / "calibration.cache").write_bytes(b"")
-    assert again.read_calibration_cache() is None and not again.has_cache()  # an empty cache is not reused
-
-
-def test_int8_without_calibration_data_or_cache_is_an_error(tiny, tmp_path, monkeypatch):
-    import sys
-    import types
-
-    monkeypatch.setattr(trt, "cuda_status", lambda: (True, "ok"))
+    monkeypatch.setattr(trt, "trt_skip", lambda: None)
     fake = types.ModuleType("waferflow.export.tensorrt_build")
-    fake.build_engine = lambda *a, **k: pytest.fail("must not build without calibration data")
+    fake.build_engine = build_engine
     monkeypatch.setitem(sys.modules, "waferflow.export.tensorrt_build", fake)
-    with pytest.raises(DataError, match="calibration"):
-        trt.compile_trt(tiny["export_dir"], tmp_path / "t", precision="int8", calib_ds=None, bench=False)
-    # an empty cache left by a crashed build is no cache: still an error, not an uncalibrated build
-    (tmp_path / "t").mkdir(exist_ok=True)
-    (tmp_path / "t" / trt.cache_name()).write_bytes(b"")
-    with pytest.raises(DataError, match="calibration"):
-        trt.compile_trt(tiny["export_dir"], tmp_path / "t", precision="int8", calib_ds=None, bench=False)
+
+
+def _with_int8(tiny, dst, **kw):
+    """A copy of the tiny export whose model.int8.onnx is quantized with ``kw`` (quantize_int8's settings)."""
+    from waferflow.export import quantize_int8
+    from waferflow.export.quantize import calibration_batches
+
+    shutil.copytree(tiny["export_dir"], dst)
+    calib = list(calibration_batches(tiny["train"], read_spec(tiny["model_dir"]), 64, batch_size=32))
+    quantize_int8(dst / "model.onnx", dst / "model.int8.onnx", calib, **kw)
+    return dst
+
+
+def test_symmetric_int8_export_keeps_its_quantization_for_tensorrt(tiny, tmp_path, monkeypatch):
+    """The export's s8s8 Q/DQ model is what the INT8 engine is built from: onnxruntime's INT32 bias
+    dequantizations folded into FP32 biases, every activation and weight Q/DQ as the export set it; FP16 comes
+    from model.onnx."""
+    import onnx
+    from onnx import numpy_helper
+
+    from waferflow.predictors import onnx_predictor, predict_dataset
+
+    given = tiny["export_dir"] / "model.int8.onnx"
+    assert "INT32" in trt.tensorrt_qdq_problem(given)  # onnxruntime's quantized biases, as written
+    calls: list = []
+    _fake_builder(monkeypatch, calls)
+    out = tmp_path / "t"
+    res = trt.compile_trt(tiny["export_dir"], out, precision="both", calib_ds=None, bench=False)
+    made = out / trt.TRT_INT8_NAME
+    assert calls == [("fp16", "model.onnx"), ("int8", trt.TRT_INT8_NAME)]
+    assert res["engines"]["int8"]["source_onnx"] == str(made.resolve()) and "folded" in res["engines"]["int8"]["qdq"]
+    assert trt.tensorrt_qdq_problem(made) is None
+
+    def qdq_scales(path):
+        m = onnx.load(str(path))
+        inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+        return sorted((n.op_type, n.input[0], inits[n.input[1]].tobytes()) for n in m.graph.node
+                      if n.op_type in ("QuantizeLinear", "DequantizeLinear") and inits.get(n.input[0]) is None
+                      or (n.op_type == "DequantizeLinear" and inits[n.input[0]].dtype.name == "int8"))
+
+    assert qdq_scales(made) == qdq_scales(given)  # same activation and weight quantization
+    spec = read_spec(tiny["model_dir"])
+    a = predict_dataset(onnx_predictor(given), tiny["test"], spec, 64)
+    b = predict_dataset(onnx_predictor(made), tiny["test"], spec, 64)
+    assert (a.argmax(1) == b.argmax(1)).mean() >= 0.97
+
+    # a Q/DQ model TensorRT takes as it is is used in place; the file made for an earlier export goes
+    export = tmp_path / "export"
+    shutil.copytree(tiny["export_dir"], export)
+    shutil.copy(made, export / "model.int8.onnx")
+    calls.clear()
+    res = trt.compile_trt(export, out, precision="int8", calib_ds=None, bench=False)
+    assert calls == [("int8", "model.int8.onnx")] and res["engines"]["int8"]["qdq"].startswith("export:")
+    assert not made.exists(), "the earlier requantized model must go"
+
+
+@pytest.mark.parametrize("kw, problem", [
+    (dict(int8_format="u8s8", reduce_range=False), "UINT8"),
+    (dict(method="dynamic"), "dynamic"),
+])
+def test_other_int8_exports_are_requantized_for_tensorrt(tiny, tmp_path, monkeypatch, kw, problem):
+    """An export with asymmetric UINT8 activations (the VNNI-CPU choice) or a dynamic fallback is not Q/DQ
+    TensorRT takes: the INT8 engine is built from model.onnx quantized symmetric, and it classifies like FP32."""
+    from waferflow.evaluation import evaluate
+    from waferflow.predictors import onnx_predictor
+
+    import onnx
+
+    export = _with_int8(tiny, tmp_path / "export", **kw)
+    m = onnx.load(str(export / "model.int8.onnx"))
+    trt.fold_int32_biases(m)
+    assert problem in trt.tensorrt_qdq_problem(m)
+    calls: list = []
+    _fake_builder(monkeypatch, calls)
+    res = trt.compile_trt(export, tmp_path / "t", precision="int8", calib_ds=tiny["train"], calibration_maps=64,
+                          bench=False)
+    made = tmp_path / "t" / trt.TRT_INT8_NAME
+    assert calls == [("int8", trt.TRT_INT8_NAME)] and made.is_file()
+    assert trt.tensorrt_qdq_problem(made) is None
+    assert res["engines"]["int8"]["qdq"].startswith("requantized for TensorRT") and problem in \
+        res["engines"]["int8"]["qdq"]
+    spec = read_spec(tiny["model_dir"])
+    fp32 = evaluate(onnx_predictor(export / "model.onnx"), tiny["test"], spec)["overall"]["accuracy"]
+    qdq = evaluate(onnx_predictor(made), tiny["test"], spec)["overall"]["accuracy"]
+    assert abs(qdq - fp32) <= 0.05
+    assert [p.name for p in (tmp_path / "t").iterdir() if p.name.startswith(".")] == [], "no temp dir left"
+
+
+def test_unusable_int8_without_calibration_maps_is_an_error(tiny, tmp_path, monkeypatch):
+    export = _with_int8(tiny, tmp_path / "export", int8_format="u8s8", reduce_range=False)
+    calls: list = []
+    _fake_builder(monkeypatch, calls)
+    with pytest.raises(DataError, match="--calib"):
+        trt.compile_trt(export, tmp_path / "t", precision="int8", calib_ds=None, bench=False)
+    assert calls == [] and not (tmp_path / "t" / trt.TRT_INT8_NAME).exists()
+    (export / "model.int8.onnx").unlink()
+    with pytest.raises(DataError, match="missing"):
+        trt.compile_trt(export, tmp_path / "t", precision="int8", calib_ds=None, bench=False)
+
+
+def test_qdq_check_names_what_rules_a_model_out(tiny, tmp_path):
+    import onnx
+
+    m = onnx.load(str(tiny["export_dir"] / "model.int8.onnx"))
+    assert trt.fold_int32_biases(m) > 0 and trt.tensorrt_qdq_problem(m) is None
+    inits = {t.name: t for t in m.graph.initializer}
+    q = next(n for n in m.graph.node if n.op_type == "QuantizeLinear")
+    zp = inits[q.input[2]]
+    zp.CopyFrom(onnx.numpy_helper.from_array(np.full(onnx.numpy_helper.to_array(zp).shape, 3, np.int8), zp.name))
+    assert "non-zero zero point" in trt.tensorrt_qdq_problem(m)
+    assert "no QuantizeLinear" in trt.tensorrt_qdq_problem(tiny["export_dir"] / "model.onnx")
 
 
 def test_metadata_layout(tiny):
-    meta = trt.trt_metadata(tiny["export_dir"], "fp16", (1, 32, 256),
+    meta = trt.trt_metadata(tiny["export_dir"] / "model.onnx", "fp16", (1, 32, 256),
                             {"class_names": ["a"], "input_size": 32, "in_chans": 3, "mean": [0.5] * 3,
                              "std": [0.5] * 3}, "model.fp16.engine", "built", {"build_seconds": 1.0})
     assert meta["profile"] == {"min": [1], "opt": [32], "max": [256], "axis": "batch"}

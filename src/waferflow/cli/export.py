@@ -94,18 +94,21 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     t = sub.add_parser(
         "compile-trt", help="build TensorRT FP16/INT8 engines (skipped without CUDA)", formatter_class=fmt,
-        description=f"Build TensorRT engines from EXPORT/{FP32_NAME} (dynamic-batch profile; INT8 with an entropy\n"
-                    "calibrator whose cache OUT/calibration.cache is reused), then evaluate and time them. Without a\n"
-                    "CUDA device it records 'skipped: no CUDA device' in OUT/tensorrt.json, writes no engine, exits 0.",
+        description=f"Build TensorRT engines (dynamic-batch profile): FP16 from EXPORT/{FP32_NAME}, INT8 from the Q/DQ\n"
+                    f"model EXPORT/{INT8_NAME} when it has symmetric INT8 activations, else from one quantized for\n"
+                    "TensorRT with --calib maps (OUT/model.int8.tensorrt.onnx); then evaluate and time them. Without\n"
+                    "a CUDA device (or the tensorrt package) it records 'skipped: ...' in OUT/tensorrt.json, writes\n"
+                    "no engine, exits 0.",
         epilog="example: waferflow compile-trt --export runs/m1/export --out runs/m1/trt --calib data/split/train.npz",
     )
     t.add_argument("--export", required=True, help=f"export dir ({FP32_NAME})")
     t.add_argument("--out", required=True, help="output dir for engines and tensorrt.json")
     t.add_argument("--precision", choices=("fp16", "int8", "both"), default="both")
-    t.add_argument("--calib", help="training-split maps .npz for INT8 calibration")
+    t.add_argument("--calib", help="training-split maps .npz, to quantize an INT8 model for TensorRT when the "
+                   f"export's {INT8_NAME} has asymmetric (UINT8) activations")
     t.add_argument("--data", help="labeled test maps .npz to evaluate the engines")
     t.add_argument("--model", help="model dir, to time the engines against PyTorch and ONNX Runtime")
-    t.add_argument("--calibration-maps", type=int, default=512)
+    t.add_argument("--calibration-maps", type=int, default=512, help="maps of --calib that quantize it")
     t.add_argument("--profile", default="1,32,256", help="min,opt,max batch of the optimization profile")
     t.set_defaults(func=run_compile_trt)
 

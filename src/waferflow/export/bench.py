@@ -25,7 +25,6 @@ from waferflow.config import progress_enabled
 from waferflow.errors import ConfigError
 from waferflow.predictors import spec_field
 from waferflow.predictors.int8_host import cpu_flags
-from waferflow.export.trt_common import SKIP_NO_CUDA
 
 WORKER_TIMEOUT_S = 1800
 
@@ -130,7 +129,7 @@ def _form_files(model_dir: Path, export_dir: str | os.PathLike | None, trt_dir: 
                 ) -> tuple[dict[str, tuple[str, str]], dict[str, dict]]:
     """``({name: (form, path)}, {name: skipped entry})`` for every form present (files from the one table)."""
     from waferflow.forms import EXPORT_FORMS
-    from waferflow.predictors import ENGINE_PRECISIONS, FORMS, cuda_status
+    from waferflow.predictors import ENGINE_PRECISIONS, FORMS, trt_skip
 
     forms = {"torch_eager": ("torch", str(model_dir))}
     if export_dir is not None:
@@ -138,12 +137,12 @@ def _form_files(model_dir: Path, export_dir: str | os.PathLike | None, trt_dir: 
             if (Path(export_dir) / FORMS[name].file).is_file():
                 forms[name] = (name, str(Path(export_dir) / FORMS[name].file))
     skipped: dict[str, dict] = {}
-    cuda, why = cuda_status()
+    skip = trt_skip()
     for prec in ENGINE_PRECISIONS:
         name = f"tensorrt_{prec}"
         engine = Path(trt_dir) / FORMS[name].file if trt_dir is not None else None
-        if not cuda:
-            skipped[name] = {"skipped": SKIP_NO_CUDA, "reason": why}
+        if skip is not None:
+            skipped[name] = {"skipped": skip[0], "reason": skip[1]}
         elif engine is None or not engine.is_file():
             skipped[name] = {"skipped": f"skipped: no {prec} engine (run `waferflow compile-trt`)"}
         else:

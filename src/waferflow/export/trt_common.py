@@ -1,73 +1,100 @@
-"""What every part of the TensorRT path shares and can import without TensorRT: the skip reason, the CUDA
-check and engine bytes (re-exported from ``waferflow.predictors.tensorrt``), INT8 calibration batches and cache.
-``trt`` (the compile step) and ``tensorrt_build`` (CUDA-only) build on it; it imports neither of them.
+"""What every part of the TensorRT path shares and can import without TensorRT: the skip statuses, the CUDA check,
+engine bytes (re-exported from ``waferflow.predictors.tensorrt``), and the check that a Q/DQ ONNX model is one
+TensorRT builds an INT8 engine from. ``trt`` (the compile step) and ``tensorrt_build`` (CUDA-only) build on it;
+it imports neither of them.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-from pathlib import Path
-from typing import Any, Iterator
+from collections import Counter
+from typing import Any
 
-import numpy as np
+from waferflow.predictors.tensorrt import (  # noqa: F401  (re-exported)
+    SKIP_NO_CUDA,
+    SKIP_NO_TENSORRT,
+    cuda_status,
+    load_engine_bytes,
+    trt_skip,
+)
 
-from waferflow.config import atomic_write_bytes
-from waferflow.data.contract import WaferDataset
-from waferflow.errors import ConfigError, DataError
-from waferflow.predictors.tensorrt import cuda_status, load_engine_bytes  # noqa: F401  (re-exported)
-
-log = logging.getLogger("waferflow.export.trt")
-
-SKIP_NO_CUDA = "skipped: no CUDA device"
+# operators of dynamic or operator-format (QOperator) quantization: TensorRT builds from Q/DQ pairs only
+_NOT_QDQ_OPS = ("DynamicQuantizeLinear", "ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul")
 
 
-class CalibrationBatches:
-    """Fixed-size float32 calibration batches [B, C, S, S] for a TensorRT calibrator.
+def _load(model_or_path: Any) -> Any:
+    import onnx
 
-    TensorRT asks for batches of exactly ``batch_size``; a short last batch is dropped (calibration statistics
-    do not need it), so ``len(self)`` is ``n_maps // batch_size``.
+    if isinstance(model_or_path, (str, os.PathLike)):
+        return onnx.load(str(model_or_path), load_external_data=False)
+    return model_or_path
+
+
+def tensorrt_qdq_problem(model_or_path: Any) -> str | None:
+    """``None`` when the model (or file) is a Q/DQ model TensorRT builds an INT8 engine from as it is; else why not.
+
+    TensorRT's quantization is symmetric and signed: every QuantizeLinear / DequantizeLinear needs an INT8 zero
+    point of 0 (a missing zero point means UINT8 in ONNX), and INT32 dequantization (onnxruntime's quantized
+    biases; :func:`fold_int32_biases` removes them) is refused. Dynamic quantization and QOperator nodes are
+    refused too. The file is read without running anything, so this is checked on any machine.
     """
+    import onnx
+    from onnx import numpy_helper
 
-    def __init__(self, ds: WaferDataset, spec: Any, n_maps: int, batch_size: int = 32, seed: int = 0) -> None:
-        from waferflow.export.quantize import calibration_indices
+    model = _load(model_or_path)
+    ops = Counter(n.op_type for n in model.graph.node)
+    other = [op for op in _NOT_QDQ_OPS if ops[op]]
+    if other:
+        return f"it holds {', '.join(other)} (dynamic or operator-format quantization), not Q/DQ pairs"
+    qdq = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    if not qdq:
+        return "it holds no QuantizeLinear/DequantizeLinear nodes"
+    inits = {t.name: t for t in model.graph.initializer}
+    for n in qdq:
+        zp = inits.get(n.input[2]) if len(n.input) > 2 and n.input[2] else None
+        if zp is None:
+            return f"{n.op_type} {n.name!r} has no constant zero point (UINT8 by default in ONNX)"
+        if zp.data_type != onnx.TensorProto.INT8:
+            dtype = onnx.TensorProto.DataType.Name(zp.data_type)
+            return f"{n.op_type} {n.name!r} quantizes to {dtype}; TensorRT's Q/DQ needs INT8"
+        if numpy_helper.to_array(zp).any():
+            return f"{n.op_type} {n.name!r} has a non-zero zero point; TensorRT's quantization is symmetric"
+    return None
 
-        if batch_size < 1:
-            raise ConfigError(f"calibration batch size must be >= 1, got {batch_size}")
-        self.ds, self.spec, self.batch_size = ds, spec, int(batch_size)
-        self.indices = calibration_indices(ds, n_maps, seed)
-        if len(self.indices) < batch_size:
-            raise DataError(f"INT8 calibration needs at least one full batch of {batch_size} maps; "
-                            f"got {len(self.indices)}; pass more calibration maps or a smaller batch")
 
-    def __len__(self) -> int:
-        return len(self.indices) // self.batch_size
+def fold_int32_biases(model: Any) -> int:
+    """Replace each DequantizeLinear of a constant INT32 tensor (onnxruntime's quantized conv/gemm biases) by the
+    FP32 constant it computes, ``(x - zero_point) * scale``, in place; returns how many were folded.
 
-    def __iter__(self) -> Iterator[np.ndarray]:
-        from waferflow.predictors import batches_for
+    TensorRT adds biases in floating point and takes INT8 Q/DQ only; the values are exactly those onnxruntime's
+    INT8 model dequantizes, so the activation and weight quantization of the export's model is kept as it is.
+    """
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
 
-        usable = self.indices[: len(self) * self.batch_size]
-        for _, x in batches_for(self.ds, self.spec, self.batch_size, indices=usable):
-            yield x
-
-
-class CalibrationCache:
-    """The cache half of a TensorRT calibrator: reuse the cache file when present, write it atomically."""
-
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.cache_path = Path(path)
-
-    def has_cache(self) -> bool:
-        """A usable cache: the file exists and is non-empty (a crashed build can leave an empty one)."""
-        return self.cache_path.is_file() and self.cache_path.stat().st_size > 0
-
-    def read_calibration_cache(self) -> bytes | None:
-        """The cached bytes when :meth:`has_cache` (TensorRT then skips calibration)."""
-        if self.has_cache():
-            log.info("reusing INT8 calibration cache %s", self.cache_path)
-            return self.cache_path.read_bytes()
-        return None
-
-    def write_calibration_cache(self, cache: Any) -> None:
-        """Save TensorRT's calibration table beside the engine."""
-        atomic_write_bytes(self.cache_path, bytes(cache))
+    inits = {t.name: t for t in model.graph.initializer}
+    folded = []
+    for n in model.graph.node:
+        x = inits.get(n.input[0]) if n.op_type == "DequantizeLinear" else None
+        if x is None or x.data_type != onnx.TensorProto.INT32:
+            continue
+        q = numpy_helper.to_array(x).astype(np.float64)
+        scale = numpy_helper.to_array(inits[n.input[1]]).astype(np.float64)
+        zp = (numpy_helper.to_array(inits[n.input[2]]).astype(np.float64)
+              if len(n.input) > 2 and n.input[2] else np.zeros_like(scale))
+        if scale.ndim == 1 and q.ndim > 1:  # per-axis: broadcast along the node's axis
+            axis = next((a.i for a in n.attribute if a.name == "axis"), 1) % q.ndim
+            shape = [1] * q.ndim
+            shape[axis] = -1
+            scale, zp = scale.reshape(shape), zp.reshape(shape)
+        value = ((q - zp) * scale).astype(np.float32)
+        model.graph.initializer.append(numpy_helper.from_array(value, n.output[0]))
+        folded.append(n)
+    for n in folded:
+        model.graph.node.remove(n)
+    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    keep = [t for t in model.graph.initializer if t.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+    return len(folded)

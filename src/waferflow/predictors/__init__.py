@@ -27,12 +27,19 @@ from waferflow.predictors.runtime import (
 )
 from waferflow.forms import ENGINE_PRECISIONS, FP32_NAME, INT8_NAME, WEIGHTS_NAME, engine_name
 from waferflow.predictors.table import BASE_FORMS, FORMS, Form, create_predictor, form_file, get_form
-from waferflow.predictors.tensorrt import cuda_status, tensorrt_predictor
+from waferflow.predictors.tensorrt import (
+    SKIP_NO_CUDA,
+    SKIP_NO_TENSORRT,
+    cuda_status,
+    tensorrt_predictor,
+    trt_skip,
+)
 
 __all__ = [
-    "BASE_FORMS", "ENGINE_PRECISIONS", "FORMS", "FP32_NAME", "INT8_NAME", "SYMMETRIES", "WEIGHTS_NAME", "Form",
+    "BASE_FORMS", "ENGINE_PRECISIONS", "FORMS", "FP32_NAME", "INT8_NAME", "SKIP_NO_CUDA", "SKIP_NO_TENSORRT",
+    "SYMMETRIES", "WEIGHTS_NAME", "Form",
     "Predictor", "batches_for", "create_predictor", "cuda_status", "engine_name", "features_and_logits",
     "form_file", "get_form", "onnx_predictor", "onnx_session", "onnxruntime_model_predictor", "penultimate_features", "predict_batches",
     "predict_dataset", "softmax", "spec_field", "tensorrt_predictor", "torch_predictor", "tta_predictor",
-    "tta_views",
+    "tta_views", "trt_skip",
 ]

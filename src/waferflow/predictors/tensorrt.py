@@ -12,8 +12,13 @@ from pathlib import Path
 from waferflow.errors import ConfigError, ModelFormatError
 
 
-def cuda_status() -> tuple[bool, str]:
-    """``(usable, why)``: usable only when torch sees a CUDA device and ``tensorrt`` is importable."""
+SKIP_NO_CUDA = "skipped: no CUDA device"
+SKIP_NO_TENSORRT = "skipped: tensorrt not installed"
+
+
+def trt_skip() -> tuple[str, str] | None:
+    """``None`` when TensorRT can run here; else ``(status, reason)``: no CUDA device, or CUDA without the
+    ``tensorrt`` package (a GPU machine is then not called a machine without one)."""
     try:
         import torch
 
@@ -21,10 +26,16 @@ def cuda_status() -> tuple[bool, str]:
     except Exception:  # a broken CUDA setup counts as no device
         has_cuda = False
     if not has_cuda:
-        return False, "torch.cuda.is_available() is False"
+        return SKIP_NO_CUDA, "torch.cuda.is_available() is False"
     if importlib.util.find_spec("tensorrt") is None:
-        return False, "the tensorrt package is not installed (pip install tensorrt==10.13.3.9)"
-    return True, "ok"
+        return SKIP_NO_TENSORRT, "a CUDA device is present but the tensorrt package is not (pip install .[gpu])"
+    return None
+
+
+def cuda_status() -> tuple[bool, str]:
+    """``(usable, why)``: usable only when torch sees a CUDA device and ``tensorrt`` is importable."""
+    skip = trt_skip()
+    return (True, "ok") if skip is None else (False, skip[1])
 
 
 def load_engine_bytes(path: str | os.PathLike) -> bytes:
