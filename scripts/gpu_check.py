@@ -1,14 +1,22 @@
-"""GPU check: build, evaluate and time TensorRT FP16/INT8 engines in one short run; prints JSON.
+"""GPU check: the project's CUDA paths in one short run; prints JSON (and writes it to --out).
 
-On a CUDA machine with tensorrt installed:
-  1. takes --model DIR, or builds one quickly: tf_efficientnet_lite0 (offline ImageNet weights, --weights) at
-     64 px, fine-tuned for --epochs epochs on synthetic maps on the GPU;
-  2. exports ONNX FP32 + INT8 (parity check on the test maps);
-  3. compiles TensorRT FP16 and INT8 engines (entropy calibrator on training maps; cache beside the engine);
-  4. evaluates every form with the shared evaluator and times them with the shared latency bench.
-Without CUDA or tensorrt it prints {"status": "skipped: no CUDA device", ...} and exits 3 (nothing to check).
+On a CUDA machine (``scripts/gpu_check.sh``):
+  1. **training** through the project's own loop (``waferflow.train.train``: adaptive BN, bf16 autocast,
+     channels-last, early stopping, checkpoints) on ``--device`` (default ``cuda``): tf_efficientnet_lite0 from the
+     offline ImageNet weights, ``full_finetune`` on synthetic WM-811K-taxonomy maps, a budget of ``--steps``
+     optimizer steps; the baseline in the same run is the same config for ``--cpu-steps`` steps on this machine's
+     CPU (throughput in maps/s, so the speed-up is measured, not assumed);
+  2. **evaluation** of the trained model with torch on the device and on the CPU (accuracy, argmax agreement,
+     largest logit difference), and self-training's pseudo-labelling teacher on the device;
+  3. **export** to ONNX FP32 + INT8 (the export's parity check on the test maps);
+  4. **TensorRT**: an FP16 engine from ``model.onnx`` and an INT8 engine from the QDQ INT8 model, both evaluated on
+     the test maps and timed. Without a CUDA device or without the ``tensorrt`` package this part records
+     ``skipped: ...`` with the reason; nothing is faked.
 
-Usage: python scripts/gpu_check.py [--model DIR] [--out DIR] [--n 3000] [--epochs 2]
+``--device cpu`` rehearses the whole script on a machine without a GPU (the JSON says ``device: cpu``).
+Without CUDA and without ``--device cpu`` it prints ``{"status": "skipped: no CUDA device"}`` and exits 3.
+
+Usage: python scripts/gpu_check.py [--out DIR] [--n 6000] [--steps 600] [--cpu-steps 60] [--device cuda]
 """
 
 from __future__ import annotations
@@ -20,108 +28,128 @@ import time
 from pathlib import Path
 
 
-def quick_model(out: Path, train, val, epochs: int, weights: str) -> Path:
-    """Fine-tune Lite0 on the GPU for a few epochs (bf16 autocast) and save a model dir."""
+def split(n: int, size: int):
+    """Synthetic WM-811K-taxonomy maps: 70/10/20 train/val/test."""
+    import numpy as np
+
+    from waferflow.data.synth import generate
+
+    ds = generate(n, size=size, seed=0, taxonomy="wm811k")
+    idx = np.random.default_rng(0).permutation(len(ds))
+    n_tr, n_va = int(0.7 * len(ds)), int(0.1 * len(ds))
+    return ds.subset(idx[:n_tr]), ds.subset(idx[n_tr:n_tr + n_va]), ds.subset(idx[n_tr + n_va:])
+
+
+def train_on(device: str, steps: int, train, val, out: Path, weights: str) -> dict:
+    """One ``full_finetune`` training through ``waferflow.train.train`` on ``device``; its summary."""
     import torch
 
-    from waferflow.evaluation import evaluate
-    from waferflow.models import create_model, preprocess, save_model_dir
-    from waferflow.predictors import torch_predictor
+    from waferflow.train import TrainConfig, train as train_model
 
-    model, spec = create_model("tf_efficientnet_lite0", train.num_classes, pretrained=weights, input_size=64,
-                               class_names=train.class_names)
-    model = model.cuda().to(memory_format=torch.channels_last)
-    x = torch.from_numpy(preprocess(train.resized(64), spec)).cuda()
-    y = torch.from_numpy(train.labels).cuda()
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
-    steps = epochs * ((len(x) + 127) // 128)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
-    model.train()
-    for _ in range(epochs):
-        perm = torch.randperm(len(x), device="cuda")
-        for i in range(0, len(x), 128):
-            b = perm[i:i + 128]
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                loss = torch.nn.functional.cross_entropy(model(x[b]), y[b])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-    model = model.eval().float().to(memory_format=torch.contiguous_format)
-    val_acc = evaluate(torch_predictor(model, "cuda"), val, spec)["overall"]["accuracy"]
-    print(f"quick model: val accuracy {val_acc:.4f}", file=sys.stderr)
-    return save_model_dir(model.cpu(), spec.replace(strategy="gpu_check_quick_finetune"), out)
+    cfg = TrainConfig(strategy="full_finetune", pretrained=weights, input_size=64, steps=steps, patience=0,
+                      adapt_bn=True, device=device, batch_size=64, num_threads=0)
+    t0 = time.perf_counter()
+    res = train_model(cfg, train, val, out)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return {"device": device, "steps": steps, "epochs_run": len(res.history),
+            "seconds": round(time.perf_counter() - t0, 1), "train_seconds": round(res.train_seconds, 1),
+            "throughput_maps_per_s": round(res.throughput_maps_per_s, 1),
+            "val_accuracy": round(res.best_val["accuracy"], 4), "val_macro_f1": round(res.best_val["macro_f1"], 4),
+            "adapt_bn": res.spec.extra.get("train", {}).get("adapt_bn"),
+            "host": res.spec.extra.get("train", {}).get("host"), "model_dir": str(res.model_dir)}
+
+
+def device_vs_cpu(model_dir: Path, test, device: str) -> dict:
+    """The same weights evaluated with torch on ``device`` and on the CPU: metrics and agreement."""
+    import numpy as np
+
+    from waferflow.evaluation import evaluate
+    from waferflow.models import load_model_dir
+    from waferflow.predictors import create_predictor, predict_dataset
+
+    model, spec = load_model_dir(model_dir)
+    on_dev = create_predictor("torch", model_dir, device=device)
+    on_cpu = create_predictor("torch", model_dir, device="cpu")
+    a = predict_dataset(on_dev, test, spec, 256, desc=f"torch {device}")
+    b = predict_dataset(on_cpu, test, spec, 256, desc="torch cpu")
+    return {f"torch_{device}": evaluate(on_dev, test, spec, form=f"torch_{device}")["overall"],
+            "torch_cpu": evaluate(on_cpu, test, spec, form="torch_cpu")["overall"],
+            "argmax_agreement": float((a.argmax(1) == b.argmax(1)).mean()),
+            "max_abs_logit_diff": float(np.abs(a - b).max()), "params": int(sum(p.numel() for p in model.parameters()))}
+
+
+def pseudo_labels_on(device: str, model_dir: Path, unlabeled, labeled) -> dict:
+    """Self-training's teacher on ``device`` (TTA, caps); the pool's hidden labels only score the result."""
+    from waferflow.train.selftrain import pseudo_label
+
+    t0 = time.perf_counter()
+    _, report = pseudo_label(model_dir, unlabeled, labeled, threshold=0.9, device=device)
+    return {**{k: report.get(k) for k in ("engine", "kept", "unlabeled_maps", "tta_views", "pseudo_label_accuracy")},
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def tensorrt_part(model_dir: Path, out: Path, train, test, iters: int) -> dict:
+    """TensorRT engines (FP16 from model.onnx, INT8 from the QDQ model), evaluated and timed; or why not."""
+    from waferflow.export import bench_latency, compile_trt
+
+    res = compile_trt(out / "export", out / "trt", precision="both", calib_ds=train, eval_ds=test, bench=False)
+    if not res["status"].startswith("built"):
+        return {"status": res["status"], "reason": res.get("reason")}
+    latency = bench_latency(model_dir, out / "export", threads=2, iters=iters, trt_dir=out / "trt")
+    return {"status": res["status"], "tensorrt": res["engines"]["fp16"].get("tensorrt_version"),
+            "engines": {p: {k: e.get(k) for k in ("engine", "source_onnx", "qdq", "build_seconds", "size_bytes")}
+                        for p, e in res["engines"].items()},
+            "metrics": res.get("metrics"),
+            "latency": {k: {m: v.get(m) for m in ("p50_ms", "p99_ms", "throughput_maps_per_s", "skipped")}
+                        for k, v in latency["forms"].items()}}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="gpu_check_out")
+    ap.add_argument("--n", type=int, default=6000, help="synthetic maps to generate (train/val/test split)")
+    ap.add_argument("--steps", type=int, default=600, help="optimizer steps of the device training")
+    ap.add_argument("--cpu-steps", type=int, default=60, help="steps of the CPU baseline training (0: none)")
+    ap.add_argument("--device", default="cuda", help="cuda (default) or cpu (a rehearsal without a GPU)")
+    ap.add_argument("--weights", default="offline")
+    ap.add_argument("--iters", type=int, default=200, help="timed single-map calls per form")
+    return ap.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", help="an existing model dir (default: build one quickly)")
-    ap.add_argument("--out", default="gpu_check_out")
-    ap.add_argument("--n", type=int, default=3000, help="synthetic maps to generate (train/val/test split)")
-    ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--weights", default="offline")
-    ap.add_argument("--iters", type=int, default=200)
-    args = ap.parse_args(argv)
-
-    from waferflow.export.trt import SKIP_NO_CUDA, cuda_status
-
-    ok, why = cuda_status()
-    if not ok:
-        print(json.dumps({"status": SKIP_NO_CUDA, "reason": why}))
-        return 3
-
-    import numpy as np
+    args = parse_args(argv)
     import torch
 
-    from waferflow.data.synth import generate
-    from waferflow.evaluation import evaluate
-    from waferflow.export import bench_latency, compile_trt, export_onnx
-    from waferflow.models import load_model_dir
-    from waferflow.predictors import create_predictor
+    from waferflow.export import export_onnx
+    from waferflow.host import describe_host
 
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print(json.dumps({"status": "skipped: no CUDA device", "reason": "torch.cuda.is_available() is False"}))
+        return 3
     t0 = time.perf_counter()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    ds = generate(args.n, size=64, seed=0)
-    idx = np.random.default_rng(0).permutation(len(ds))
-    n_tr, n_va = int(0.7 * len(ds)), int(0.1 * len(ds))
-    train, val, test = ds.subset(idx[:n_tr]), ds.subset(idx[n_tr:n_tr + n_va]), ds.subset(idx[n_tr + n_va:])
-    model_dir = Path(args.model) if args.model else quick_model(out / "model", train, val, args.epochs, args.weights)
-    t_model = time.perf_counter() - t0
-
+    train, val, test = split(args.n, 64)
+    result: dict = {"status": "ok", "device": args.device, "host": describe_host(args.device),
+                    "torch": torch.__version__, "n_train_val_test": [len(train), len(val), len(test)]}
+    result["training"] = train_on(args.device, args.steps, train, val, out / "model", args.weights)
+    if args.cpu_steps and args.device != "cpu":
+        base = train_on("cpu", args.cpu_steps, train, val, out / "model_cpu", args.weights)
+        result["training_cpu_baseline"] = base
+        result["training_speedup_maps_per_s"] = round(
+            result["training"]["throughput_maps_per_s"] / max(base["throughput_maps_per_s"], 1e-9), 1)
+    model_dir = out / "model"
+    result["evaluation"] = device_vs_cpu(model_dir, test, args.device)
+    result["pseudo_labels"] = pseudo_labels_on(args.device, model_dir, test, train)
     export = export_onnx(model_dir, out / "export", calib_ds=train, parity_ds=test, calibration_maps=256)
-    trt_res = compile_trt(out / "export", out / "trt", precision="both", calib_ds=train, eval_ds=test,
-                          calibration_maps=512, bench=False)
-    model, spec = load_model_dir(model_dir)
-    metrics = {
-        "torch_cuda": evaluate(create_predictor("torch", model, device="cuda"), test, spec, form="torch_cuda")["overall"],
-        "onnx_fp32_cpu": export["metrics"]["onnx_fp32"],
-        "onnx_int8_cpu": export["int8"]["metrics"],
-        **(trt_res.get("metrics") or {}),
-    }
-    try:
-        metrics["onnx_fp32_cuda"] = evaluate(create_predictor("onnx_fp32", out / "export", device="cuda"),
-                                             test, spec, form="onnx_fp32_cuda")["overall"]
-    except Exception as e:  # onnxruntime-gpu may be absent from the image; say so instead of hiding it
-        metrics["onnx_fp32_cuda"] = {"error": f"{type(e).__name__}: {e}"[:300]}
-    latency = bench_latency(model_dir, out / "export", threads=2, iters=args.iters, trt_dir=out / "trt")
-    result = {
-        "status": "ok", "device": torch.cuda.get_device_name(0), "tensorrt": trt_res["engines"]["fp16"].get(
-            "tensorrt_version"), "n_test": len(test), "model_seconds": round(t_model, 1),
-        "parity": export["parity"], "int8_onnx": {k: export["int8"][k] for k in ("method", "accuracy_drop")},
-        "engines": {p: {k: e.get(k) for k in ("engine", "build_seconds", "size_bytes", "calibration")}
-                    for p, e in trt_res["engines"].items()},
-        "metrics": metrics,
-        "trt_accuracy_drop_vs_torch": {k: metrics["torch_cuda"]["accuracy"] - v["accuracy"]
-                                       for k, v in metrics.items() if k.startswith("tensorrt_")},
-        "latency": {k: {m: v.get(m) for m in ("p50_ms", "p99_ms", "throughput_maps_per_s", "size_bytes", "skipped")}
-                    for k, v in latency["forms"].items()},
-        "seconds": round(time.perf_counter() - t0, 1),
-    }
-    # second build reuses the INT8 calibration cache written beside the engine
-    again = compile_trt(out / "export", out / "trt", precision="int8", calib_ds=None, bench=False)
-    result["int8_rebuild_from_cache"] = again["engines"]["int8"].get("calibration")
-    print(json.dumps(result, indent=2))
+    result["export"] = {"parity": export["parity"], "onnx_fp32": export["metrics"]["onnx_fp32"],
+                        "int8": {k: export["int8"].get(k) for k in ("method", "format", "accuracy_drop")}}
+    result["tensorrt"] = tensorrt_part(model_dir, out, train, test, args.iters)
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    text = json.dumps(result, indent=2, default=str)
+    (out / "gpu_check.json").write_text(text)
+    print(text)
     return 0
 
 
