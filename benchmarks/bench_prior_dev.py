@@ -74,10 +74,16 @@ def _shift_of(model_dir: Path, labels: np.ndarray) -> tuple[list[float], str]:
 def _view_logits(model_dir: Path, ds) -> np.ndarray:
     """float32 [views, N, K]: the model's logits for every TTA view of every map of ``ds`` (torch)."""
     from waferflow.models import load_model_dir
+
+    model, spec = load_model_dir(model_dir)
+    return view_logits(model, spec, ds)
+
+
+def view_logits(model, spec, ds) -> np.ndarray:
+    """float32 [views, N, K]: ``model``'s logits for every TTA view of ``spec``'s symmetries, every map of ``ds``."""
     from waferflow.predictors import batches_for, torch_predictor, tta_predictor
     from waferflow.train.augment import model_symmetries
 
-    model, spec = load_model_dir(model_dir)
     base, seen = torch_predictor(model), []
     predict = tta_predictor(lambda x: seen.append(base(x)) or seen[-1], model_symmetries(spec))
     out = np.empty((len(predict.views), len(ds), spec.num_classes), np.float32)

@@ -93,3 +93,27 @@ def test_the_variety_benchmark_refuses_a_kept_source_model_of_another_recipe(tmp
     (tmp_path / "variant.recipe.json").unlink()  # a model without its recipe is refused too
     with pytest.raises(SystemExit, match="another recipe"):
         _source(get_profile("real"), tmp_path, "variant")
+
+
+def test_the_none_shift_benchmark_scores_the_deployed_mean_probability_and_moves_only_none():
+    """b = 0 is the mean probability over members and views; a negative b only takes maps away from 'none'."""
+    from types import SimpleNamespace
+
+    from benchmarks.bench_none_bias import shifted_scores
+
+    names = ("Loc", "Scratch", "none")
+    labels = np.array([0, 1, 2, 2, 0, 1])
+    ds = SimpleNamespace(labels=labels, class_names=names)
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(2, 3, len(labels), 3))  # members, views, maps, classes
+    logits[..., 2] += 1.5  # a model that leans to 'none'
+    prob = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    plain = prob.mean(axis=(0, 1)).argmax(1)
+    at0 = shifted_scores(logits, ds, 2, 0.0)
+    assert at0["accuracy"] == round(float((plain == labels).mean()), 4)
+    far = shifted_scores(logits, ds, 2, -50.0)
+    assert far["recall"]["none"] == 0.0  # nothing is called none any more
+    z = logits.copy()
+    z[..., 2] = -np.inf
+    rest = (np.exp(z) / np.exp(z).sum(-1, keepdims=True)).mean(axis=(0, 1)).argmax(1)
+    assert far["accuracy"] == round(float((rest == labels).mean()), 4)  # the others keep their order
