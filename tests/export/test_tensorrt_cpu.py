@@ -93,7 +93,17 @@ def _with_int8(tiny, dst, **kw):
     shutil.copytree(tiny["export_dir"], dst)
     calib = list(calibration_batches(tiny["train"], read_spec(tiny["model_dir"]), 64, batch_size=32))
     quantize_int8(dst / "model.onnx", dst / "model.int8.onnx", calib, **kw)
+    _relist(dst)
     return dst
+
+
+def _relist(export) -> None:
+    """Record the export dir's model.int8.onnx in its export.json (as a re-export would)."""
+    from waferflow.export import sha256_file
+
+    info = json.loads((export / "export.json").read_text())
+    info["sha256"]["model.int8.onnx"] = sha256_file(export / "model.int8.onnx")
+    (export / "export.json").write_text(json.dumps(info))
 
 
 def test_symmetric_int8_export_keeps_its_quantization_for_tensorrt(tiny, tmp_path, monkeypatch):
@@ -133,6 +143,7 @@ def test_symmetric_int8_export_keeps_its_quantization_for_tensorrt(tiny, tmp_pat
     export = tmp_path / "export"
     shutil.copytree(tiny["export_dir"], export)
     shutil.copy(made, export / "model.int8.onnx")
+    _relist(export)
     calls.clear()
     res = trt.compile_trt(export, out, precision="int8", calib_ds=None, bench=False)
     assert calls == [("int8", "model.int8.onnx")] and res["engines"]["int8"]["qdq"].startswith("export:")
@@ -178,9 +189,25 @@ def test_unusable_int8_without_calibration_maps_is_an_error(tiny, tmp_path, monk
     with pytest.raises(DataError, match="--calib"):
         trt.compile_trt(export, tmp_path / "t", precision="int8", calib_ds=None, bench=False)
     assert calls == [] and not (tmp_path / "t" / trt.TRT_INT8_NAME).exists()
-    (export / "model.int8.onnx").unlink()
-    with pytest.raises(DataError, match="missing"):
-        trt.compile_trt(export, tmp_path / "t", precision="int8", calib_ds=None, bench=False)
+    # both precisions: the INT8 source is settled before the FP16 engine is built, so nothing is built at all
+    (tmp_path / "t").mkdir(exist_ok=True)
+    (tmp_path / "t" / "model.fp16.engine").write_bytes(b"an earlier run's")
+    with pytest.raises(DataError, match="--calib"):
+        trt.compile_trt(export, tmp_path / "t", precision="both", calib_ds=None, bench=False)
+    assert calls == [] and not (tmp_path / "t" / "model.fp16.engine").exists(), "no engine of an earlier run stays"
+
+
+def test_an_int8_model_that_is_not_the_exports_is_refused(tiny, tmp_path, monkeypatch):
+    from waferflow.errors import ModelFormatError
+
+    export = tmp_path / "export"
+    shutil.copytree(tiny["export_dir"], export)
+    (export / "model.int8.onnx").write_bytes((export / "model.int8.onnx").read_bytes()[:-10])
+    calls: list = []
+    _fake_builder(monkeypatch, calls)
+    with pytest.raises(ModelFormatError, match="sha256"):
+        trt.compile_trt(export, tmp_path / "t", precision="int8", calib_ds=tiny["train"], bench=False)
+    assert calls == []
 
 
 def test_qdq_check_names_what_rules_a_model_out(tiny, tmp_path):
@@ -194,6 +221,45 @@ def test_qdq_check_names_what_rules_a_model_out(tiny, tmp_path):
     zp.CopyFrom(onnx.numpy_helper.from_array(np.full(onnx.numpy_helper.to_array(zp).shape, 3, np.int8), zp.name))
     assert "non-zero zero point" in trt.tensorrt_qdq_problem(m)
     assert "no QuantizeLinear" in trt.tensorrt_qdq_problem(tiny["export_dir"] / "model.onnx")
+
+
+def _qdq_graph(q_zero_point: bool, dq_zero_point: bool):
+    """x -> QuantizeLinear -> DequantizeLinear -> Conv(DQ(int8 weight), DQ(int32 bias)); the weight's and the
+    bias's DequantizeLinear share one scale tensor."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [numpy_helper.from_array(np.array(0.1, np.float32), "s"),
+             numpy_helper.from_array(np.array(0, np.int8), "zp8"),
+             numpy_helper.from_array(np.ones((2, 1, 1, 1), np.int8), "w_q"),
+             numpy_helper.from_array(np.array([0.5, 0.5], np.float32), "ws"),
+             numpy_helper.from_array(np.array([10, -20], np.int32), "b_q")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s"] + (["zp8"] if q_zero_point else []), ["xq"], name="q"),
+             helper.make_node("DequantizeLinear", ["xq", "s"] + (["zp8"] if q_zero_point else []), ["xd"], name="dq"),
+             helper.make_node("DequantizeLinear", ["w_q", "ws"] + (["zp8"] if dq_zero_point else []), ["w"],
+                              axis=0, name="dqw"),
+             helper.make_node("DequantizeLinear", ["b_q", "ws"], ["b"], axis=0, name="dqb"),
+             helper.make_node("Conv", ["xd", "w", "b"], ["y"], name="conv")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 2, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 2, 2])], inits)
+    return onnx.helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+
+
+def test_folding_keeps_shared_tensors_and_the_check_reads_zero_points_right():
+    from onnx import numpy_helper
+
+    m = _qdq_graph(q_zero_point=True, dq_zero_point=False)
+    assert "INT32" in trt.tensorrt_qdq_problem(m)
+    assert trt.fold_int32_biases(m) == 1
+    names = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    np.testing.assert_allclose(names["b"], [5.0, -10.0])  # (x - 0) * scale, per axis
+    assert "ws" in names and "b_q" not in names, "the shared scale stays, the folded INT32 tensor goes"
+    # INT8 weights dequantized with no zero point are symmetric INT8: accepted
+    assert trt.tensorrt_qdq_problem(m) is None
+    # a QuantizeLinear with no zero point quantizes to UINT8: refused, and the message says so
+    m = _qdq_graph(q_zero_point=False, dq_zero_point=True)
+    trt.fold_int32_biases(m)
+    assert "no zero point" in trt.tensorrt_qdq_problem(m)
 
 
 def test_metadata_layout(tiny):

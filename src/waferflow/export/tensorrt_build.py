@@ -3,8 +3,9 @@
 
 Imported only when a CUDA device and the ``tensorrt`` package exist (see ``trt.trt_skip``). INT8 is explicit
 quantization: the network comes from a Q/DQ ONNX model (``trt.int8_qdq_source``) and is built strongly typed, so
-the Q/DQ pairs alone decide what runs in INT8; no calibrator (TensorRT 10 deprecates implicit calibration). FP16
-builds ``model.onnx`` with FP16 kernels allowed. Everything around this module is tested on the CPU.
+the Q/DQ pairs alone decide what runs in INT8 and the rest runs in the model's FP32; no calibrator (TensorRT 10
+deprecates implicit calibration). FP16 builds ``model.onnx`` with the FP16 builder flag (deprecated too since
+TensorRT 10.12, still supported by the pinned 10.13). Everything around this module is tested on the CPU.
 """
 
 from __future__ import annotations

@@ -50,14 +50,14 @@ def parse_precisions(precision: str) -> tuple[str, ...]:
     raise ConfigError(f"precision must be fp16, int8 or both, got {precision!r}")
 
 
-def trt_metadata(source_onnx: Path, precision: str, profile: tuple[int, int, int], onnx_meta: dict,
+def trt_metadata(source_onnx: Path | None, precision: str, profile: tuple[int, int, int], onnx_meta: dict,
                  engine_file: str | None, status: str, extra: dict | None = None) -> dict:
     """The JSON written beside an engine (and in ``tensorrt.json``); layout is tested on CPU."""
     return {
         "status": status,
         "precision": precision,
         "engine": engine_file,
-        "source_onnx": str(Path(source_onnx).resolve()),
+        "source_onnx": str(Path(source_onnx).resolve()) if source_onnx is not None else None,
         "input": "input", "output": "logits",
         "profile": {"min": [profile[0]], "opt": [profile[1]], "max": [profile[2]], "axis": "batch"},
         "class_names": onnx_meta.get("class_names"),
@@ -70,15 +70,19 @@ def trt_metadata(source_onnx: Path, precision: str, profile: tuple[int, int, int
     }
 
 
-def _export_fp32_nodes(export_dir: Path) -> list[str]:
-    """The layers the export kept in FP32 (its accuracy-sensitive ones), from ``export.json``; [] if unknown."""
+def _export_int8(export_dir: Path) -> dict:
+    """``export.json``'s ``int8`` record (FP32 layers, ``reduce_range``, ...); {} if unknown."""
     from waferflow.export.exporter import EXPORT_JSON
 
     try:
-        info = json.loads((export_dir / EXPORT_JSON).read_text())
-        return list(((info.get("int8") or {}).get("fp32_layers") or {}).get("nodes") or [])
-    except (OSError, ValueError, AttributeError):
-        return []
+        return dict(json.loads((export_dir / EXPORT_JSON).read_text()).get("int8") or {})
+    except (OSError, ValueError, AttributeError, TypeError):
+        return {}
+
+
+def _export_fp32_nodes(export_dir: Path) -> list[str]:
+    """The layers the export kept in FP32 (its accuracy-sensitive ones); [] if unknown."""
+    return list((_export_int8(export_dir).get("fp32_layers") or {}).get("nodes") or [])
 
 
 def int8_qdq_source(export_dir: Path, out_dir: Path, calib_ds: WaferDataset | None, spec: Any,
@@ -104,12 +108,14 @@ def int8_qdq_source(export_dir: Path, out_dir: Path, calib_ds: WaferDataset | No
         model = onnx.load(str(given))
         folded = fold_int32_biases(model)
         problem = tensorrt_qdq_problem(model)
+        bits = "7-bit" if _export_int8(export_dir).get("reduce_range") else "8-bit"
         if problem is None and not folded:
-            return given, f"export: {INT8_NAME} as written (symmetric INT8 Q/DQ)"
+            return given, f"export: {INT8_NAME} as written (symmetric INT8 Q/DQ, {bits} weights)"
         if problem is None:
             out_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(dst, model.SerializeToString())
-            return dst, f"export: {INT8_NAME} with its {folded} INT32 bias dequantizations folded into FP32 biases"
+            return dst, (f"export: {INT8_NAME} ({bits} weights, the quantization its CPU INT8 model was gated with) "
+                         f"with its {folded} INT32 bias dequantizations folded into FP32 biases")
     if calib_ds is None:
         raise DataError(f"the INT8 engine is built from a Q/DQ model, and {INT8_NAME} cannot be used ({problem}); "
                         "pass calibration maps of the training split (--calib TRAIN.npz) to quantize one for "
@@ -135,8 +141,8 @@ def _skipped(export_dir: Path, out_dir: Path, precisions: tuple[str, ...], profi
              onnx_meta: dict, status: str, why: str) -> dict:
     """Record the skip in ``out_dir/tensorrt.json``; no engine file is written."""
     result = {"status": status, "reason": why, "precisions": list(precisions),
-              "engines": {p: trt_metadata(export_dir / FP32_NAME, p, profile, onnx_meta, None, status)
-                          for p in precisions}}
+              "engines": {p: trt_metadata(export_dir / FP32_NAME if p == "fp16" else None, p, profile, onnx_meta,
+                                          None, status) for p in precisions}}
     atomic_write_json(out_dir / TRT_JSON, result)
     log.warning("compile-trt %s (%s); no engine written", status, why)
     return result
@@ -163,11 +169,13 @@ def compile_trt(export_dir: str | os.PathLike, out_dir: str | os.PathLike, preci
         The ``tensorrt.json`` dict: ``status``, ``engines`` {precision: metadata}, optional ``metrics`` and
         ``latency``.
     """
+    from waferflow.export.exporter import verify_export_dir
     from waferflow.export.onnx_export import onnx_spec, read_onnx_metadata
 
     export_dir, out_dir = Path(export_dir), Path(out_dir)
     precisions = parse_precisions(precision)
-    onnx_meta = read_onnx_metadata(export_dir / FP32_NAME)  # fails fast on a bad export dir even when skipping
+    verify_export_dir(export_dir)  # the files are the export's (sha256): fails fast even when skipping
+    onnx_meta = read_onnx_metadata(export_dir / FP32_NAME)
     if not (profile[0] >= 1 and profile[0] <= profile[1] <= profile[2]):
         raise ConfigError(f"profile must satisfy 1 <= min <= opt <= max, got {profile}")
     skip = trt_skip()
@@ -178,11 +186,15 @@ def compile_trt(export_dir: str | os.PathLike, out_dir: str | os.PathLike, preci
     from waferflow.export.tensorrt_build import build_engine
 
     spec = onnx_spec(onnx_meta)
+    for p in precisions:  # an engine of an earlier run is never left beside this run's record
+        for stale in (out_dir / engine_name(p), (out_dir / engine_name(p)).with_suffix(".json")):
+            stale.unlink(missing_ok=True)
+    # every source before any build: a missing INT8 source fails before minutes of FP16 building
+    sources = {p: ((export_dir / FP32_NAME, "export: FP32 with FP16 kernels allowed") if p == "fp16"
+                   else int8_qdq_source(export_dir, out_dir, calib_ds, spec, calibration_maps)) for p in precisions}
     engines: dict[str, dict] = {}
     metrics: dict[str, dict] = {}
-    for p in precisions:
-        source, how = ((export_dir / FP32_NAME, "export: FP32 with FP16 kernels allowed") if p == "fp16"
-                       else int8_qdq_source(export_dir, out_dir, calib_ds, spec, calibration_maps))
+    for p, (source, how) in sources.items():
         engine_path = out_dir / engine_name(p)
         info = build_engine(source, engine_path, p, profile)
         meta = trt_metadata(source, p, profile, onnx_meta, engine_path.name, "built", {**info, "qdq": how})

@@ -51,9 +51,19 @@ def tensorrt_qdq_problem(model_or_path: Any) -> str | None:
         return "it holds no QuantizeLinear/DequantizeLinear nodes"
     inits = {t.name: t for t in model.graph.initializer}
     for n in qdq:
-        zp = inits.get(n.input[2]) if len(n.input) > 2 and n.input[2] else None
+        zp_name = n.input[2] if len(n.input) > 2 else ""
+        if zp_name and zp_name not in inits:
+            return f"{n.op_type} {n.name!r} takes its zero point from {zp_name!r}, not a constant initializer"
+        zp = inits.get(zp_name)
+        x = inits.get(n.input[0]) if n.op_type == "DequantizeLinear" else None
+        if x is not None and x.data_type != onnx.TensorProto.INT8:
+            dtype = onnx.TensorProto.DataType.Name(x.data_type)
+            return f"{n.op_type} {n.name!r} dequantizes {dtype}; TensorRT's Q/DQ needs INT8"
         if zp is None:
-            return f"{n.op_type} {n.name!r} has no constant zero point (UINT8 by default in ONNX)"
+            if x is not None:
+                continue  # INT8 weights with no zero point: symmetric, as TensorRT needs
+            return (f"{n.op_type} {n.name!r} has no zero point: its quantized type is then UINT8 (QuantizeLinear) or "
+                    "that of its input (DequantizeLinear), and TensorRT needs INT8")
         if zp.data_type != onnx.TensorProto.INT8:
             dtype = onnx.TensorProto.DataType.Name(zp.data_type)
             return f"{n.op_type} {n.name!r} quantizes to {dtype}; TensorRT's Q/DQ needs INT8"
@@ -66,8 +76,10 @@ def fold_int32_biases(model: Any) -> int:
     """Replace each DequantizeLinear of a constant INT32 tensor (onnxruntime's quantized conv/gemm biases) by the
     FP32 constant it computes, ``(x - zero_point) * scale``, in place; returns how many were folded.
 
-    TensorRT adds biases in floating point and takes INT8 Q/DQ only; the values are exactly those onnxruntime's
-    INT8 model dequantizes, so the activation and weight quantization of the export's model is kept as it is.
+    TensorRT adds biases in floating point and takes INT8 Q/DQ only; the values are those onnxruntime's INT8 model
+    dequantizes (to float32 rounding), so the activation and weight quantization of the export's model is kept as
+    it is. A node whose scale or zero point is not a constant initializer is left alone (the Q/DQ check then names
+    it). The folded nodes' own inputs are removed only when nothing else in the graph uses them.
     """
     import numpy as np
     import onnx
@@ -77,7 +89,7 @@ def fold_int32_biases(model: Any) -> int:
     folded = []
     for n in model.graph.node:
         x = inits.get(n.input[0]) if n.op_type == "DequantizeLinear" else None
-        if x is None or x.data_type != onnx.TensorProto.INT32:
+        if x is None or x.data_type != onnx.TensorProto.INT32 or any(i and i not in inits for i in n.input[1:]):
             continue
         q = numpy_helper.to_array(x).astype(np.float64)
         scale = numpy_helper.to_array(inits[n.input[1]]).astype(np.float64)
@@ -88,13 +100,28 @@ def fold_int32_biases(model: Any) -> int:
             shape = [1] * q.ndim
             shape[axis] = -1
             scale, zp = scale.reshape(shape), zp.reshape(shape)
-        value = ((q - zp) * scale).astype(np.float32)
-        model.graph.initializer.append(numpy_helper.from_array(value, n.output[0]))
+        model.graph.initializer.append(numpy_helper.from_array(((q - zp) * scale).astype(np.float32), n.output[0]))
         folded.append(n)
     for n in folded:
         model.graph.node.remove(n)
-    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
-    keep = [t for t in model.graph.initializer if t.name in used]
+    _drop_unused(model, {i for n in folded for i in n.input if i})
+    return len(folded)
+
+
+def _names_used(graph: Any) -> set[str]:
+    """Every tensor name a node of ``graph`` or of its subgraphs reads, and its inputs and outputs."""
+    used = {i.name for i in graph.input} | {o.name for o in graph.output}
+    for n in graph.node:
+        used.update(n.input)
+        for a in n.attribute:
+            for g in [a.g] if a.HasField("g") else list(a.graphs):
+                used |= _names_used(g)
+    return used
+
+
+def _drop_unused(model: Any, candidates: set[str]) -> None:
+    """Remove the initializers named in ``candidates`` that nothing in the model uses any more."""
+    gone = candidates - _names_used(model.graph)
+    keep = [t for t in model.graph.initializer if t.name not in gone]
     del model.graph.initializer[:]
     model.graph.initializer.extend(keep)
-    return len(folded)
