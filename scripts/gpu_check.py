@@ -57,24 +57,23 @@ def train_on(device: str, steps: int, train, val, out: Path, weights: str) -> di
             "throughput_maps_per_s": round(res.throughput_maps_per_s, 1),
             "val_accuracy": round(res.best_val["accuracy"], 4), "val_macro_f1": round(res.best_val["macro_f1"], 4),
             "adapt_bn": res.spec.extra.get("train", {}).get("adapt_bn"),
-            "host": res.spec.extra.get("train", {}).get("host"), "model_dir": str(res.model_dir)}
+            "model_dir": str(res.model_dir)}
 
 
 def device_vs_cpu(model_dir: Path, test, device: str) -> dict:
-    """The same weights evaluated with torch on ``device`` and on the CPU: metrics and agreement."""
+    """The same weights run with torch on ``device`` and on the CPU: metrics of each and their agreement."""
     import numpy as np
 
-    from waferflow.evaluation import evaluate
+    from waferflow.evaluation import metrics_from_logits
     from waferflow.models import load_model_dir
     from waferflow.predictors import create_predictor, predict_dataset
 
     model, spec = load_model_dir(model_dir)
-    on_dev = create_predictor("torch", model_dir, device=device)
-    on_cpu = create_predictor("torch", model_dir, device="cpu")
-    a = predict_dataset(on_dev, test, spec, 256, desc=f"torch {device}")
-    b = predict_dataset(on_cpu, test, spec, 256, desc="torch cpu")
-    return {f"torch_{device}": evaluate(on_dev, test, spec, form=f"torch_{device}")["overall"],
-            "torch_cpu": evaluate(on_cpu, test, spec, form="torch_cpu")["overall"],
+    logits = {d: predict_dataset(create_predictor("torch", model_dir, device=d), test, spec, 256, desc=f"torch {d}")
+              for d in dict.fromkeys((device, "cpu"))}
+    a, b = logits[device], logits["cpu"]
+    return {**{f"torch_{d}": metrics_from_logits(test.labels, z, list(spec.class_names))["overall"]
+               for d, z in logits.items()},
             "argmax_agreement": float((a.argmax(1) == b.argmax(1)).mean()),
             "max_abs_logit_diff": float(np.abs(a - b).max()), "params": int(sum(p.numel() for p in model.parameters()))}
 

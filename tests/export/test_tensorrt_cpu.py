@@ -43,8 +43,8 @@ def test_real_environment_without_cuda_skips(tiny, tmp_path):
 
     if torch.cuda.is_available():
         pytest.skip("this checks the real no-CUDA path; a CUDA machine runs scripts/gpu_check.py instead")
-    ok, why = trt.cuda_status()
-    assert not ok and why
+    status, why = trt.trt_skip()
+    assert status == trt.SKIP_NO_CUDA and why
     res = trt.compile_trt(tiny["export_dir"], tmp_path / "t")
     assert res["status"] == trt.SKIP_NO_CUDA and not list((tmp_path / "t").glob("*.engine"))
 
@@ -281,6 +281,6 @@ def test_tensorrt_predictor_refuses_without_cuda(tmp_path, monkeypatch):
     from waferflow.errors import ConfigError
     from waferflow.predictors import tensorrt as trt_predictor
 
-    monkeypatch.setattr(trt_predictor, "cuda_status", lambda: (False, "torch.cuda.is_available() is False"))
+    monkeypatch.setattr(trt_predictor, "trt_skip", lambda: (trt_predictor.SKIP_NO_CUDA, "torch.cuda.is_available() is False"))
     with pytest.raises(ConfigError, match="CUDA"):
         trt_predictor.tensorrt_predictor(tmp_path / "model.fp16.engine")

@@ -9,7 +9,6 @@ CUDA device and the ``tensorrt`` package are both present.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
@@ -24,7 +23,6 @@ from waferflow.errors import ConfigError, DataError
 from waferflow.export.trt_common import (  # noqa: F401  (re-exported: the public names of the TensorRT path)
     SKIP_NO_CUDA,
     SKIP_NO_TENSORRT,
-    cuda_status,
     fold_int32_biases,
     load_engine_bytes,
     tensorrt_qdq_problem,
@@ -70,23 +68,8 @@ def trt_metadata(source_onnx: Path | None, precision: str, profile: tuple[int, i
     }
 
 
-def _export_int8(export_dir: Path) -> dict:
-    """``export.json``'s ``int8`` record (FP32 layers, ``reduce_range``, ...); {} if unknown."""
-    from waferflow.export.exporter import EXPORT_JSON
-
-    try:
-        return dict(json.loads((export_dir / EXPORT_JSON).read_text()).get("int8") or {})
-    except (OSError, ValueError, AttributeError, TypeError):
-        return {}
-
-
-def _export_fp32_nodes(export_dir: Path) -> list[str]:
-    """The layers the export kept in FP32 (its accuracy-sensitive ones); [] if unknown."""
-    return list((_export_int8(export_dir).get("fp32_layers") or {}).get("nodes") or [])
-
-
 def int8_qdq_source(export_dir: Path, out_dir: Path, calib_ds: WaferDataset | None, spec: Any,
-                    calibration_maps: int = 512) -> tuple[Path, str]:
+                    calibration_maps: int = 512, export_int8: dict | None = None) -> tuple[Path, str]:
     """``(Q/DQ ONNX file, how it was obtained)`` for the INT8 engine.
 
     The export's ``model.int8.onnx`` when it has symmetric INT8 activations (``int8_format`` s8s8): as it is, or,
@@ -94,7 +77,8 @@ def int8_qdq_source(export_dir: Path, out_dir: Path, calib_ds: WaferDataset | No
     into FP32 (:func:`fold_int32_biases`; the same activation and weight quantization). Otherwise (an export made on a
     VNNI CPU quantizes activations to asymmetric UINT8; a dynamic fallback has no Q/DQ pairs) ``model.onnx``
     quantized for TensorRT into the same file: symmetric INT8 activations, 8-bit per-channel weights, FP32 biases,
-    calibrated on ``calibration_maps`` maps of ``calib_ds``, the export's FP32 layers kept.
+    calibrated on ``calibration_maps`` maps of ``calib_ds``, the export's FP32 layers kept. ``export_int8`` is
+    ``export.json``'s ``int8`` record (its ``reduce_range`` and ``fp32_layers``).
 
     Raises:
         DataError: the export's INT8 model cannot be used and no calibration maps were given.
@@ -108,7 +92,7 @@ def int8_qdq_source(export_dir: Path, out_dir: Path, calib_ds: WaferDataset | No
         model = onnx.load(str(given))
         folded = fold_int32_biases(model)
         problem = tensorrt_qdq_problem(model)
-        bits = "7-bit" if _export_int8(export_dir).get("reduce_range") else "8-bit"
+        bits = "7-bit" if (export_int8 or {}).get("reduce_range") else "8-bit"
         if problem is None and not folded:
             return given, f"export: {INT8_NAME} as written (symmetric INT8 Q/DQ, {bits} weights)"
         if problem is None:
@@ -120,11 +104,13 @@ def int8_qdq_source(export_dir: Path, out_dir: Path, calib_ds: WaferDataset | No
         raise DataError(f"the INT8 engine is built from a Q/DQ model, and {INT8_NAME} cannot be used ({problem}); "
                         "pass calibration maps of the training split (--calib TRAIN.npz) to quantize one for "
                         "TensorRT, or build only fp16 (--precision fp16)")
-    _quantize_for_tensorrt(export_dir, dst, calib_ds, spec, calibration_maps)
+    fp32_nodes = list(((export_int8 or {}).get("fp32_layers") or {}).get("nodes") or [])
+    _quantize_for_tensorrt(export_dir, dst, calib_ds, spec, calibration_maps, fp32_nodes)
     return dst, f"requantized for TensorRT: symmetric INT8 activations, 8-bit weights ({INT8_NAME}: {problem})"
 
 
-def _quantize_for_tensorrt(export_dir: Path, dst: Path, calib_ds: WaferDataset, spec: Any, n_maps: int) -> None:
+def _quantize_for_tensorrt(export_dir: Path, dst: Path, calib_ds: WaferDataset, spec: Any, n_maps: int,
+                           fp32_nodes: list[str]) -> None:
     """``model.onnx`` -> ``dst``: static Q/DQ with symmetric INT8 activations, FP32 biases (written atomically)."""
     from waferflow.export.quantize import calibration_batches, preprocess_for_quant, static_qdq
 
@@ -133,7 +119,7 @@ def _quantize_for_tensorrt(export_dir: Path, dst: Path, calib_ds: WaferDataset, 
     with tempfile.TemporaryDirectory(prefix=".wf-trt-qdq-", dir=dst.parent) as td:
         pre = preprocess_for_quant(export_dir / FP32_NAME, Path(td) / "pre.onnx")
         static_qdq(pre, Path(td) / dst.name, calib, "minmax", reduce_range=False,
-                   fp32_nodes=_export_fp32_nodes(export_dir), int8_format="s8s8", quantize_bias=False)
+                   fp32_nodes=fp32_nodes, int8_format="s8s8", quantize_bias=False)
         os.replace(Path(td) / dst.name, dst)
 
 
@@ -174,7 +160,7 @@ def compile_trt(export_dir: str | os.PathLike, out_dir: str | os.PathLike, preci
 
     export_dir, out_dir = Path(export_dir), Path(out_dir)
     precisions = parse_precisions(precision)
-    verify_export_dir(export_dir)  # the files are the export's (sha256): fails fast even when skipping
+    info = verify_export_dir(export_dir)  # the files are the export's (sha256): fails fast even when skipping
     onnx_meta = read_onnx_metadata(export_dir / FP32_NAME)
     if not (profile[0] >= 1 and profile[0] <= profile[1] <= profile[2]):
         raise ConfigError(f"profile must satisfy 1 <= min <= opt <= max, got {profile}")
@@ -191,7 +177,8 @@ def compile_trt(export_dir: str | os.PathLike, out_dir: str | os.PathLike, preci
             stale.unlink(missing_ok=True)
     # every source before any build: a missing INT8 source fails before minutes of FP16 building
     sources = {p: ((export_dir / FP32_NAME, "export: FP32 with FP16 kernels allowed") if p == "fp16"
-                   else int8_qdq_source(export_dir, out_dir, calib_ds, spec, calibration_maps)) for p in precisions}
+                   else int8_qdq_source(export_dir, out_dir, calib_ds, spec, calibration_maps,
+                                        info.get("int8") or {})) for p in precisions}
     engines: dict[str, dict] = {}
     metrics: dict[str, dict] = {}
     for p, (source, how) in sources.items():

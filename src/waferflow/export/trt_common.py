@@ -13,7 +13,6 @@ from typing import Any
 from waferflow.predictors.tensorrt import (  # noqa: F401  (re-exported)
     SKIP_NO_CUDA,
     SKIP_NO_TENSORRT,
-    cuda_status,
     load_engine_bytes,
     trt_skip,
 )

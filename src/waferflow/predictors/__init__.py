@@ -30,7 +30,6 @@ from waferflow.predictors.table import BASE_FORMS, FORMS, Form, create_predictor
 from waferflow.predictors.tensorrt import (
     SKIP_NO_CUDA,
     SKIP_NO_TENSORRT,
-    cuda_status,
     tensorrt_predictor,
     trt_skip,
 )
@@ -38,7 +37,7 @@ from waferflow.predictors.tensorrt import (
 __all__ = [
     "BASE_FORMS", "ENGINE_PRECISIONS", "FORMS", "FP32_NAME", "INT8_NAME", "SKIP_NO_CUDA", "SKIP_NO_TENSORRT",
     "SYMMETRIES", "WEIGHTS_NAME", "Form",
-    "Predictor", "batches_for", "create_predictor", "cuda_status", "engine_name", "features_and_logits",
+    "Predictor", "batches_for", "create_predictor", "engine_name", "features_and_logits",
     "form_file", "get_form", "onnx_predictor", "onnx_session", "onnxruntime_model_predictor", "penultimate_features", "predict_batches",
     "predict_dataset", "softmax", "spec_field", "tensorrt_predictor", "torch_predictor", "tta_predictor",
     "tta_views", "trt_skip",

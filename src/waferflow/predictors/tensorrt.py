@@ -32,12 +32,6 @@ def trt_skip() -> tuple[str, str] | None:
     return None
 
 
-def cuda_status() -> tuple[bool, str]:
-    """``(usable, why)``: usable only when torch sees a CUDA device and ``tensorrt`` is importable."""
-    skip = trt_skip()
-    return (True, "ok") if skip is None else (False, skip[1])
-
-
 def load_engine_bytes(path: str | os.PathLike) -> bytes:
     """Engine bytes, with a clear error for a missing or empty file."""
     p = Path(path)
@@ -53,9 +47,9 @@ def tensorrt_predictor(engine_path: str | os.PathLike):
         ConfigError: no CUDA device or no tensorrt package (never falls back to another form).
         ModelFormatError: the engine is missing or cannot be deserialized.
     """
-    ok, why = cuda_status()
-    if not ok:
-        raise ConfigError(f"a TensorRT engine needs a CUDA device and the tensorrt package: {why}; "
+    skip = trt_skip()
+    if skip is not None:
+        raise ConfigError(f"a TensorRT engine needs a CUDA device and the tensorrt package: {skip[1]}; "
                           "evaluate the ONNX forms on this machine instead")
     from waferflow.predictors.tensorrt_runner import TrtRunner
 

@@ -1,6 +1,6 @@
 """CUDA-only: a serialized TensorRT engine as a predictor (device buffers are torch CUDA tensors, no pycuda).
 
-Imported only by ``predictors.tensorrt.tensorrt_predictor`` (which reads the engine file) after ``cuda_status`` said CUDA and the ``tensorrt``
+Imported only by ``predictors.tensorrt.tensorrt_predictor`` (which reads the engine file) after ``trt_skip`` said CUDA and the ``tensorrt``
 package are both present.
 """
 
