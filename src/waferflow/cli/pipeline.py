@@ -28,7 +28,7 @@ few labels, many unlabeled maps (--set KEY=VALUE; the real profile's values in p
   train.steps=N               optimizer steps per candidate, whatever the data size (600)
   train.patience_steps=N      early stopping: steps without a validation macro-F1 gain (200)
   source.n_maps / source.map_size / source.train.epochs
-                              the synthetic source model's recipe (8000 / 64 / 6); registered once as
+                              the synthetic source model's recipe (8000 / 64 / 12); registered once as
                               wafer-source-<taxonomy> and reused by later runs; source={} turns it off
   source.synth.pattern_ranges.PATTERN.PARAM=[LO,HI]
                               the ranges the source maps' patterns are drawn from (e.g. loc.radius=[0.1,0.55];
