@@ -3,6 +3,7 @@ to fail: the data stages come from the cache and ``champion`` does not move."""
 
 import json
 import os
+import tempfile
 
 import pytest
 
@@ -16,11 +17,17 @@ EVERY_STAGE = {"data", "start_run", "split", "adapt_bn", "train", "evaluate", "s
 @pytest.mark.slow
 @pytest.mark.run_first
 @pytest.mark.timeout(1800)
-def test_tiny_pipeline_promotes_then_a_failing_gate_keeps_the_champion(tmp_path):
+def test_tiny_pipeline_promotes_then_a_failing_gate_keeps_the_champion(tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
+    system_tmp = tmp_path / "system_tmp"  # what /tmp is to a user: the run leaves nothing in it
+    system_tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(system_tmp))
+    monkeypatch.setattr(tempfile, "tempdir", None)
     profile = get_profile("tiny", ["n_maps=200"])
     r1 = run_local(profile, workdir=tmp_path / "wd")
+    # nothing per run or per task (kfp's `mktemp -d` code folders); torch's one cache folder per user may be there
+    assert [p.name for p in system_tmp.iterdir() if not p.name.startswith("torchinductor_")] == []
     ran = {s["stage"] for s in r1.stages if not s.get("cached")}
     assert EVERY_STAGE <= ran, EVERY_STAGE - ran
     assert all(s["ok"] for s in r1.stages if not s.get("cached"))

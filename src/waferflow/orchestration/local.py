@@ -15,7 +15,9 @@ import json
 import logging
 import os
 import re
+import shutil
 import sys
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -231,6 +233,12 @@ def run_local(profile: Profile, workdir: str | os.PathLike = "waferflow_runs", c
     env[STAGE_LOG_ENV] = str(run_dir / "stages.jsonl")
     env[RUN_DIR_ENV] = str(run_dir)
     env.setdefault("MPLBACKEND", os.environ.get("MPLBACKEND", "Agg"))
+    task_tmp = None
+    if runner == "subprocess":
+        # kfp's lightweight components write each task's code to `mktemp -d` and never remove it: a run would leave
+        # one folder per task in /tmp. The tasks get a temporary folder of this run's own, removed at the end.
+        task_tmp = tempfile.mkdtemp(prefix="waferflow-tasks-")
+        env["TMPDIR"] = task_tmp
     saved_env = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
@@ -241,6 +249,8 @@ def run_local(profile: Profile, workdir: str | os.PathLike = "waferflow_runs", c
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+        if task_tmp:
+            shutil.rmtree(task_tmp, ignore_errors=True)
 
 
 def _kfp_runner(runner: str, profile: Profile, wd: Path, env: dict, say) -> tuple[Any, Profile, Path]:
