@@ -160,7 +160,7 @@ def compile_trt(export_dir: str | os.PathLike, out_dir: str | os.PathLike, preci
 
     export_dir, out_dir = Path(export_dir), Path(out_dir)
     precisions = parse_precisions(precision)
-    info = verify_export_dir(export_dir)  # the files are the export's (sha256): fails fast even when skipping
+    export_record = verify_export_dir(export_dir)  # the files are the export's (sha256): fails fast even when skipping
     onnx_meta = read_onnx_metadata(export_dir / FP32_NAME)
     if not (profile[0] >= 1 and profile[0] <= profile[1] <= profile[2]):
         raise ConfigError(f"profile must satisfy 1 <= min <= opt <= max, got {profile}")
@@ -178,13 +178,13 @@ def compile_trt(export_dir: str | os.PathLike, out_dir: str | os.PathLike, preci
     # every source before any build: a missing INT8 source fails before minutes of FP16 building
     sources = {p: ((export_dir / FP32_NAME, "export: FP32 with FP16 kernels allowed") if p == "fp16"
                    else int8_qdq_source(export_dir, out_dir, calib_ds, spec, calibration_maps,
-                                        info.get("int8") or {})) for p in precisions}
+                                        export_record.get("int8") or {})) for p in precisions}
     engines: dict[str, dict] = {}
     metrics: dict[str, dict] = {}
     for p, (source, how) in sources.items():
         engine_path = out_dir / engine_name(p)
-        info = build_engine(source, engine_path, p, profile)
-        meta = trt_metadata(source, p, profile, onnx_meta, engine_path.name, "built", {**info, "qdq": how})
+        built = build_engine(source, engine_path, p, profile)
+        meta = trt_metadata(source, p, profile, onnx_meta, engine_path.name, "built", {**built, "qdq": how})
         atomic_write_json(engine_path.with_suffix(".json"), meta)
         engines[p] = meta
         if eval_ds is not None:
