@@ -11,6 +11,8 @@ baseline):
   pairing a pipeline can make without the dev maps), and of every other pair and triple, for context; the models
   include the synthetic source model (``source``: trained on synthetic maps only, never on a real label) when the
   run had one, so its zero-shot score and its pairing with the final model show what the real labels add;
+  when the final model is the source ensemble, its first member ("corrected": the model after the prior
+  correction) is scored too, so ``rule_third_member`` names the ensemble that adds the runner-up as a third member;
 - **logit adjustment**: ``logits - tau * log(train prior)``, tau chosen on the validation split (the only place a
   pipeline could choose it), then scored on the dev maps;
 - **pseudo-labels**: how many pool maps the profile's threshold and per-class cap keep, and how many are right, with
@@ -97,6 +99,8 @@ def _models(run: Path) -> tuple[dict[str, Path], list[str], Path]:
     source = _source_model(run, outs)
     if source is not None:
         models["source"] = source
+    if models["final"] != corrected_model(outs):  # the final model is the source ensemble: its first member too
+        models["corrected"] = corrected_model(outs)
     return models, ranked, outs
 
 
@@ -133,12 +137,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dev", type=Path, default=None, help="dev maps (default: WORKDIR/dev.npz, from --dev N)")
     ap.add_argument("--pool", type=Path, default=None, help="the run's pool with its hidden labels (default: "
                     "WORKDIR/pool.npz)")
+    ap.add_argument("--no-pool", action="store_true", help="skip the pseudo-label counts on the pool (the two "
+                    "slowest passes)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     models, ranked, outs = _models(a.workdir / "run")
     data = {"val": load_dataset(outs / "split-data" / "val" / "data.npz", require_labels=True),
-            "dev": load_dataset(a.dev or a.workdir / "dev.npz", require_labels=True),
-            "pool": load_dataset(a.pool or a.workdir / "pool.npz", require_labels=True)}
+            "dev": load_dataset(a.dev or a.workdir / "dev.npz", require_labels=True)}
+    if not a.no_pool:
+        data["pool"] = load_dataset(a.pool or a.workdir / "pool.npz", require_labels=True)
     train = load_dataset(outs / "split-data" / "train" / "data.npz", require_labels=True)
     if len(ranked) < 2:
         raise SystemExit(f"the run trained {len(ranked)} candidate(s); an ensemble needs a runner-up")
@@ -152,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
             res["options"]["+".join(short[n] for n in combo)] = {
                 split: _scores(data[split].labels, sum(probs[n][split] for n in combo)) for split in ("val", "dev")}
     res["rule"] = short[ranked[1]] + "+final"  # the key of that pair above
+    if "corrected" in models:  # final = corrected+source; the third member a pipeline could add: the runner-up
+        res["rule_third_member"] = "+".join(short[n] for n in models if n in (ranked[1], "source", "corrected"))
     prior = np.log(np.bincount(train.labels, minlength=len(train.class_names)) / len(train) + 1e-9)
     adj = {t: {s: _scores(data[s].labels, np.log(probs["final"][s] + 1e-12) - t * prior)
                for s in ("val", "dev")}
@@ -162,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     base = res["options"]["final"]["dev"]
     res["minus_final_on_dev"] = {k: {m: round(v["dev"][m] - base[m], 4) for m in base}
                                  for k, v in res["options"].items() if k != "final"}
+    if a.no_pool:
+        emit(res, a.out)
+        return 0
     st = load_config(SelfTrainConfig, overrides=dict(get_profile("real").self_training))
     counts = np.bincount(train.labels, minlength=len(train.class_names))
     res["pseudo_labels"] = {"teacher_model": ranked[0], "runner_up_model": ranked[1], "threshold": st.threshold,

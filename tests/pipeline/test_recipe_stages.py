@@ -47,6 +47,14 @@ def _ensemble_benchmark_reads_the_run(tmp_path):
     assert pl["pool"] == len(range(1, len(ds), 4))
     for who in ("teacher", "teacher+runner_up"):
         assert 0 <= pl[who]["wrong"] <= pl[who]["kept"] <= pl["pool"]
+    # the final model is the source ensemble here: its first member is scored, and the two members are that model
+    opts = res["options"]
+    assert opts["source+corrected"] == opts["final"]
+    runner_up = res["ranked_on_val"][1].split("-")[0]
+    assert res["rule_third_member"] == f"{runner_up}+source+corrected" and res["rule_third_member"] in opts
+    assert bench_ensemble_dev.main(["--workdir", str(bench), "--no-pool", "--out", str(bench / "ens2.json")]) == 0
+    again = json.loads((bench / "ens2.json").read_text())
+    assert "pseudo_labels" not in again and again["options"] == opts  # the same scores, without the pool's passes
 
 
 def _prior_benchmark_scores_before_and_after(tmp_path):
