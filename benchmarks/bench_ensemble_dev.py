@@ -16,7 +16,8 @@ baseline):
 - **logit adjustment**: ``logits - tau * log(train prior)``, tau chosen on the validation split (the only place a
   pipeline could choose it), then scored on the dev maps;
 - **pseudo-labels**: how many pool maps the profile's threshold and per-class cap keep, and how many are right, with
-  the selected teacher alone and with the teacher and the runner-up averaged.
+  the selected teacher alone, and with the teacher averaged with the runner-up or with the source model (per class
+  too; ``--no-pool`` skips these passes).
 
 Nothing here reads ``wm811k_val_data.npz``::
 
@@ -121,14 +122,14 @@ def _pseudo_labels(prob: np.ndarray, truth: np.ndarray, train_counts: np.ndarray
     from waferflow.train.selftrain import select_confident
 
     idx, _ = select_confident(prob, train_counts, threshold, ratio)
-    return {"kept": int(len(idx)), "wrong": int((prob[idx].argmax(1) != truth[idx]).sum())}
+    pred = prob[idx].argmax(1)
+    right = np.bincount(pred[pred == truth[idx]], minlength=prob.shape[1])
+    return {"kept": int(len(idx)), "wrong": int((pred != truth[idx]).sum()),
+            "kept_per_class": np.bincount(pred, minlength=prob.shape[1]).tolist(), "right_per_class": right.tolist()}
 
 
 def main(argv: list[str] | None = None) -> int:
-    from waferflow.config import load_config
     from waferflow.data.contract import load_dataset
-    from waferflow.profiles import get_profile
-    from waferflow.train.selftrain import SelfTrainConfig
 
     from benchmarks._report import emit
 
@@ -151,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"the run trained {len(ranked)} candidate(s); an ensemble needs a runner-up")
     scored = {k: v for k, v in data.items() if k != "pool"}
     # the pool only for the two models that pseudo-label it here
-    probs = {name: _tta_probs(d, data if name in ranked[:2] else scored) for name, d in models.items()}
+    pooled = ranked[:2] + ["source"]  # the models whose pseudo-labels are counted below
+    probs = {name: _tta_probs(d, data if name in pooled else scored) for name, d in models.items()}
     short = {name: name.split("-")[0] for name in models}  # "final" and "source" stay as they are
     res: dict = {"workdir": str(a.workdir), "ranked_on_val": ranked, "options": {}}
     for k in (1, 2, 3):
@@ -171,19 +173,30 @@ def main(argv: list[str] | None = None) -> int:
     base = res["options"]["final"]["dev"]
     res["minus_final_on_dev"] = {k: {m: round(v["dev"][m] - base[m], 4) for m in base}
                                  for k, v in res["options"].items() if k != "final"}
-    if a.no_pool:
-        emit(res, a.out)
-        return 0
-    st = load_config(SelfTrainConfig, overrides=dict(get_profile("real").self_training))
-    counts = np.bincount(train.labels, minlength=len(train.class_names))
-    res["pseudo_labels"] = {"teacher_model": ranked[0], "runner_up_model": ranked[1], "threshold": st.threshold,
-                            "max_per_class_ratio": st.max_per_class_ratio, "pool": len(data["pool"])}
-    for name, p in (("teacher", probs[ranked[0]]["pool"]),
-                    ("teacher+runner_up", (probs[ranked[0]]["pool"] + probs[ranked[1]]["pool"]) / 2)):
-        res["pseudo_labels"][name] = _pseudo_labels(p, data["pool"].labels, counts, st.threshold,
-                                                    st.max_per_class_ratio)
+    if not a.no_pool:
+        res["pseudo_labels"] = _pool_counts(probs, ranked, data["pool"], train)
     emit(res, a.out)
     return 0
+
+
+def _pool_counts(probs: dict, ranked: list[str], pool, train) -> dict:
+    """Pseudo-labels the real profile's self-training rule keeps on the pool, from the teacher (the selected
+    candidate) alone, averaged with the runner-up, and averaged with the source model (when the run had one)."""
+    from waferflow.config import load_config
+    from waferflow.profiles import get_profile
+    from waferflow.train.selftrain import SelfTrainConfig
+
+    st = load_config(SelfTrainConfig, overrides=dict(get_profile("real").self_training))
+    counts = np.bincount(train.labels, minlength=len(train.class_names))
+    res = {"teacher_model": ranked[0], "runner_up_model": ranked[1], "threshold": st.threshold,
+           "max_per_class_ratio": st.max_per_class_ratio, "pool": len(pool), "class_names": list(train.class_names)}
+    teacher = probs[ranked[0]]["pool"]
+    options = {"teacher": teacher, "teacher+runner_up": (teacher + probs[ranked[1]]["pool"]) / 2}
+    if "source" in probs:
+        options["teacher+source"] = (teacher + probs["source"]["pool"]) / 2
+    for name, p in options.items():
+        res[name] = _pseudo_labels(p, pool.labels, counts, st.threshold, st.max_per_class_ratio)
+    return res
 
 
 if __name__ == "__main__":

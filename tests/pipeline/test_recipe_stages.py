@@ -45,8 +45,11 @@ def _ensemble_benchmark_reads_the_run(tmp_path):
     pl = res["pseudo_labels"]
     assert [pl["teacher_model"], pl["runner_up_model"]] == res["ranked_on_val"]
     assert pl["pool"] == len(range(1, len(ds), 4))
-    for who in ("teacher", "teacher+runner_up"):
+    for who in ("teacher", "teacher+runner_up", "teacher+source"):
         assert 0 <= pl[who]["wrong"] <= pl[who]["kept"] <= pl["pool"]
+        assert sum(pl[who]["kept_per_class"]) == pl[who]["kept"]
+        assert sum(pl[who]["right_per_class"]) == pl[who]["kept"] - pl[who]["wrong"]
+        assert all(r <= k for r, k in zip(pl[who]["right_per_class"], pl[who]["kept_per_class"]))
     # the final model is the source ensemble here: its first member is scored, and the two members are that model
     opts = res["options"]
     assert opts["source+corrected"] == opts["final"]
