@@ -117,3 +117,33 @@ def test_the_none_shift_benchmark_scores_the_deployed_mean_probability_and_moves
     z[..., 2] = -np.inf
     rest = (np.exp(z) / np.exp(z).sum(-1, keepdims=True)).mean(axis=(0, 1)).argmax(1)
     assert far["accuracy"] == round(float((rest == labels).mean()), 4)  # the others keep their order
+
+
+def _two_round_report(teacher: float, r1: float, chosen: str = "student") -> dict:
+    return {"teacher_val": {"accuracy": 0.9, "macro_f1": teacher}, "chosen": chosen,
+            "per_round": [{"round": 1, "student_val_macro_f1": r1}, {"round": 2, "student_val_macro_f1": 0.5}]}
+
+
+def test_one_round_sends_on_what_validation_would_have_chosen_after_round_1(tmp_path):
+    from benchmarks.bench_rounds_dev import one_round_choice
+
+    r1_dir = tmp_path / "self-train-model" / "model" / "rounds" / "r1"
+    r1_dir.mkdir(parents=True)
+    (r1_dir / "model.json").write_text("{}")
+    # round 1's student beats the teacher on validation (whatever round 2 did): it would go on
+    assert one_round_choice(_two_round_report(0.80, 0.85), tmp_path) == ("student", r1_dir)
+    # a tie or a loss keeps the teacher, as the self-training stage does
+    for r1 in (0.80, 0.70):
+        assert one_round_choice(_two_round_report(0.80, r1), tmp_path) == ("teacher",
+                                                                           tmp_path / "select-best" / "best")
+
+
+def test_one_round_refuses_what_it_cannot_reconstruct(tmp_path):
+    from benchmarks.bench_rounds_dev import one_round_choice
+
+    with pytest.raises(SystemExit, match="does not exist; rerun with --set self_training.keep=student"):
+        one_round_choice(_two_round_report(0.80, 0.85, chosen="teacher"), tmp_path)  # r1 was not kept
+    one = _two_round_report(0.80, 0.85)
+    one["per_round"] = one["per_round"][:1]
+    with pytest.raises(SystemExit, match="self-trained 1 round"):
+        one_round_choice(one, tmp_path)

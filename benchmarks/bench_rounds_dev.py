@@ -1,0 +1,81 @@
+"""One round of self-training, not two? What a finished two-round development run would have deployed with one.
+
+The round-1 student of a run with ``self_training.rounds=2`` is the student a one-round run trains (same teacher,
+pool, seed and settings; round 1 is trained first), and the run keeps it under ``self-train-model/model/rounds/r1``
+when the last student went on. This benchmark applies the self-training stage's own rule to it (the student goes on
+only if its validation macro-F1 beats the teacher's, both in the run's ``self_training_report.json``), sends the
+model that would go on through the run's later stages (``bench_keep_dev.after_self_training``: the prior correction
+and the source ensemble), and scores it and the run's deployed model on the dev maps and the validation split with
+the deployed TTA (in torch). Nothing here reads ``wm811k_val_data.npz``::
+
+    python -m benchmarks.bench_real_pipeline --draw-labels 8 --dev 2000 --workdir /tmp/slice8 --out slice8.json
+    python -m benchmarks.bench_rounds_dev --workdir /tmp/slice8 --out rounds_slice8.json
+
+Prints JSON: which model one round would send on, both chains' scores, and one round minus the deployed on dev.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+
+def one_round_choice(report: dict, outs: Path) -> tuple[str, Path | None]:
+    """("student" | "teacher", the model dir that one round would send on; None: the deployed chain's own start).
+
+    Raises:
+        SystemExit: the run did not self-train twice, or round 1's student would go on but was not kept.
+    """
+    rounds = report.get("per_round") or []
+    if len(rounds) < 2:
+        raise SystemExit(f"the run self-trained {len(rounds)} round(s); this compares one round with two")
+    r1 = rounds[0]["student_val_macro_f1"]
+    if r1 <= float(report["teacher_val"]["macro_f1"]):
+        return "teacher", outs / "select-best" / "best"
+    kept = outs / "self-train-model" / "model" / "rounds" / "r1"
+    if not (kept / "model.json").is_file():
+        raise SystemExit(f"round 1's student would go on (validation macro-F1 {r1:.4f}), but the run kept the "
+                         f"teacher, so {kept} does not exist; rerun with --set self_training.keep=student")
+    return "student", kept
+
+
+def main(argv: list[str] | None = None) -> int:
+    from waferflow.data.contract import load_dataset
+    from waferflow.orchestration.local import embedded_tracking_uri
+    from waferflow.profiles import get_profile
+
+    from benchmarks._report import emit
+    from benchmarks.bench_ensemble_dev import deployed_model, run_outputs
+    from benchmarks.bench_keep_dev import _scored, after_self_training
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workdir", type=Path, required=True, help="a finished `bench_real_pipeline --dev` workdir")
+    ap.add_argument("--dev", type=Path, default=None, help="dev maps (default: WORKDIR/dev.npz)")
+    ap.add_argument("--set", action="append", default=[], help="the run's real-profile overrides (as given to it)")
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args(argv)
+    run = a.workdir / "run"
+    outs = run_outputs(run)
+    report = json.loads((outs / "self-train-model" / "model" / "self_training_report.json").read_text())
+    chosen, start = one_round_choice(report, outs)
+    sets = {"dev": load_dataset(a.dev or a.workdir / "dev.npz", require_labels=True),
+            "val": load_dataset(outs / "split-data" / "val" / "data.npz", require_labels=True)}
+    with tempfile.TemporaryDirectory(prefix="rounds-dev-") as tmp:
+        one, steps = after_self_training(start, outs, get_profile("real", a.set), embedded_tracking_uri(run),
+                                         Path(tmp))
+        chains = {"deployed": _scored(deployed_model(outs), sets), "one_round": _scored(one, sets)}
+    d, o = chains["deployed"]["dev"], chains["one_round"]["dev"]
+    res = {"workdir": str(a.workdir), "two_rounds_sent_on": report["chosen"], "one_round_sends_on": chosen,
+           "validation_macro_f1": {"teacher": report["teacher_val"]["macro_f1"],
+                                   "round_1_student": report["per_round"][0]["student_val_macro_f1"],
+                                   "round_2_student": report["per_round"][-1]["student_val_macro_f1"]},
+           "one_round_steps": steps, **chains,
+           "dev_change_one_round_minus_deployed": {k: round(o[k] - d[k], 4) for k in ("accuracy", "macro_f1")}}
+    emit(res, a.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
