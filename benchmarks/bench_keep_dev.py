@@ -22,7 +22,9 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -63,15 +65,28 @@ def after_self_training(model: Path, outs: Path, prof, tracking_uri: str, work: 
     return work / "source", steps
 
 
-def main(argv: list[str] | None = None) -> int:
+@dataclass
+class DevRun:
+    """A finished development run, read for a post-hoc benchmark (the arguments of :func:`read_dev_run`)."""
+
+    workdir: Path
+    outs: Path  # its kfp output folder
+    prof: Any  # the real profile with the run's overrides
+    report: dict  # its self-training report
+    sets: dict  # {"dev": the dev maps, "val": its validation split}
+    tracking_uri: str
+    out: str | None
+
+
+def read_dev_run(doc: str, argv: list[str] | None) -> DevRun:
+    """Parse ``--workdir --dev --set --out`` (``doc``'s first line is the description) and read that run."""
     from waferflow.data.contract import load_dataset
     from waferflow.orchestration.local import embedded_tracking_uri
     from waferflow.profiles import get_profile
 
-    from benchmarks._report import emit
-    from benchmarks.bench_ensemble_dev import deployed_model, run_outputs
+    from benchmarks.bench_ensemble_dev import run_outputs
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--workdir", type=Path, required=True, help="a finished `bench_real_pipeline --dev` workdir")
     ap.add_argument("--dev", type=Path, default=None, help="dev maps (default: WORKDIR/dev.npz)")
     ap.add_argument("--set", action="append", default=[], help="the run's real-profile overrides (as given to it)")
@@ -79,21 +94,28 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     run = a.workdir / "run"
     outs = run_outputs(run)
-    prof = get_profile("real", a.set)
     report = json.loads((outs / "self-train-model" / "model" / "self_training_report.json").read_text())
     sets = {"dev": load_dataset(a.dev or a.workdir / "dev.npz", require_labels=True),
             "val": load_dataset(outs / "split-data" / "val" / "data.npz", require_labels=True)}
+    return DevRun(a.workdir, outs, get_profile("real", a.set), report, sets, embedded_tracking_uri(run), a.out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from benchmarks._report import emit
+    from benchmarks.bench_ensemble_dev import deployed_model
+
+    r = read_dev_run(__doc__, argv)
+    outs, sets, report = r.outs, r.sets, r.report
     with tempfile.TemporaryDirectory(prefix="keep-dev-") as tmp:
-        teacher, steps = after_self_training(outs / "select-best" / "best", outs, prof, embedded_tracking_uri(run),
-                                             Path(tmp))
+        teacher, steps = after_self_training(outs / "select-best" / "best", outs, r.prof, r.tracking_uri, Path(tmp))
         chains = {"deployed": _scored(deployed_model(outs), sets), "teacher_chain": _scored(teacher, sets)}
     d, t = chains["deployed"]["dev"], chains["teacher_chain"]["dev"]
-    res = {"workdir": str(a.workdir), "self_training": {k: report.get(k) for k in
+    res = {"workdir": str(r.workdir), "self_training": {k: report.get(k) for k in
                                                         ("status", "would_keep", "teacher_val", "student_val")},
            "teacher_chain_steps": steps, **chains,
            "dev_change_deployed_minus_teacher": {k: round(float(np.subtract(d[k], t[k])), 4)
                                                  for k in ("accuracy", "macro_f1")}}
-    emit(res, a.out)
+    emit(res, r.out)
     return 0
 
 

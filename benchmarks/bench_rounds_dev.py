@@ -16,8 +16,6 @@ Prints JSON: which model one round would send on, both chains' scores, and one r
 
 from __future__ import annotations
 
-import argparse
-import json
 import tempfile
 from pathlib import Path
 
@@ -42,38 +40,24 @@ def one_round_choice(report: dict, outs: Path) -> tuple[str, Path | None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from waferflow.data.contract import load_dataset
-    from waferflow.orchestration.local import embedded_tracking_uri
-    from waferflow.profiles import get_profile
-
     from benchmarks._report import emit
-    from benchmarks.bench_ensemble_dev import deployed_model, run_outputs
-    from benchmarks.bench_keep_dev import _scored, after_self_training
+    from benchmarks.bench_ensemble_dev import deployed_model
+    from benchmarks.bench_keep_dev import _scored, after_self_training, read_dev_run
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--workdir", type=Path, required=True, help="a finished `bench_real_pipeline --dev` workdir")
-    ap.add_argument("--dev", type=Path, default=None, help="dev maps (default: WORKDIR/dev.npz)")
-    ap.add_argument("--set", action="append", default=[], help="the run's real-profile overrides (as given to it)")
-    ap.add_argument("--out", default=None)
-    a = ap.parse_args(argv)
-    run = a.workdir / "run"
-    outs = run_outputs(run)
-    report = json.loads((outs / "self-train-model" / "model" / "self_training_report.json").read_text())
+    r = read_dev_run(__doc__, argv)
+    outs, sets, report = r.outs, r.sets, r.report
     chosen, start = one_round_choice(report, outs)
-    sets = {"dev": load_dataset(a.dev or a.workdir / "dev.npz", require_labels=True),
-            "val": load_dataset(outs / "split-data" / "val" / "data.npz", require_labels=True)}
     with tempfile.TemporaryDirectory(prefix="rounds-dev-") as tmp:
-        one, steps = after_self_training(start, outs, get_profile("real", a.set), embedded_tracking_uri(run),
-                                         Path(tmp))
+        one, steps = after_self_training(start, outs, r.prof, r.tracking_uri, Path(tmp))
         chains = {"deployed": _scored(deployed_model(outs), sets), "one_round": _scored(one, sets)}
     d, o = chains["deployed"]["dev"], chains["one_round"]["dev"]
-    res = {"workdir": str(a.workdir), "two_rounds_sent_on": report["chosen"], "one_round_sends_on": chosen,
+    res = {"workdir": str(r.workdir), "two_rounds_sent_on": report["chosen"], "one_round_sends_on": chosen,
            "validation_macro_f1": {"teacher": report["teacher_val"]["macro_f1"],
                                    "round_1_student": report["per_round"][0]["student_val_macro_f1"],
                                    "round_2_student": report["per_round"][-1]["student_val_macro_f1"]},
            "one_round_steps": steps, **chains,
            "dev_change_one_round_minus_deployed": {k: round(o[k] - d[k], 4) for k in ("accuracy", "macro_f1")}}
-    emit(res, a.out)
+    emit(res, r.out)
     return 0
 
 

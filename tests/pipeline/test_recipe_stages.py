@@ -134,7 +134,7 @@ def _keep_benchmark_scores_the_teacher_chain(tmp_path):
     """benchmarks/bench_keep_dev sends the selected candidate through the run's prior correction and source
     ensemble, and scores that chain beside the run's deployed model; the same function, given the model the run's
     self-training sent on, rebuilds the deployed model bit for bit."""
-    from benchmarks import bench_keep_dev
+    from benchmarks import bench_keep_dev, bench_rounds_dev
     from benchmarks.bench_ensemble_dev import deployed_model, run_outputs
     from waferflow.orchestration.local import embedded_tracking_uri
 
@@ -152,6 +152,9 @@ def _keep_benchmark_scores_the_teacher_chain(tmp_path):
         embedded_tracking_uri(bench / "run"), tmp_path / "rebuilt")
     sha = [json.loads((d / "model.json").read_text())["weights_sha256"] for d in (rebuilt, deployed_model(outs))]
     assert sha[0] and sha[0] == sha[1]
+    # bench_rounds_dev reads the same run the same way, and says why one round cannot be compared with one round
+    with pytest.raises(SystemExit, match="self-trained 1 round"):
+        bench_rounds_dev.main(["--workdir", str(bench), "--set", "source_ensemble_below=100000"])
 
 
 def _stage(result, name):
