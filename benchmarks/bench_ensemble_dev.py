@@ -138,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dev", type=Path, default=None, help="dev maps (default: WORKDIR/dev.npz, from --dev N)")
     ap.add_argument("--pool", type=Path, default=None, help="the run's pool with its hidden labels (default: "
                     "WORKDIR/pool.npz)")
-    ap.add_argument("--no-pool", action="store_true", help="skip the pseudo-label counts on the pool (the two "
-                    "slowest passes)")
+    ap.add_argument("--no-pool", action="store_true", help="skip the pseudo-label counts on the pool (its passes "
+                    "are the slowest)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     models, ranked, outs = _models(a.workdir / "run")
@@ -151,8 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(ranked) < 2:
         raise SystemExit(f"the run trained {len(ranked)} candidate(s); an ensemble needs a runner-up")
     scored = {k: v for k, v in data.items() if k != "pool"}
-    # the pool only for the two models that pseudo-label it here
-    pooled = ranked[:2] + ["source"]  # the models whose pseudo-labels are counted below
+    pooled = ranked[:2] + ["source"]  # the pool only for the models whose pseudo-labels are counted below
     probs = {name: _tta_probs(d, data if name in pooled else scored) for name, d in models.items()}
     short = {name: name.split("-")[0] for name in models}  # "final" and "source" stay as they are
     res: dict = {"workdir": str(a.workdir), "ranked_on_val": ranked, "options": {}}
