@@ -67,7 +67,7 @@ def after_self_training(model: Path, outs: Path, prof, tracking_uri: str, work: 
 
 @dataclass
 class DevRun:
-    """A finished development run, read for a post-hoc benchmark (the arguments of :func:`read_dev_run`)."""
+    """A finished development run, as :func:`read_dev_run` reads it for a post-hoc benchmark."""
 
     workdir: Path
     outs: Path  # its kfp output folder

@@ -20,8 +20,8 @@ import tempfile
 from pathlib import Path
 
 
-def one_round_choice(report: dict, outs: Path) -> tuple[str, Path | None]:
-    """("student" | "teacher", the model dir that one round would send on; None: the deployed chain's own start).
+def one_round_choice(report: dict, outs: Path) -> tuple[str, Path]:
+    """("student" | "teacher", the model dir that one round of self-training would send on).
 
     Raises:
         SystemExit: the run did not self-train twice, or round 1's student would go on but was not kept.

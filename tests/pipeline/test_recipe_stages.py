@@ -152,7 +152,7 @@ def _keep_benchmark_scores_the_teacher_chain(tmp_path):
         embedded_tracking_uri(bench / "run"), tmp_path / "rebuilt")
     sha = [json.loads((d / "model.json").read_text())["weights_sha256"] for d in (rebuilt, deployed_model(outs))]
     assert sha[0] and sha[0] == sha[1]
-    # bench_rounds_dev reads the same run the same way, and says why one round cannot be compared with one round
+    # bench_rounds_dev reads the same run the same way, and refuses it: a one-round run has no second round to drop
     with pytest.raises(SystemExit, match="self-trained 1 round"):
         bench_rounds_dev.main(["--workdir", str(bench), "--set", "source_ensemble_below=100000"])
 
