@@ -51,3 +51,58 @@ def test_resolve_symmetries():
     assert resolve_symmetries("hflip,rot180", None, ["a"]) == ("hflip", "rot180")
     with pytest.raises(ConfigError):
         TrainConfig(symmetries="hflip,shear")
+
+
+def _loc_blob(disk_maps, n=256, size=48):
+    """Wafers with one fail blob at angle 0 (right of centre), everything else passing."""
+    maps = disk_maps(n, size)
+    maps[maps == 2] = 1
+    c = (size - 1) / 2
+    maps[:, int(c) - 2:int(c) + 4, int(c) + 12:int(c) + 17] = 2  # rows centred on c
+    return torch.from_numpy(maps), c
+
+
+def _blob_angles_and_radii(y: torch.Tensor, c: float) -> tuple[np.ndarray, np.ndarray]:
+    angles, radii = [], []
+    for m in y.numpy():
+        rows, cols = np.nonzero(m == 2)
+        dy, dx = rows.mean() - c, cols.mean() - c
+        angles.append(np.degrees(np.arctan2(dy, dx)) % 360)
+        radii.append(np.hypot(dy, dx))
+    return np.array(angles), np.array(radii)
+
+
+def test_free_rotation_reaches_angles_the_symmetries_do_not(make_disk):
+    x, c = _loc_blob(make_disk)
+    d4 = ("hflip", "vflip", "rot90", "rot180")
+    plain, _ = _blob_angles_and_radii(Augmenter(d4, generator=torch.Generator().manual_seed(0))(x), c)
+    off_grid = lambda a: np.minimum(a % 90, 90 - a % 90)  # degrees from the nearest multiple of 90
+    assert off_grid(plain).max() < 1  # D4 alone: the blob only ever sits at 0, 90, 180, 270 degrees
+    aug = Augmenter(d4, generator=torch.Generator().manual_seed(0), rotation=45, rotation_prob=0.5)
+    y = aug(x)
+    assert set(torch.unique(y).tolist()) <= {0, 1, 2} and y.dtype == torch.uint8
+    angles, radii = _blob_angles_and_radii(y, c)
+    turned = off_grid(angles) > 5
+    assert 0.25 < turned.mean() < 0.75  # about half the maps (rotation_prob), at angles D4 cannot reach
+    assert off_grid(angles).max() > 30
+    assert np.abs(radii - 14).max() < 2  # a rotation about the centre keeps the blob's distance from it
+    # the wafer stays a wafer: off-wafer pixels stay off-wafer except for nearest-neighbour jitter at the rim
+    assert ((y == 0) != (x == 0)).float().mean() < 0.01
+
+
+def test_free_rotation_refused_or_off_where_rot90_could_change_a_label(make_disk, caplog):
+    with pytest.raises(ValueError, match="rot90"):
+        Augmenter(("hflip", "vflip"), rotation=45)
+    with pytest.raises(ConfigError, match="rotation"):
+        TrainConfig(rotation=200)
+    with pytest.raises(ConfigError, match="rotation_prob"):
+        TrainConfig(rotation_prob=1.5)
+    from types import SimpleNamespace
+    from waferflow.train.loop import _augmenter
+
+    run = SimpleNamespace(cfg=TrainConfig(rotation=45), syms=("hflip", "vflip"))  # seed20-like data: no rot90
+    with caplog.at_level("WARNING"):
+        aug = _augmenter(run, torch.Generator().manual_seed(0))
+    assert aug.rotation == 0 and "rotation=45" in caplog.text and "is off" in caplog.text
+    run = SimpleNamespace(cfg=TrainConfig(rotation=45), syms=("hflip", "vflip", "rot90", "rot180"))
+    assert _augmenter(run, torch.Generator().manual_seed(0)).rotation > 0

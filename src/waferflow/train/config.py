@@ -50,6 +50,11 @@ class TrainConfig:
             hflip,vflip,rot90,rot180.
         die_noise: Fraction of wafer dies flipped pass<->fail per map.
         scale_jitter: Max relative zoom (nearest) of the map, e.g. 0.1 = 0.9..1.1.
+        rotation: Max angle in degrees of a free rotation about the map's centre (nearest, off-wafer padding), on
+            top of the symmetries: 45 with rot90 reaches every angle (0 = off). Only where rot90 is among the
+            symmetries (classes that keep their label under any rotation, as WM-811K's); elsewhere it is off and
+            the run says so.
+        rotation_prob: Share of the maps that get the free rotation.
         patience: Epochs without val macro-F1 gain before a phase ends early (0 = never).
         patience_steps: The same window in optimizer steps (0 = use ``patience``): ceil(patience_steps / steps
             per epoch) epochs, so early stopping waits as many updates on small data as on large.
@@ -96,6 +101,8 @@ class TrainConfig:
     symmetries: str = "auto"
     die_noise: float = 0.01
     scale_jitter: float = 0.05
+    rotation: float = 0.0
+    rotation_prob: float = 0.5
     patience: int = 4
     patience_steps: int = 0
     feature_cache: bool = True
@@ -133,6 +140,8 @@ class TrainConfig:
             (0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}"),
             (0 <= self.die_noise < 0.5, f"die_noise must be in [0, 0.5), got {self.die_noise}"),
             (0 <= self.scale_jitter < 0.5, f"scale_jitter must be in [0, 0.5), got {self.scale_jitter}"),
+            (0 <= self.rotation <= 180, f"rotation must be in [0, 180] degrees, got {self.rotation}"),
+            (0 <= self.rotation_prob <= 1, f"rotation_prob must be in [0, 1], got {self.rotation_prob}"),
             (0 < self.val_fraction < 0.9, f"val_fraction must be in (0, 0.9), got {self.val_fraction}"),
             (self.patience >= 0, f"patience must be >= 0, got {self.patience}"),
             (self.num_threads >= 0, f"num_threads must be >= 0, got {self.num_threads}"),

@@ -313,9 +313,7 @@ def train(cfg: TrainConfig, train_ds: WaferDataset, val_ds: WaferDataset, out_di
         run, st = _Run.restore(cfg, train_ds, val_ds, ck, tracking_uri), LoopState.from_checkpoint(ck)
         torch.set_rng_state(ck["rng_torch"])
         gen.set_state(ck["rng_gen"])
-    on = run.cfg.augment
-    aug = Augmenter(run.syms if on else (), run.cfg.die_noise if on else 0.0, run.cfg.scale_jitter if on else 0.0,
-                    generator=gen)
+    aug = _augmenter(run, gen)
     do_adapt = run.strategy.adapt_bn if run.cfg.adapt_bn is None else run.cfg.adapt_bn
     if do_adapt and ck is None and run.strategy.init == "pretrained":
         run.bn_report = adapt_bn(run.model, run.spec, run.x_train.numpy(), batch_size=64, device=run.device)
@@ -324,6 +322,20 @@ def train(cfg: TrainConfig, train_ds: WaferDataset, val_ds: WaferDataset, out_di
     with fast_depthwise_grad(run.model, enabled=run.cfg.fast_depthwise_grad and not run.cuda):
         _run_epochs(run, st, ck, aug, gen, out, epoch_times)
     return _finalise(run, st, out, epoch_times)
+
+
+def _augmenter(run: _Run, gen: torch.Generator) -> Augmenter:
+    """The run's augmentation; a free rotation only where rot90 keeps every label (else off, with a warning)."""
+    cfg = run.cfg
+    if not cfg.augment:
+        return Augmenter((), generator=gen)
+    rotation = cfg.rotation if "rot90" in run.syms else 0.0
+    if cfg.rotation and not rotation:
+        log.warning("rotation=%s is off: rot90 is not among this data's symmetries %s, so a rotation could change "
+                    "a label (set symmetries=... to the transforms that keep every label)", cfg.rotation,
+                    list(run.syms))
+    return Augmenter(run.syms, cfg.die_noise, cfg.scale_jitter, generator=gen, rotation=rotation,
+                     rotation_prob=cfg.rotation_prob)
 
 
 def _run_epochs(run: _Run, st: LoopState, ck: dict | None, aug: Augmenter, gen: torch.Generator, out: Path,
