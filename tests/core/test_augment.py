@@ -72,11 +72,15 @@ def _blob_angles_and_radii(y: torch.Tensor, c: float) -> tuple[np.ndarray, np.nd
     return np.array(angles), np.array(radii)
 
 
+def off_grid(angles: np.ndarray) -> np.ndarray:
+    """Degrees from the nearest multiple of 90."""
+    return np.minimum(angles % 90, 90 - angles % 90)
+
+
 def test_free_rotation_reaches_angles_the_symmetries_do_not(make_disk):
     x, c = _loc_blob(make_disk)
     d4 = ("hflip", "vflip", "rot90", "rot180")
     plain, _ = _blob_angles_and_radii(Augmenter(d4, generator=torch.Generator().manual_seed(0))(x), c)
-    off_grid = lambda a: np.minimum(a % 90, 90 - a % 90)  # degrees from the nearest multiple of 90
     assert off_grid(plain).max() < 1  # D4 alone: the blob only ever sits at 0, 90, 180, 270 degrees
     aug = Augmenter(d4, generator=torch.Generator().manual_seed(0), rotation=45, rotation_prob=0.5)
     y = aug(x)
