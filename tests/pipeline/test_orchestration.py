@@ -193,6 +193,7 @@ def test_run_help_names_the_few_label_settings_with_the_real_profiles_values(cap
                  f"\\({real.source['n_maps']} / {real.source['map_size']} / {real.source['train']['epochs']}\\)",
                  f"\\({real.val_fraction} / {real.test_fraction}\\)", f"input_size=N .*\\({real.input_size}\\)",
                  f"train.class_weights=MODE .*\\({real.train['class_weights']}\\)",
+                 f"train.rotation=D [^;]*\\({real.train['rotation']}; 0 = off\\)",
                  f"undo_class_weights=BOOL [^(]*\\({str(real.undo_class_weights).lower()}\\)",
                  "labels_per_class=N"):
         assert re.search(line, text), line

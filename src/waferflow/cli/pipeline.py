@@ -27,6 +27,9 @@ few labels, many unlabeled maps (--set KEY=VALUE; the real profile's values in p
   pool_size=N                 unlabeled maps kept for self-training, sampled evenly over lots (20000)
   train.steps=N               optimizer steps per candidate, whatever the data size (600)
   train.patience_steps=N      early stopping: steps without a validation macro-F1 gain (200)
+  train.rotation=D            rotate half the training maps (a share train.rotation_prob) by up to D degrees
+                              about the centre, on top of the 8 flips and quarter turns (45; 0 = off); only for
+                              classes any rotation keeps, as WM-811K's
   source.n_maps / source.map_size / source.train.epochs
                               the synthetic source model's recipe (8000 / 64 / 12); registered once as
                               wafer-source-<taxonomy> and reused by later runs; source={} turns it off
