@@ -6,9 +6,9 @@ the maps of ``--unlabeled`` with theirs removed. Runs ``waferflow run --data THA
 command ``waferflow evaluate --model models:/NAME@champion --data SCORE.npz`` (the form its gates deployed; the latest
 version when nothing was promoted). The score maps are never seen by the run.
 
-Choosing a recipe: ``--dev N`` takes N random maps (seeded) of ``--unlabeled`` out of the pool and scores on them
-(``train_10`` is the development split; ``--dev-from labeled`` takes them out of ``--labeled`` instead, for the
-more-labels case); the final recipe is scored on ``wm811k_val_data.npz`` once::
+Choosing a recipe: ``--dev N`` takes N random maps (seeded; ``--dev-seed S`` draws another slice) of ``--unlabeled``
+out of the pool and scores on them (``train_10`` is the development split; ``--dev-from labeled`` takes them out of
+``--labeled`` instead, for the more-labels case); the final recipe is scored on ``wm811k_val_data.npz`` once::
 
     python -m benchmarks.bench_real_pipeline --dev 1500 --workdir /tmp/dev --out dev.json
     python -m benchmarks.bench_real_pipeline --workdir /tmp/final --out final.json        # val_data, once
@@ -69,6 +69,17 @@ def _draw_labels(labeled: Path, unlabeled: Path, seed: int, wd: Path) -> tuple[P
     return out_lab, out_pool
 
 
+def dev_split(n: int, n_dev: int, seed: int = 0):
+    """(kept, dev) sorted row indices: ``n_dev`` seeded random rows of ``n`` held out as dev maps. Seed 0 is the
+    draw every dev figure before ``--dev-seed`` used."""
+    import numpy as np
+
+    if not 0 < n_dev < n:
+        raise SystemExit(f"--dev {n_dev}: needs between 1 and {n - 1} maps (the file holds {n})")
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[n_dev:]), np.sort(order[:n_dev])
+
+
 def _data(a, wd: Path) -> tuple[Path, Path]:
     from waferflow.data.contract import load_dataset, save_dataset
 
@@ -78,13 +89,11 @@ def _data(a, wd: Path) -> tuple[Path, Path]:
     if a.draw_labels is not None:
         lab, unl = _draw_labels(a.labeled, a.unlabeled, a.draw_labels, wd)
     if a.dev:  # a seeded random slice: the shared files are sorted by class, so their tail is a few classes
-        import numpy as np
-
         src = load_dataset(unl if a.dev_from == "unlabeled" else lab)
-        order = np.random.default_rng(0).permutation(len(src))
+        keep, dev = dev_split(len(src), a.dev, a.dev_seed)
         rest = wd / ("pool.npz" if a.dev_from == "unlabeled" else "labeled.npz")
-        save_dataset(src.subset(np.sort(order[a.dev:])), rest)
-        save_dataset(src.subset(np.sort(order[:a.dev])), wd / "dev.npz")
+        save_dataset(src.subset(keep), rest)
+        save_dataset(src.subset(dev), wd / "dev.npz")
         score = wd / "dev.npz"
         if a.dev_from == "unlabeled":
             unl = rest
@@ -102,6 +111,7 @@ def main() -> None:
     ap.add_argument("--score", type=Path, default=SHARED / "wm811k_val_data.npz")
     ap.add_argument("--dev", type=int, default=0,
                     help="score on N seeded random maps of --unlabeled (see --dev-from), kept out of the run")
+    ap.add_argument("--dev-seed", type=int, default=0, help="seed of the dev draw (0: the draw of every earlier figure)")
     ap.add_argument("--dev-from", choices=("unlabeled", "labeled"), default="unlabeled",
                     help="the file the dev maps come out of (labeled: fewer labels, the more-labels case)")
     ap.add_argument("--draw-labels", type=int, default=None, metavar="SEED",

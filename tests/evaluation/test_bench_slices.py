@@ -50,6 +50,19 @@ def test_draw_labels_refuses_a_file_with_too_few_maps_of_a_class(tmp_path):
     assert not (tmp_path / "labeled_drawn.npz").exists() and not (tmp_path / "pool_drawn.npz").exists()
 
 
+def test_dev_split_is_seeded_disjoint_and_seed_0_is_the_draw_of_the_earlier_figures():
+    from benchmarks.bench_real_pipeline import dev_split
+
+    keep, dev = dev_split(100, 30)
+    assert len(dev) == 30 and not np.intersect1d(keep, dev).size and np.array_equal(np.union1d(keep, dev), np.arange(100))
+    order = np.random.default_rng(0).permutation(100)  # what --dev drew before --dev-seed existed
+    assert np.array_equal(dev, np.sort(order[:30])) and np.array_equal(dev_split(100, 30, 0)[1], dev)
+    assert not np.array_equal(dev_split(100, 30, 1)[1], dev)
+    for bad in (0, 100):
+        with pytest.raises(SystemExit, match="needs between 1 and 99 maps"):
+            dev_split(100, bad)
+
+
 def test_the_variety_benchmark_leaves_the_dev_maps_out_and_measures_components(tmp_path):
     """bench_source_variety's design set holds no excluded map; its statistics measure the largest failing blob."""
     from benchmarks.bench_source_variety import component_stats, design_set, main
