@@ -160,3 +160,19 @@ def test_one_round_refuses_what_it_cannot_reconstruct(tmp_path):
     one["per_round"] = one["per_round"][:1]
     with pytest.raises(SystemExit, match="self-trained 1 round"):
         one_round_choice(one, tmp_path)
+
+
+def test_rotation_tta_turns_maps_as_training_does_and_reads_its_variants():
+    from benchmarks.bench_rot_tta_dev import parse_variants, rotate_maps
+
+    maps = np.random.default_rng(0).integers(0, 3, (3, 8, 8)).astype(np.uint8)
+    assert np.array_equal(rotate_maps(maps, 0), maps)
+    assert np.array_equal(rotate_maps(maps, 90), np.rot90(maps, 1, axes=(1, 2)))  # the warp is exact at 90 degrees
+    turned = rotate_maps(maps, 30)
+    assert turned.dtype == np.uint8 and set(np.unique(turned)) <= {0, 1, 2} and not np.array_equal(turned, maps)
+    assert parse_variants(["R2=45", "R3=22.5,-22.5"]) == {"R2": [0.0, 45.0], "R3": [0.0, 22.5, -22.5]}
+    for bad in ("R2", "R2=", "R2=0", "R2=x", "=45"):
+        with pytest.raises(SystemExit, match="--variant"):
+            parse_variants([bad])
+    with pytest.raises(ValueError, match="square"):
+        rotate_maps(maps[:, :, :6], 10)

@@ -191,3 +191,88 @@ def test_the_raw_map_pyfunc_serves_a_tta_graph_in_bounded_calls(tiny, tta_export
     spec = read_spec(tiny["model_dir"])
     want = onnx_predictor(out / "model.tta.onnx")(preprocess(maps, spec)).argmax(1)
     assert names == [spec.class_names[k] for k in want]
+
+
+def _training_warp(maps: np.ndarray, degrees: float) -> np.ndarray:
+    """Augmenter._warp's free rotation by a fixed angle (scale 1): the reference the TTA turn must equal."""
+    import math
+
+    import torch
+    import torch.nn.functional as F
+
+    a = math.radians(degrees)
+    theta = torch.tensor([[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0]]).expand(len(maps), 2, 3)
+    grid = F.affine_grid(theta, (len(maps), 1, *maps.shape[1:]), align_corners=False)
+    x = torch.from_numpy(maps)[:, None].float()
+    return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)[:, 0].round().to(
+        torch.uint8).numpy()
+
+
+@pytest.mark.parametrize("degrees", [45.0, -22.5, 90.0, 137.0])
+def test_a_tta_turn_of_preprocessed_input_is_the_training_turn_of_the_map(tiny, degrees):
+    from waferflow.models import preprocess, read_spec
+    from waferflow.predictors import rotation_pad
+    from waferflow.predictors.rotation import rotate_input
+
+    spec = read_spec(tiny["model_dir"])
+    maps = tiny["test"].maps[:12]
+    got = rotate_input(preprocess(maps, spec), degrees, rotation_pad(spec))
+    np.testing.assert_array_equal(got, preprocess(_training_warp(maps, degrees), spec))
+
+
+def test_graph_with_rotations_equals_tta_predictor_and_records_them(tiny, tmp_path):
+    from waferflow.export.onnx_export import read_onnx_metadata
+    from waferflow.models import preprocess, read_spec
+    from waferflow.predictors import rotation_pad
+
+    spec = read_spec(tiny["model_dir"])
+    src, syms, pad = tiny["export_dir"] / "model.onnx", ["hflip", "vflip", "rot90"], rotation_pad(spec)
+    info = wrap_tta(src, tmp_path / "model.tta.onnx", syms, [45, -22.5], pad)
+    assert info["views"] == 24 and info["rotations"] == [45.0, -22.5]
+    meta = read_onnx_metadata(tmp_path / "model.tta.onnx")
+    assert meta["tta_views"] == "24" and json.loads(meta["tta_rotations"]) == [45.0, -22.5]
+    x = preprocess(tiny["test"].maps[:9], spec)
+    want = tta_predictor(onnx_predictor(src), syms, [45, -22.5], pad)
+    assert len(want.views) == 24
+    got = onnx_predictor(tmp_path / "model.tta.onnx")(x)
+    np.testing.assert_allclose(got, want(x), atol=1e-5)
+    # the turned views count: not the same as the eight views alone
+    assert not np.allclose(got, tta_predictor(onnx_predictor(src), syms)(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("rotations, match", [([0], "non-zero"), ([45, 45], "distinct"), ([200], r"\(-180, 180\]"),
+                                              ([float("nan")], "non-zero"), (["x"], "angles in degrees")])
+def test_bad_tta_rotations_are_refused_and_write_nothing(tiny, tmp_path, rotations, match):
+    with pytest.raises(ConfigError, match=match):
+        wrap_tta(tiny["export_dir"] / "model.onnx", tmp_path / "a.onnx", ["hflip", "rot90"], rotations, [0.0] * 3)
+    with pytest.raises(ConfigError, match="rot90"):  # only where any rotation keeps every label
+        wrap_tta(tiny["export_dir"] / "model.onnx", tmp_path / "a.onnx", ["hflip", "vflip"], [45], [0.0] * 3)
+    with pytest.raises(ConfigError, match="pad"):
+        tta_predictor(onnx_predictor(tiny["export_dir"] / "model.onnx"), ["rot90"], [45])
+    assert not (tmp_path / "a.onnx").exists()
+
+
+def test_export_with_tta_rotations_checks_the_graph_and_records_it(tiny, tmp_path):
+    from waferflow.export import export_onnx
+
+    with pytest.raises(ConfigError, match="tta is off"):
+        export_onnx(tiny["model_dir"], tmp_path / "off", parity_ds=tiny["test"], int8=False, tta_rotations=[45])
+    assert not list(tmp_path.iterdir())
+    info = export_onnx(tiny["model_dir"], tmp_path / "export", parity_ds=tiny["test"], int8=False, tta=True,
+                       tta_rotations=[45])
+    assert info["tta"]["rotations"] == [45.0]
+    rec = info["tta"]["forms"]["onnx_fp32_tta"]
+    assert rec["views"] == 16 and rec["rotations"] == [45.0] and rec["parity_vs_predictor"]["argmax_agreement"] == 1.0
+    # the evaluate CLI's own TTA with the same turns scores what the deployed graph scores
+    from waferflow.cli import main
+    from waferflow.data.contract import save_dataset
+
+    save_dataset(tiny["test"], tmp_path / "test.npz")
+    args = ["evaluate", "--model", str(tiny["model_dir"]), "--data", str(tmp_path / "test.npz"), "--export",
+            str(tmp_path / "export"), "--gradcam-per-class", "0"]
+    assert main([*args, "--form", "onnx_fp32", "--tta", "--tta-rotations", "45", "--out", str(tmp_path / "e")]) == 0
+    m = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert m["form"] == "onnx_fp32+tta16"
+    assert m["overall"]["accuracy"] == pytest.approx(info["metrics"]["onnx_fp32_tta"]["accuracy"])
+    assert main([*args, "--form", "onnx_fp32", "--tta-rotations", "45", "--out", str(tmp_path / "e2")]) != 0
+    assert not (tmp_path / "e2").exists()

@@ -128,7 +128,15 @@ def test_real_profile_carries_the_recipe_and_refuses_bad_recipe_settings():
     assert real.gate_config().deployment_form == "onnx_fp32_tta" and real.export["tta"] is True
     with pytest.raises(ConfigError, match="only `export.tta=true` writes"):
         get_profile("real", ["export.tta=false"])
-    assert get_profile("real", ["export.tta=false", "gates.deployment_form=onnx_fp32"]).export["tta"] is False
+    assert get_profile("real", ["export={tta: false}", "gates.deployment_form=onnx_fp32"]).export["tta"] is False
+    # the TTA graph's extra turns: checked when the profile loads
+    assert real.export["tta_rotations"] == [45]
+    for bad, match in (("export.tta_rotations=45", "must be a list"), ("export.tta_rotations=[0]", "non-zero"),
+                       ("export.tta_rotations=[45,45]", "distinct")):
+        with pytest.raises(ConfigError, match=match):
+            get_profile("real", [bad])
+    with pytest.raises(ConfigError, match="only export.tta=true writes"):
+        get_profile("real", ["export={tta: false, tta_rotations: [45]}", "gates.deployment_form=onnx_fp32"])
 
 
 def test_holdout_fractions_reach_the_split_task_and_bad_ones_fail_when_the_profile_loads():

@@ -20,7 +20,7 @@ RECIPE = [
     "label_queue=5", "pool_size=60", "train.class_weights=sqrt", "undo_class_weights=true",
     "source_ensemble_below=100000",
     # deployed as the real profile deploys: the TTA graph, which the gates read
-    "export={max_abs_diff: 0.01, tta: true}", "gates.deployment_form=onnx_fp32_tta",
+    "export={max_abs_diff: 0.01, tta: true, tta_rotations: [45]}", "gates.deployment_form=onnx_fp32_tta",
 ]
 
 
@@ -280,6 +280,9 @@ def _deployed_form_is_the_tta_graph(result, tmp_path):
     gates = json.loads(next((tmp_path / "wd").rglob("gates.json")).read_text())
     assert gates["gated_form"] == "onnx_fp32_tta" and gates["config"]["deployment_form"] == "onnx_fp32_tta"
     assert "onnx_fp32_tta" in gates["results"][[r["name"] for r in gates["results"]].index("p99_latency_ms")]["detail"]
+    # the graph also averages the views of each map turned by export.tta_rotations
+    export = json.loads(next((tmp_path / "wd").rglob("export.json")).read_text())
+    assert export["tta"]["rotations"] == [45.0] and export["tta"]["forms"]["onnx_fp32_tta"]["views"] == 16
     v = MlflowClient(result.tracking_uri).get_model_version_by_alias("wafer-defect-classifier", "champion")
     assert v.tags["served_form"] == "onnx_fp32_tta"
     out = tmp_path / "champion_eval"

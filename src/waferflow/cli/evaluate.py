@@ -41,6 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tta", action="store_true",
                    help="test-time augmentation: mean softmax over the flips/rotations the model was trained with "
                         "(8 dihedral views for WM-811K classes, 4 for seed20); any form, 1 view = no change")
+    p.add_argument("--tta-rotations", type=float, nargs="+", default=(), metavar="DEG",
+                   help="with --tta: also those views of each map turned by each angle (degrees), as the deployed "
+                        "TTA graph of a model exported with tta_rotations does")
     p.add_argument("--gradcam-per-class", type=int, default=3,
                    help="maps per class in gradcam.png (default 3; 0 = no Grad-CAM)")
     p.set_defaults(func=run_evaluate)
@@ -122,13 +125,21 @@ def _evaluate(args: argparse.Namespace) -> int:
             raise ConfigError(f"--form {args.form} needs --trt DIR (the output of `waferflow compile-trt`)")
         artifact = args.trt
     tta = None
+    if args.tta_rotations and not args.tta:
+        raise ConfigError("--tta-rotations turn the maps of --tta; add --tta")
     if args.tta and args.form.endswith("_tta"):
         raise ConfigError(f"--form {args.form} already averages its views inside the ONNX graph; drop --tta")
     if args.tta:
         from waferflow.train.augment import model_symmetries
 
         tta = model_symmetries(spec, ds.meta.get("taxonomy"))
-    predict = create_predictor(args.form, artifact, threads=args.threads, tta=tta)
+    pad = None
+    if args.tta_rotations:
+        from waferflow.predictors import rotation_pad
+
+        pad = rotation_pad(spec)
+    predict = create_predictor(args.form, artifact, threads=args.threads, tta=tta, tta_rotations=args.tta_rotations,
+                               tta_pad=pad)
     form = f"{args.form}+tta{len(predict.views)}" if args.tta else args.form
     metrics = evaluate(predict, ds, spec, batch_size=args.batch_size, form=form)
     metrics["model_dir"] = str(Path(args.model).resolve())

@@ -62,6 +62,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tta", action="store_true",
                    help="also write model.tta.onnx (and model.int8.tta.onnx): test-time augmentation over the "
                         "model's training symmetries inside the ONNX graph (forms onnx_fp32_tta / onnx_int8_tta)")
+    p.add_argument("--tta-rotations", type=float, nargs="+", default=(), metavar="DEG",
+                   help="with --tta: also average those views of each map turned by each angle, as training's free "
+                        "rotation turns maps (the real profile: 45; needs rot90 among the model's symmetries)")
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=run_export)
 
@@ -130,7 +133,7 @@ def run_export(args: argparse.Namespace) -> int:
                        int8_format=args.int8_format,
                        min_agreement=args.min_agreement,
                        max_rel_diff=args.max_rel_diff, max_abs_diff=args.max_abs_diff, threads=args.threads,
-                       tta=args.tta)
+                       tta=args.tta, tta_rotations=args.tta_rotations)
     print(json.dumps({k: info[k] for k in ("parity", "int8", "prune", "tta", "sizes", "metrics")}, indent=2))
     return 0
 

@@ -17,7 +17,7 @@ import numpy as np
 from waferflow import __version__
 from waferflow.config import atomic_write_json
 from waferflow.data.contract import WaferDataset
-from waferflow.errors import DataError, ModelFormatError
+from waferflow.errors import ConfigError, DataError, ModelFormatError
 from waferflow.evaluation import check_classes, metrics_from_logits
 from waferflow.export.onnx_export import (
     MIN_OPSET,
@@ -42,6 +42,7 @@ from waferflow.predictors import (
     create_predictor,
     onnx_predictor,
     predict_dataset,
+    rotation_pad,
     spec_field,
     torch_predictor,
     tta_predictor,
@@ -200,9 +201,10 @@ def _write_int8(tmp: Path, fp32: Path, fp32_logits: np.ndarray, fp32_overall: di
 
 
 def _write_tta(tmp: Path, files: dict[str, Path], spec: Any, parity_ds: WaferDataset, tolerance: dict,
-               batch_size: int, threads: int | None) -> tuple[dict, dict]:
+               batch_size: int, threads: int | None, rotations: Sequence[float] = ()) -> tuple[dict, dict]:
     """Wrap every written ONNX form in a TTA graph (``waferflow.export.tta_onnx``) over the symmetries the model
-    was trained with, and check each against ``tta_predictor`` around its source on the parity maps.
+    was trained with (and the extra ``rotations``), and check each against ``tta_predictor`` around its source on
+    the parity maps.
 
     Returns ``(export.json's "tta", {form: overall metrics})``; adds the files to ``files``.
 
@@ -214,23 +216,24 @@ def _write_tta(tmp: Path, files: dict[str, Path], spec: Any, parity_ds: WaferDat
     from waferflow.train.augment import model_symmetries
 
     symmetries = model_symmetries(spec)
+    pad = rotation_pad(spec) if rotations else None
     forms, metrics = {}, {}
     for base, tta_form in TTA_OF.items():
         src = tmp / EXPORT_FORMS[base]
         if not src.is_file():
             continue
         dst = tmp / EXPORT_FORMS[tta_form]
-        info = wrap_tta(src, dst, symmetries)
+        info = wrap_tta(src, dst, symmetries, rotations, pad)
         logits = predict_dataset(create_predictor(tta_form, dst, threads=threads), parity_ds, spec, batch_size,
                                  desc=tta_form)
-        ref = predict_dataset(tta_predictor(onnx_predictor(src, threads), symmetries), parity_ds, spec, batch_size,
-                              desc=f"{base}+tta reference")
+        ref = predict_dataset(tta_predictor(onnx_predictor(src, threads), symmetries, rotations, pad), parity_ds,
+                              spec, batch_size, desc=f"{base}+tta reference")
         par = parity(ref, logits)
         check_parity(par, tolerance["min_agreement"], tolerance["max_rel_diff"], None, what=f"{tta_form} graph")
         forms[tta_form] = {**info, "parity_vs_predictor": par}
         metrics[tta_form] = _overall(parity_ds, logits, spec)
         files[dst.name] = dst
-    return {"symmetries": list(symmetries), "forms": forms}, metrics
+    return {"symmetries": list(symmetries), "rotations": [float(r) for r in rotations], "forms": forms}, metrics
 
 
 def _export_info(model_dir: Path, src_sha: str, spec: Any, opset: int, exporter: str, par: dict,
@@ -270,7 +273,8 @@ def export_onnx(model_dir: str | os.PathLike, out_dir: str | os.PathLike, calib_
                 int8_method: str = "static", calibration: str = "minmax", fp32_layers: str | Sequence[str] = "auto",
                 reduce_range: bool | None = None, int8_target_agreement: float = 0.995, int8_format: str = "auto",
                 min_agreement: float = 0.999, max_rel_diff: float = 1e-3, max_abs_diff: float | None = None,
-                batch_size: int = 256, threads: int | None = None, seed: int = 0, tta: bool = False) -> dict:
+                batch_size: int = 256, threads: int | None = None, seed: int = 0, tta: bool = False,
+                tta_rotations: Sequence[float] = ()) -> dict:
     """Export a model dir to ONNX FP32 (+ INT8, + TTA graphs), check parity on real maps, write ``export.json``.
 
     Everything is built in a temp folder beside ``out_dir`` and renamed into place only when every check
@@ -292,12 +296,16 @@ def export_onnx(model_dir: str | os.PathLike, out_dir: str | os.PathLike, calib_
         batch_size: maps per predictor call. threads: onnxruntime intra-op threads. seed: calibration sampling.
         tta: also write ``model.tta.onnx`` (and ``model.int8.tta.onnx`` with INT8): test-time augmentation over
             the model's training symmetries inside the graph, checked against ``tta_predictor`` (forms
-            ``onnx_fp32_tta`` / ``onnx_int8_tta``).
+            ``onnx_fp32_tta`` / ``onnx_int8_tta``). ``tta_rotations``: with ``tta``, also average those views of each
+            map turned by each of these angles (degrees), as training's free rotation turns maps.
 
     Returns the ``export.json`` dict. Raises DataError (missing/unlabeled parity data, missing calibration data,
     class-name mismatch) or ModelFormatError (parity beyond tolerance, an unreadable model dir).
     """
     t_start = time.perf_counter()
+    if tta_rotations and not tta:
+        raise ConfigError(f"tta_rotations {list(tta_rotations)} turn the TTA graph's maps, but tta is off: set "
+                          "export.tta=true (--tta) or drop tta_rotations")
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     model, spec, weights, src_sha = _load_for_export(model_dir, calib_ds, parity_ds, int8)
     ref_logits, torch_overall, prune_info = _torch_reference(model, spec, parity_ds, prune, batch_size)
@@ -320,7 +328,7 @@ def export_onnx(model_dir: str | os.PathLike, out_dir: str | os.PathLike, calib_
         if tta:
             tta_info, tta_metrics = _write_tta(tmp, files, spec, parity_ds, {"min_agreement": min_agreement,
                                                                               "max_rel_diff": max_rel_diff},
-                                               batch_size, threads)
+                                               batch_size, threads, tta_rotations)
             metrics.update(tta_metrics)
         info = _export_info(model_dir, src_sha, spec, opset, exporter, par, parity_ds, metrics, int8_info,
                             prune_info, files, tta_info)

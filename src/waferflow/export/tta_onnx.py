@@ -3,13 +3,16 @@
 ``wrap_tta(src, dst, symmetries)`` takes an exported model (``model.onnx`` or ``model.int8.onnx``: input ``input``
 [N, C, S, S], output ``logits`` [N, K]) and writes the same graph with a head and a tail around it::
 
-    input -> V views (Slice with step -1 = flip, Transpose = swap H/W) -> Concat [V*N, C, S, S]
+    input -> [each angle of ``rotations``: Reshape [N, C, S*S] -> Gather -> Where(outside, off-wafer) -> Reshape]
+          -> V views of each (Slice with step -1 = flip, Transpose = swap H/W) -> Concat [V*N, C, S, S]
           -> the model, unchanged -> Softmax -> Reshape [V, N, K] -> ReduceMean over views -> Max(., 1e-12) -> Log
 
 so its ``logits`` are log(mean probability over the views): the same numbers as
 ``waferflow.predictors.tta_predictor`` around the source model (the exporter checks that on the test maps), and
 argmax / softmax of them are the averaged prediction. The views are ``tta_views(symmetries)``: only the flips and
-rotations the taxonomy allows (8 for WM-811K classes, 4 for seed20). Because the views live in the graph, everything
+rotations the taxonomy allows (8 for WM-811K classes, 4 for seed20), of the map as it is and, with ``rotations``, of
+the map turned by each further angle exactly as training's free rotation turns maps (``waferflow.predictors.rotation``:
+a fixed gather per angle). Because the views live in the graph, everything
 that runs an ONNX file (onnxruntime, the raw-map pyfunc, ``mlflow models serve``, the latency benchmark) runs the
 augmented model with no other code, and the latency gate times what is deployed: V maps per request.
 """
@@ -50,23 +53,49 @@ def _view_ops(view: tuple[int, bool, bool]) -> list[str]:
     return ops + (["W"] if h else []) + (["H"] if v else [])
 
 
-def _head(in_name: str, views: list[tuple[int, bool, bool]]) -> tuple[list, str]:
-    """Nodes from ``in_name`` to the concatenated views, and the name of their output."""
+def _rotated(nodes: list, inits: list, in_name: str, angle: float, size: int, pad: Sequence[float], i: int) -> str:
+    """Nodes turning ``in_name`` [N, C, S, S] by ``angle`` as training does: a Gather of the flattened pixels, with
+    the pixels from outside the map set to ``pad`` (the preprocessed off-wafer value per channel)."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    from waferflow.predictors.rotation import gather_index
+
+    idx = gather_index(size, angle)
+    outside = (idx == size * size).reshape(1, 1, -1)
+    p = f"{PREFIX}r{i}"
+    inits += [numpy_helper.from_array(np.minimum(idx, size * size - 1).astype(np.int64), f"{p}_index"),
+              numpy_helper.from_array(outside, f"{p}_outside"),
+              numpy_helper.from_array(np.asarray(pad, np.float32).reshape(1, -1, 1), f"{p}_pad")]
+    nodes += [helper.make_node("Reshape", [in_name, "tta_flat_shape"], [f"{p}_flat"]),
+              helper.make_node("Gather", [f"{p}_flat", f"{p}_index"], [f"{p}_gathered"], axis=2),
+              helper.make_node("Where", [f"{p}_outside", f"{p}_pad", f"{p}_gathered"], [f"{p}_turned"]),
+              helper.make_node("Reshape", [f"{p}_turned", "tta_map_shape"], [p])]
+    return p
+
+
+def _head(in_name: str, views: list[tuple[int, bool, bool]], rotations: Sequence[float] = (), size: int = 0,
+          pad: Sequence[float] = ()) -> tuple[list, list, str]:
+    """Nodes (and initializers) from ``in_name`` to the concatenated views of the map and of each turned map, and
+    the name of their output."""
     from onnx import helper
 
     nodes: list = []
+    inits: list = []
+    sources = [in_name] + [_rotated(nodes, inits, in_name, a, size, pad, i) for i, a in enumerate(rotations)]
     outs = []
-    for i, view in enumerate(views):
-        cur = in_name
-        for j, op in enumerate(_view_ops(view)):
-            name = f"{PREFIX}v{i}_{j}"
-            cur = _transpose(nodes, cur, name) if op == "T" else _flip(nodes, cur, 3 if op == "W" else 2, name)
-        if cur == in_name:  # the identity view
-            cur = f"{PREFIX}v{i}"
-            nodes.append(helper.make_node("Identity", [in_name], [cur]))
-        outs.append(cur)
+    for s, src in enumerate(sources):
+        for i, view in enumerate(views):
+            cur = src
+            for j, op in enumerate(_view_ops(view)):
+                name = f"{PREFIX}s{s}v{i}_{j}"
+                cur = _transpose(nodes, cur, name) if op == "T" else _flip(nodes, cur, 3 if op == "W" else 2, name)
+            if cur == in_name:  # the identity view
+                cur = f"{PREFIX}v{i}"
+                nodes.append(helper.make_node("Identity", [in_name], [cur]))
+            outs.append(cur)
     nodes.append(helper.make_node("Concat", outs, [f"{PREFIX}views"], axis=0))
-    return nodes, f"{PREFIX}views"
+    return nodes, inits, f"{PREFIX}views"
 
 
 def _tail(view_logits: str, out_name: str, opset: int) -> list:
@@ -84,12 +113,13 @@ def _tail(view_logits: str, out_name: str, opset: int) -> list:
     ]
 
 
-def _constants(n_views: int, n_classes: int) -> list:
+def _constants(n_views: int, n_classes: int, size: int = 0) -> list:
     import numpy as np
     from onnx import numpy_helper
 
     consts = {"tta_start": [-1], "tta_end": [_INT64_MIN], "tta_axis2": [2], "tta_axis3": [3], "tta_step": [-1],
-              "tta_shape": [n_views, -1, n_classes], "tta_mean_axes": [0]}
+              "tta_shape": [n_views, -1, n_classes], "tta_mean_axes": [0], "tta_flat_shape": [0, 0, -1],
+              "tta_map_shape": [0, 0, size, size]}
     out = [numpy_helper.from_array(np.asarray(v, dtype=np.int64), k) for k, v in consts.items()]
     out.append(numpy_helper.from_array(np.asarray(1e-12, dtype=np.float32), "tta_floor"))
     return out
@@ -103,19 +133,35 @@ def _rewire(graph, old: str, new: str) -> None:
                 node.input[i] = new
 
 
-def wrap_tta(src: str | os.PathLike, dst: str | os.PathLike, symmetries: Sequence[str]) -> dict:
-    """Write ``dst``: ``src`` with test-time augmentation over ``symmetries`` inside the graph (module doc).
+def _square_size(g, src: Path) -> int:
+    """The fixed S of the graph's input [N, C, S, S] (a free rotation needs it)."""
+    dims = [d.dim_value for d in g.input[0].type.tensor_type.shape.dim]
+    if len(dims) != 4 or dims[2] <= 0 or dims[2] != dims[3]:
+        raise ModelFormatError(f"{src}: TTA rotations need a fixed square input [N, C, S, S]; found {dims}")
+    return int(dims[2])
+
+
+def wrap_tta(src: str | os.PathLike, dst: str | os.PathLike, symmetries: Sequence[str],
+             rotations: Sequence[float] = (), pad: Sequence[float] | None = None) -> dict:
+    """Write ``dst``: ``src`` with test-time augmentation over ``symmetries`` inside the graph (module doc), and over
+    the map turned by each angle of ``rotations`` (degrees) with ``pad`` (the preprocessed off-wafer value per
+    channel, ``rotation_pad(spec)``) where the turn reads outside the map.
 
     Returns:
-        ``{"file", "source", "symmetries", "views"}`` for ``export.json``.
+        ``{"file", "source", "symmetries", "rotations", "views"}`` for ``export.json``.
 
     Raises:
-        ConfigError: the symmetries give one view only (nothing to average) or are unknown.
+        ConfigError: the symmetries give one view only (nothing to average) or are unknown; bad rotations.
         ModelFormatError: ``src`` is not a waferflow export (one input, one [N, K] output), or the result is invalid.
     """
     import onnx
     from onnx import helper
 
+    from waferflow.predictors.rotation import check_rotations
+
+    rotations = check_rotations(rotations, symmetries)
+    if rotations and pad is None:
+        raise ConfigError("wrap_tta: rotations need pad, the preprocessed off-wafer value per channel")
     views = tta_views(symmetries)
     if len(views) < 2:
         raise ConfigError(f"TTA needs label-preserving symmetries; {list(symmetries)} give one view, nothing to "
@@ -138,15 +184,17 @@ def wrap_tta(src: str | os.PathLike, dst: str | os.PathLike, symmetries: Sequenc
             if name == out_name:
                 node.output[i] = view_logits
     _rewire(g, out_name, view_logits)
-    head, views_name = _head(in_name, views)
+    size = _square_size(g, src) if rotations else 0
+    head, head_inits, views_name = _head(in_name, views, rotations, size, pad or ())
     _rewire(g, in_name, views_name)
     nodes = head + list(g.node) + _tail(view_logits, out_name, opset)
     del g.node[:]
     g.node.extend(nodes)
-    g.initializer.extend(_constants(len(views), n_classes))
+    n_views = len(views) * (1 + len(rotations))
+    g.initializer.extend(_constants(n_views, n_classes, size) + head_inits)
     helper.set_model_props(m, {**{p.key: p.value for p in m.metadata_props},
-                               "tta_symmetries": json.dumps(list(symmetries)), "tta_views": str(len(views)),
-                               "tta_source": src.name})
+                               "tta_symmetries": json.dumps(list(symmetries)), "tta_views": str(n_views),
+                               "tta_rotations": json.dumps(list(rotations)), "tta_source": src.name})
     try:
         onnx.checker.check_model(m, full_check=True)
     except Exception as e:
@@ -154,4 +202,5 @@ def wrap_tta(src: str | os.PathLike, dst: str | os.PathLike, symmetries: Sequenc
     tmp = dst.with_name(f".{dst.name}.tmp")
     onnx.save(m, str(tmp))
     os.replace(tmp, dst)
-    return {"file": dst.name, "source": src.name, "symmetries": list(symmetries), "views": len(views)}
+    return {"file": dst.name, "source": src.name, "symmetries": list(symmetries), "rotations": list(rotations),
+            "views": n_views}

@@ -21,6 +21,7 @@ from waferflow.predictors.runtime import (
     onnx_predictor,
     onnx_session,
     onnxruntime_model_predictor,
+    rotation_pad,
     torch_predictor,
     tta_predictor,
     tta_views,
@@ -39,6 +40,6 @@ __all__ = [
     "SYMMETRIES", "WEIGHTS_NAME", "Form",
     "Predictor", "batches_for", "create_predictor", "engine_name", "features_and_logits",
     "form_file", "get_form", "onnx_predictor", "onnx_session", "onnxruntime_model_predictor", "penultimate_features", "predict_batches",
-    "predict_dataset", "softmax", "spec_field", "tensorrt_predictor", "torch_predictor", "tta_predictor",
+    "predict_dataset", "rotation_pad", "softmax", "spec_field", "tensorrt_predictor", "torch_predictor", "tta_predictor",
     "tta_views", "trt_skip",
 ]

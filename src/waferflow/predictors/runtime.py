@@ -72,23 +72,41 @@ def _view(x: np.ndarray, view: tuple[int, bool, bool]) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
-def tta_predictor(predict: Predictor, symmetries: Sequence[str]) -> Predictor:
+def tta_predictor(predict: Predictor, symmetries: Sequence[str], rotations: Sequence[float] = (),
+                  pad: Sequence[float] | None = None) -> Predictor:
     """Test-time augmentation around any predictor: the mean softmax over ``tta_views(symmetries)``.
 
     Returns log(mean probability) as logits, so argmax and softmax of the result are the averaged ones.
     Only the transforms the taxonomy allows are used (seed20's vertical vs horizontal scratch forbid rot90).
+    ``rotations`` (degrees) add the same views of each map turned by each angle, as training's free rotation turns
+    maps (``waferflow.predictors.rotation``); ``pad`` is then the preprocessed off-wafer value of each channel
+    (``rotation_pad(spec)``). ``predict_tta.views`` lists ``(angle, view)``.
     """
+    from waferflow.predictors.rotation import check_rotations, rotate_input
+
+    angles = (0.0, *check_rotations(rotations, symmetries))
+    if len(angles) > 1 and pad is None:
+        raise ConfigError("tta_predictor: rotations need pad, the preprocessed off-wafer value per channel")
     views = tta_views(symmetries)
 
     def predict_tta(x: np.ndarray) -> np.ndarray:
         acc = None
-        for view in views:
-            p = softmax(np.asarray(predict(_view(x, view)), dtype=np.float64))
-            acc = p if acc is None else acc + p
-        return np.log(np.maximum(acc / len(views), 1e-12)).astype(np.float32)
+        for angle in angles:
+            turned = x if angle == 0 else rotate_input(x, angle, pad)
+            for view in views:
+                p = softmax(np.asarray(predict(_view(turned, view)), dtype=np.float64))
+                acc = p if acc is None else acc + p
+        return np.log(np.maximum(acc / (len(views) * len(angles)), 1e-12)).astype(np.float32)
 
-    predict_tta.views = views  # type: ignore[attr-defined]
+    predict_tta.views = [(a, v) for a in angles for v in views]  # type: ignore[attr-defined]
     return predict_tta
+
+
+def rotation_pad(spec: Any) -> list[float]:
+    """The preprocessed value of an off-wafer pixel (0) in each input channel of the model ``spec`` describes."""
+    from waferflow.models import preprocess
+
+    return [float(v) for v in preprocess(np.zeros((1, 1, 1), np.uint8), spec)[0, :, 0, 0]]
 
 
 def _session_options(threads: int | None) -> Any:

@@ -118,7 +118,8 @@ def form_file(form: str, artifact: str | os.PathLike) -> Path:
 
 
 def create_predictor(form: str, artifact: Any, *, threads: int | None = None, device: str = "cpu",
-                     tta: Sequence[str] | None = None) -> Predictor:
+                     tta: Sequence[str] | None = None, tta_rotations: Sequence[float] = (),
+                     tta_pad: Sequence[float] | None = None) -> Predictor:
     """A predictor for ``form`` loaded from its artifact dir (see the module's table).
 
     Args:
@@ -128,6 +129,8 @@ def create_predictor(form: str, artifact: Any, *, threads: int | None = None, de
         threads: torch threads (``torch``; set process-wide) or onnxruntime intra-op threads (``onnx_*``).
         device: ``cpu`` or ``cuda`` (``torch`` and ``onnx_*``; TensorRT is always CUDA).
         tta: symmetries; when given, the predictor is wrapped in ``tta_predictor`` (1 view = no change).
+        tta_rotations, tta_pad: with ``tta``, the extra angles of ``tta_predictor`` and the preprocessed
+            off-wafer value per channel (``rotation_pad(spec)``).
 
     Raises:
         ModelFormatError: an unknown form, a missing file (named), or a file that cannot be loaded.
@@ -143,5 +146,5 @@ def create_predictor(form: str, artifact: Any, *, threads: int | None = None, de
     if tta is not None:
         from waferflow.predictors.runtime import tta_predictor
 
-        predict = tta_predictor(predict, tta)
+        predict = tta_predictor(predict, tta, tta_rotations, tta_pad)
     return predict

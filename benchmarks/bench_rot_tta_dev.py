@@ -1,0 +1,107 @@
+"""Does free-rotation test-time augmentation pay? The deployed model of a finished development run, scored with the
+deployed TTA (the data's dihedral views) and with those views taken again after rotating each map by further angles.
+
+The ``real`` profile trains with free rotation (``train.rotation``: a share of the maps turned by up to 45 degrees,
+one nearest-neighbour warp about the centre, off-wafer padding), while test-time augmentation averages only the 8
+flips and quarter turns. Here every map is also turned by each angle of ``--variant NAME=A,B,...`` with the same warp
+(``rotate_maps``), each turned map goes through the deployed TTA, and the mean probability over all views is scored:
+on the dev maps (never seen by the run) and on the run's validation split, in torch::
+
+    python -m benchmarks.bench_real_pipeline --draw-labels 11 --dev 2000 --workdir /tmp/s11 --out s11.json
+    python -m benchmarks.bench_rot_tta_dev --workdir /tmp/s11 --out rot_s11.json
+
+Prints JSON: accuracy, macro-F1 and balanced accuracy of the deployed TTA and of each variant on each split, the
+variant minus the deployed TTA on the dev maps, and each variant's cost in views. Nothing here reads
+``wm811k_val_data.npz``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_VARIANTS = ("R2=45", "R3=22.5,-22.5")
+
+
+def rotate_maps(maps: np.ndarray, degrees: float) -> np.ndarray:
+    """uint8 [N, S, S] maps turned by ``degrees`` about the centre: the training warp of ``train.rotation``
+    (``grid_sample`` nearest, zeros outside, so values stay 0/1/2)."""
+    import torch
+    import torch.nn.functional as F
+
+    if maps.ndim != 3 or maps.shape[1] != maps.shape[2]:
+        raise ValueError(f"rotate_maps needs square uint8 [N, S, S] maps; got {maps.shape}")
+    a = math.radians(float(degrees))
+    theta = torch.tensor([[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0]]).expand(len(maps), 2, 3)
+    x = torch.from_numpy(np.ascontiguousarray(maps))[:, None].float()
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    out = F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    return out[:, 0].round().to(torch.uint8).numpy()
+
+
+def angle_probs(model_dir: Path, ds, angles: list[float], batch_size: int = 256) -> dict[float, np.ndarray]:
+    """{angle: float64 [N, K] deployed-TTA mean probability of every map of ``ds`` turned by that angle}."""
+    from tqdm import tqdm
+
+    from waferflow.models import load_model_dir, preprocess
+    from waferflow.predictors import softmax, torch_predictor, tta_predictor
+    from waferflow.train.augment import model_symmetries
+
+    model, spec = load_model_dir(model_dir)
+    predict = tta_predictor(torch_predictor(model), model_symmetries(spec))
+    maps = ds.resized(int(spec.input_size))
+    out = {}
+    for ang in angles:
+        turned = maps if ang == 0 else rotate_maps(maps, ang)
+        parts = [softmax(predict(np.ascontiguousarray(preprocess(turned[i:i + batch_size], spec), np.float32)))
+                 for i in tqdm(range(0, len(maps), batch_size), desc=f"{ang:+g} deg", unit="batch")]
+        out[ang] = np.concatenate(parts).astype(np.float64)
+    return out
+
+
+def parse_variants(items: list[str]) -> dict[str, list[float]]:
+    """``NAME=A,B`` -> {NAME: [0, A, B]} (the unturned maps always count)."""
+    out = {}
+    for item in items:
+        name, _, angles = item.partition("=")
+        try:
+            extra = [float(v) for v in angles.split(",") if v.strip()]
+        except ValueError:
+            raise SystemExit(f"--variant {item!r}: give NAME=ANGLE,ANGLE in degrees (e.g. R2=45)") from None
+        if not name or not extra or 0.0 in extra:
+            raise SystemExit(f"--variant {item!r}: give NAME=ANGLE,... with non-zero angles (0 is always included)")
+        out[name] = [0.0, *extra]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    from benchmarks._report import emit
+    from benchmarks.bench_ensemble_dev import _scores, deployed_model
+    from benchmarks.bench_keep_dev import read_dev_run
+
+    ap = argparse.ArgumentParser(add_help=False)
+    ap.add_argument("--variant", action="append", default=None, metavar="NAME=A,B")
+    a, rest = ap.parse_known_args(argv)
+    variants = parse_variants(a.variant or list(DEFAULT_VARIANTS))
+    r = read_dev_run(__doc__, rest)
+    model = deployed_model(r.outs)
+    angles = sorted({ang for v in variants.values() for ang in v})
+    res: dict = {"workdir": str(r.workdir), "model": str(model), "variants": variants}
+    for split, ds in r.sets.items():
+        probs = angle_probs(model, ds, angles)
+        res.setdefault("deployed_tta", {})[split] = _scores(ds.labels, probs[0.0])
+        for name, angs in variants.items():
+            res.setdefault(name, {})[split] = _scores(ds.labels, np.mean([probs[g] for g in angs], axis=0))
+    res["dev_change_vs_deployed_tta"] = {
+        name: {k: round(float(res[name]["dev"][k] - res["deployed_tta"]["dev"][k]), 4)
+               for k in ("accuracy", "macro_f1")} for name in variants}
+    res["cost_in_views"] = {name: f"{len(angs)}x the deployed TTA" for name, angs in variants.items()}
+    emit(res, r.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
