@@ -203,6 +203,7 @@ def test_run_help_names_the_few_label_settings_with_the_real_profiles_values(cap
                  f"train.class_weights=MODE .*\\({real.train['class_weights']}\\)",
                  f"train.rotation=D [^;]*\\({real.train['rotation']}; 0 = off\\)",
                  f"undo_class_weights=BOOL [^(]*\\({str(real.undo_class_weights).lower()}\\)",
+                 r"export.tta_rotations=\[D,\.\.\.\] [^(]*\(" + re.escape(str(real.export["tta_rotations"])) + ":",
                  "labels_per_class=N"):
         assert re.search(line, text), line
 

@@ -54,6 +54,8 @@ few labels, many unlabeled maps (--set KEY=VALUE; the real profile's values in p
                               a development lead, not the recipe: README)
   source_ensemble_below=N     with fewer than N labeled training maps, deploy the model and the source model as
                               one mean-probability ensemble (two forward passes per map; 1000; 0 = off)
+  export.tta_rotations=[D,...]  the deployed TTA graph also averages the views of each map turned by these
+                              angles, as train.rotation turns maps ([45]: 16 views; [] = the 8 alone)
 """
 
 
