@@ -276,3 +276,20 @@ def test_export_with_tta_rotations_checks_the_graph_and_records_it(tiny, tmp_pat
     assert m["overall"]["accuracy"] == pytest.approx(info["metrics"]["onnx_fp32_tta"]["accuracy"])
     assert main([*args, "--form", "onnx_fp32", "--tta-rotations", "45", "--out", str(tmp_path / "e2")]) != 0
     assert not (tmp_path / "e2").exists()
+
+
+def test_export_turns_no_map_for_a_model_whose_labels_a_rotation_could_change_and_says_so(tiny, tmp_path, caplog):
+    """As train.rotation: where rot90 is not among the model's symmetries (e.g. seed20's vertical and horizontal
+    scratch), the profile's tta_rotations are off, logged and recorded, and the 8-view graph is written."""
+    from waferflow.export import export_onnx
+    from waferflow.models import load_model_dir, save_model_dir
+
+    model, spec = load_model_dir(tiny["model_dir"])
+    spec = dataclasses.replace(spec, extra={**(spec.extra or {}), "train": {"symmetries": ["hflip", "vflip"]}})
+    md = save_model_dir(model, spec, tmp_path / "model")
+    with caplog.at_level("WARNING"):
+        info = export_onnx(md, tmp_path / "export", parity_ds=tiny["test"], int8=False, tta=True,
+                           tta_rotations=[45])
+    assert info["tta"]["rotations"] == [] and "are off" in info["tta"]["rotations_off"]
+    assert info["tta"]["forms"]["onnx_fp32_tta"]["views"] == 4
+    assert "tta_rotations [45] are off" in caplog.text

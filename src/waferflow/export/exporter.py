@@ -216,6 +216,12 @@ def _write_tta(tmp: Path, files: dict[str, Path], spec: Any, parity_ds: WaferDat
     from waferflow.train.augment import model_symmetries
 
     symmetries = model_symmetries(spec)
+    off = {}
+    if rotations and "rot90" not in symmetries:  # as train.rotation: off where a turn could change a label
+        off = {"rotations_off": f"tta_rotations {list(rotations)} are off: this model's classes keep their label only "
+                                f"under {list(symmetries)}, not under any rotation"}
+        log.warning("%s", off["rotations_off"])
+        rotations = ()
     pad = rotation_pad(spec) if rotations else None
     forms, metrics = {}, {}
     for base, tta_form in TTA_OF.items():
@@ -233,7 +239,7 @@ def _write_tta(tmp: Path, files: dict[str, Path], spec: Any, parity_ds: WaferDat
         forms[tta_form] = {**info, "parity_vs_predictor": par}
         metrics[tta_form] = _overall(parity_ds, logits, spec)
         files[dst.name] = dst
-    return {"symmetries": list(symmetries), "rotations": [float(r) for r in rotations], "forms": forms}, metrics
+    return {"symmetries": list(symmetries), "rotations": [float(r) for r in rotations], **off, "forms": forms}, metrics
 
 
 def _export_info(model_dir: Path, src_sha: str, spec: Any, opset: int, exporter: str, par: dict,

@@ -118,8 +118,9 @@ def _constants(n_views: int, n_classes: int, size: int = 0) -> list:
     from onnx import numpy_helper
 
     consts = {"tta_start": [-1], "tta_end": [_INT64_MIN], "tta_axis2": [2], "tta_axis3": [3], "tta_step": [-1],
-              "tta_shape": [n_views, -1, n_classes], "tta_mean_axes": [0], "tta_flat_shape": [0, 0, -1],
-              "tta_map_shape": [0, 0, size, size]}
+              "tta_shape": [n_views, -1, n_classes], "tta_mean_axes": [0]}
+    if size:  # the turned maps' Reshapes
+        consts.update(tta_flat_shape=[0, 0, -1], tta_map_shape=[0, 0, size, size])
     out = [numpy_helper.from_array(np.asarray(v, dtype=np.int64), k) for k, v in consts.items()]
     out.append(numpy_helper.from_array(np.asarray(1e-12, dtype=np.float32), "tta_floor"))
     return out
