@@ -1,6 +1,7 @@
 """The model and its synthetic source model as one mean-probability ensemble (waferflow.train.source_ensemble)."""
 
 import json
+import tempfile
 
 import numpy as np
 import pytest
@@ -144,9 +145,19 @@ def test_the_source_model_resolves_in_the_registry_of_an_explicit_tracking_uri(r
     start.write_text(json.dumps({**json.loads(start.read_text()), "weights_source": "mlflow:models:/wafer-source-lines/1"}))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(run)  # mlflow's default registry (./mlflow.db) holds nothing
+    tmp = run / "system-tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))  # where mlflow and the stage make their temporary folders
     rep = run_source_ensemble(run / "final", run / "adapted", run / "train.npz", run / "val.npz", run / "out", 100,
                               tracking_uri=store)
     assert rep["status"] == "ensembled" and rep["source"] == "models:/wafer-source-lines/1"
+    # the downloaded copy of the source model is gone once it is loaded, and so is the one a start point loads
+    assert not list(tmp.iterdir())
+    from waferflow.models.weights import load_weights
+
+    assert load_weights("models:/wafer-source-lines/1", "tf_efficientnet_lite0", tracking_uri=store).state_dict
+    assert not list(tmp.iterdir())
+    monkeypatch.undo()
     client.set_registered_model_alias("wafer-source-lines", "start", "1")
     assert (download_model_dir("models:/wafer-source-lines@start", store) / "model.json").is_file()
     with pytest.raises(WeightsError, match="cannot download models:/wafer-source-lines@nope"):

@@ -13,8 +13,11 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from waferflow.errors import ModelFormatError, WeightsError
 
@@ -105,8 +108,21 @@ def _from_url(url: str) -> LoadedWeights:
     return LoadedWeights(sd, f"url:{url}", [])
 
 
-def download_model_dir(uri: str, tracking_uri: str | None = None) -> Path:
-    """The waferflow model dir an MLflow URI points at, downloaded to a local folder.
+@contextmanager
+def downloaded_model_dir(uri: str, tracking_uri: str | None = None) -> Iterator[Path]:
+    """The waferflow model dir an MLflow URI points at, downloaded to a temporary folder that is removed on exit
+    (load the model inside the ``with``), so a run that loads weights by URI leaves no copy behind.
+
+    Raises:
+        WeightsError: as :func:`download_model_dir`.
+    """
+    with tempfile.TemporaryDirectory(prefix="waferflow-download-") as tmp:
+        yield download_model_dir(uri, tracking_uri, Path(tmp))
+
+
+def download_model_dir(uri: str, tracking_uri: str | None = None, dst: Path | None = None) -> Path:
+    """The waferflow model dir an MLflow URI points at, downloaded into ``dst`` (default: a new temporary folder
+    that mlflow makes and nobody removes; prefer :func:`downloaded_model_dir`).
 
     Raises:
         WeightsError: mlflow missing, the URI unreachable or unknown, or no model dir in it.
@@ -119,7 +135,8 @@ def download_model_dir(uri: str, tracking_uri: str | None = None) -> Path:
     try:
         # an explicit tracking_uri, never mlflow.set_tracking_uri: that would export MLFLOW_TRACKING_URI process-wide
         where = _registry_download_uri(uri, tracking_uri) if tracking_uri and uri.startswith("models:/") else uri
-        local = Path(download_artifacts(artifact_uri=where, tracking_uri=tracking_uri))
+        local = Path(download_artifacts(artifact_uri=where, tracking_uri=tracking_uri,
+                                       dst_path=None if dst is None else str(dst)))
     except Exception as e:
         raise WeightsError(
             f"cannot download {uri} from MLflow ({type(e).__name__}: {str(e)[:200]}); check MLFLOW_TRACKING_URI "
@@ -144,7 +161,8 @@ def _registry_download_uri(uri: str, tracking_uri: str) -> str:
 
 
 def _from_mlflow(uri: str, tracking_uri: str | None = None) -> LoadedWeights:
-    lw = _from_file(str(download_model_dir(uri, tracking_uri)))
+    with downloaded_model_dir(uri, tracking_uri) as local:  # the state dict is in memory before the folder goes
+        lw = _from_file(str(local))
     return LoadedWeights(lw.state_dict, f"mlflow:{uri}", [lw.source] + lw.lineage, head_trained=lw.head_trained)
 
 

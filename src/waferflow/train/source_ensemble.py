@@ -82,18 +82,21 @@ def run_source_ensemble(model_dir: str | Path, adapted_dir: str | Path, train_fi
     return _ensemble(Path(model_dir), read_spec(start).weights_source, val_file, Path(out_dir), found, tracking_uri)
 
 
-def _source_dir(weights_source: str, tracking_uri: str | None) -> tuple[str, Path]:
-    """The source model's URI and local model dir, from the ``weights_source`` of the start point it was loaded as."""
-    from waferflow.models.weights import download_model_dir, is_mlflow_uri
+def _load_source(weights_source: str, tracking_uri: str | None) -> tuple[str, Any, Any]:
+    """The source model's URI, module and spec, from the ``weights_source`` of the start point it was loaded as (an
+    MLflow URI is downloaded to a temporary folder, removed once the model is loaded)."""
+    from waferflow.models.spec import load_model_dir
+    from waferflow.models.weights import downloaded_model_dir, is_mlflow_uri
 
     uri = weights_source.removeprefix("mlflow:")
     if is_mlflow_uri(uri):
-        return uri, download_model_dir(uri, tracking_uri)
+        with downloaded_model_dir(uri, tracking_uri) as local:
+            return (uri, *load_model_dir(local))
     path = Path(uri.removeprefix("file:"))
     if not (path / "model.json").is_file():
         raise ModelFormatError(f"the source model was loaded from {weights_source!r}, which is not a model dir or an "
                                "MLflow URI, so it cannot be ensembled; set source_ensemble_below=0")
-    return uri, path
+    return (uri, *load_model_dir(path))
 
 
 def _ensemble(model_dir: Path, weights_source: str, val_file, out: Path, found: dict,
@@ -104,8 +107,7 @@ def _ensemble(model_dir: Path, weights_source: str, val_file, out: Path, found: 
     from waferflow.models.spec import copy_model_extras, load_model_dir, save_model_dir
 
     model, spec = load_model_dir(model_dir)
-    uri, source_dir = _source_dir(weights_source, tracking_uri)
-    source, source_spec = load_model_dir(source_dir)
+    uri, source, source_spec = _load_source(weights_source, tracking_uri)
     differ = [k for k in _MATCH if getattr(source_spec, k) != getattr(spec, k)]
     if differ:
         raise ModelFormatError(f"the source model {uri} differs from the model in {differ} "
