@@ -10,7 +10,10 @@ on the dev maps (never seen by the run) and on the run's validation split, in to
     python -m benchmarks.bench_real_pipeline --draw-labels 11 --dev 2000 --workdir /tmp/s11 --out s11.json
     python -m benchmarks.bench_rot_tta_dev --workdir /tmp/s11 --out rot_s11.json
 
-Prints JSON: accuracy, macro-F1 and balanced accuracy of the deployed TTA and of each variant on each split, the
+``--first-member-only`` (a deployed ensemble of the model and its source model, whose source member was trained
+without free rotation): also each variant with only the first member's maps turned, the source member on the 8 views.
+
+Prints JSON: accuracy and macro-F1 of the deployed TTA and of each variant on each split, the
 variant minus the deployed TTA on the dev maps, and each variant's cost in views. Nothing here reads
 ``wm811k_val_data.npz``.
 """
@@ -18,6 +21,7 @@ variant minus the deployed TTA on the dev maps, and each variant's cost in views
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from pathlib import Path
 
@@ -42,8 +46,10 @@ def rotate_maps(maps: np.ndarray, degrees: float) -> np.ndarray:
     return out[:, 0].round().to(torch.uint8).numpy()
 
 
-def angle_probs(model_dir: Path, ds, angles: list[float], batch_size: int = 256) -> dict[float, np.ndarray]:
-    """{angle: float64 [N, K] deployed-TTA mean probability of every map of ``ds`` turned by that angle}."""
+def angle_probs(model_dir: Path, ds, angles: list[float], batch_size: int = 256, member: int | None = None
+                ) -> dict[float, np.ndarray]:
+    """{angle: float64 [N, K] deployed-TTA mean probability of every map of ``ds`` turned by that angle}; with
+    ``member``, of that member of an ensemble alone."""
     from tqdm import tqdm
 
     from waferflow.models import load_model_dir, preprocess
@@ -51,6 +57,8 @@ def angle_probs(model_dir: Path, ds, angles: list[float], batch_size: int = 256)
     from waferflow.train.augment import model_symmetries
 
     model, spec = load_model_dir(model_dir)
+    if member is not None:
+        model = model.members[member]
     predict = tta_predictor(torch_predictor(model), model_symmetries(spec))
     maps = ds.resized(int(spec.input_size))
     out = {}
@@ -84,10 +92,14 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(add_help=False)
     ap.add_argument("--variant", action="append", default=None, metavar="NAME=A,B")
+    ap.add_argument("--first-member-only", action="store_true",
+                    help="an ensemble deployed (model + source model): also turn the first member's maps only")
     a, rest = ap.parse_known_args(argv)
     variants = parse_variants(a.variant or list(DEFAULT_VARIANTS))
     r = read_dev_run(__doc__, rest)
     model = deployed_model(r.outs)
+    if a.first_member_only and not json.loads((model / "model.json").read_text()).get("ensemble"):
+        raise SystemExit(f"--first-member-only: the deployed model {model} is not an ensemble (one network)")
     angles = sorted({ang for v in variants.values() for ang in v})
     res: dict = {"workdir": str(r.workdir), "model": str(model), "variants": variants}
     for split, ds in r.sets.items():
@@ -95,9 +107,15 @@ def main(argv: list[str] | None = None) -> int:
         res.setdefault("deployed_tta", {})[split] = _scores(ds.labels, probs[0.0])
         for name, angs in variants.items():
             res.setdefault(name, {})[split] = _scores(ds.labels, np.mean([probs[g] for g in angs], axis=0))
+        if a.first_member_only:
+            first = angle_probs(model, ds, angles, member=0)
+            second = angle_probs(model, ds, [0.0], member=1)[0.0]
+            for name, angs in variants.items():
+                turned = np.mean([first[g] for g in angs], axis=0)
+                res.setdefault(f"{name}_first_member_only", {})[split] = _scores(ds.labels, (turned + second) / 2)
     res["dev_change_vs_deployed_tta"] = {
         name: {k: round(float(res[name]["dev"][k] - res["deployed_tta"]["dev"][k]), 4)
-               for k in ("accuracy", "macro_f1")} for name in variants}
+               for k in ("accuracy", "macro_f1")} for name in res if name in variants or name.endswith("_only")}
     res["cost_in_views"] = {name: f"{len(angs)}x the deployed TTA" for name, angs in variants.items()}
     emit(res, r.out)
     return 0
