@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -107,13 +108,19 @@ def _models(run: Path) -> tuple[dict[str, Path], list[str], Path]:
 
 def _source_model(run: Path, outs: Path) -> Path | None:
     """The source model the run's candidates started from (synthetic maps only, no real label), downloaded from the
-    run's registry; None when the run had no source stage or no taxonomy matched."""
+    run's registry into the benchmark's workdir (``RUN/../source_download``, replaced each time); None when the run
+    had no source stage or no taxonomy matched."""
     from waferflow.models.weights import download_model_dir
     from waferflow.orchestration.local import embedded_tracking_uri
 
     reports = sorted((outs / "source-model" / "report").glob("*.json"))
     uris = list(json.loads(reports[0].read_text()).get("sources", {}).values()) if reports else []
-    return download_model_dir(uris[0], embedded_tracking_uri(run)) if uris else None
+    if not uris:
+        return None
+    dst = run.parent / "source_download"
+    shutil.rmtree(dst, ignore_errors=True)
+    dst.mkdir()
+    return download_model_dir(uris[0], embedded_tracking_uri(run), dst)
 
 
 def _pseudo_labels(prob: np.ndarray, truth: np.ndarray, train_counts: np.ndarray, threshold: float,

@@ -133,7 +133,7 @@ def test_the_source_model_resolves_in_the_registry_of_an_explicit_tracking_uri(r
     """A benchmark or CLI that names the store (no MLFLOW_TRACKING_URI) finds a models:/ source model there."""
     from mlflow import MlflowClient
 
-    from waferflow.models.weights import download_model_dir
+    from waferflow.models.weights import downloaded_model_dir
 
     store = f"sqlite:///{run / 'store.db'}"
     client = MlflowClient(store)
@@ -159,9 +159,12 @@ def test_the_source_model_resolves_in_the_registry_of_an_explicit_tracking_uri(r
     assert not list(tmp.iterdir())
     monkeypatch.undo()
     client.set_registered_model_alias("wafer-source-lines", "start", "1")
-    assert (download_model_dir("models:/wafer-source-lines@start", store) / "model.json").is_file()
+    with downloaded_model_dir("models:/wafer-source-lines@start", store) as got:
+        assert (got / "model.json").is_file()
+    assert not got.exists()
     with pytest.raises(WeightsError, match="cannot download models:/wafer-source-lines@nope"):
-        download_model_dir("models:/wafer-source-lines@nope", store)
+        with downloaded_model_dir("models:/wafer-source-lines@nope", store):
+            pass
 
 
 def test_a_broken_ensemble_record_is_refused(run):
