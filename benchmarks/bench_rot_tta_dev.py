@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -31,19 +30,15 @@ DEFAULT_VARIANTS = ("R2=45", "R3=22.5,-22.5")
 
 
 def rotate_maps(maps: np.ndarray, degrees: float) -> np.ndarray:
-    """uint8 [N, S, S] maps turned by ``degrees`` about the centre: the training warp of ``train.rotation``
-    (``grid_sample`` nearest, zeros outside, so values stay 0/1/2)."""
-    import torch
-    import torch.nn.functional as F
+    """uint8 [N, S, S] maps turned by ``degrees`` about the centre as ``train.rotation`` turns them (the training
+    warp as a fixed gather, ``waferflow.predictors.rotation.gather_index``; off-wafer 0 outside)."""
+    from waferflow.predictors.rotation import gather_index
 
     if maps.ndim != 3 or maps.shape[1] != maps.shape[2]:
         raise ValueError(f"rotate_maps needs square uint8 [N, S, S] maps; got {maps.shape}")
-    a = math.radians(float(degrees))
-    theta = torch.tensor([[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0]]).expand(len(maps), 2, 3)
-    x = torch.from_numpy(np.ascontiguousarray(maps))[:, None].float()
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    out = F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
-    return out[:, 0].round().to(torch.uint8).numpy()
+    n, s, _ = maps.shape
+    flat = np.concatenate([maps.reshape(n, s * s), np.zeros((n, 1), maps.dtype)], axis=1)
+    return np.ascontiguousarray(flat[:, gather_index(s, float(degrees))].reshape(n, s, s))
 
 
 def angle_probs(model_dir: Path, ds, angles: list[float], batch_size: int = 256, member: int | None = None
