@@ -177,3 +177,60 @@ def test_step_budget_sets_epochs_by_data_size(tmp_path, make_lines):
         _cfg(steps=10, epochs=2)
     with pytest.raises(ConfigError, match="steps must be >= 0"):
         _cfg(steps=-1)
+
+
+def test_weight_average_is_what_validation_judges_and_the_model_keeps(tmp_path, make_lines, r18_file):
+    """ema_decay: the saved model is the average (timm ModelEmaV3), not the last raw weights, and the history's
+    validation figures are the average's."""
+    import numpy as np
+
+    from waferflow.evaluation import evaluate
+    from waferflow.predictors.table import create_predictor
+
+    tr, va = make_lines(48, seed=0), make_lines(16, seed=1)
+    cfg = _cfg(strategy="full_finetune", backbone="resnet18", epochs=1, ema_decay=0.9)
+    train(cfg, tr, va, tmp_path / "e", weights=r18_file)
+    ck = torch.load(tmp_path / "e" / "checkpoints" / "last.pt", weights_only=True)
+    best = torch.load(tmp_path / "e" / "checkpoints" / "best.pt", weights_only=True)
+    saved = torch.load(tmp_path / "e" / "weights.pt", weights_only=True)
+    assert ck["steps"] == 3 and set(ck["ema"]) == set(ck["model"])
+    assert all(torch.equal(best[k], ck["ema"][k]) and torch.equal(saved[k], ck["ema"][k]) for k in best)
+    start = torch.load(r18_file, weights_only=True)["layer4.1.conv2.weight"]
+    w = "layer4.1.conv2.weight"
+    assert not torch.equal(ck["ema"][w], ck["model"][w]), "the average is the raw weights"
+    assert not torch.equal(ck["ema"][w], start), "the average never moved from the start"
+    hist = json.loads((tmp_path / "e" / "history.json").read_text())
+    model, spec = load_model_dir(tmp_path / "e")
+    m = evaluate(create_predictor("torch", model), va, spec)
+    assert np.isclose(m["overall"]["macro_f1"], hist[-1]["val_macro_f1"])
+    # without the average the same seed keeps the raw weights
+    train(_cfg(strategy="full_finetune", backbone="resnet18", epochs=1), tr, va, tmp_path / "r", weights=r18_file)
+    raw = torch.load(tmp_path / "r" / "weights.pt", weights_only=True)
+    assert torch.equal(raw[w], ck["model"][w])
+
+
+def test_weight_average_follows_head_only_epochs_and_resumes(tmp_path, make_lines, r18_file):
+    """Epochs that train the head on cached features copy the model into the average (else it would keep the
+    untrained head); a resumed run restores the average, and one with another ema_decay is refused."""
+    tr, va = make_lines(48, seed=0), make_lines(16, seed=1)
+    plain = train(_cfg(strategy="feature_extraction", backbone="resnet18", epochs=2), tr, va, tmp_path / "p",
+                  weights=r18_file)
+    ema = train(_cfg(strategy="feature_extraction", backbone="resnet18", epochs=2, ema_decay=0.9), tr, va,
+                tmp_path / "a", weights=r18_file)
+    assert ema.best_val == plain.best_val
+    a = torch.load(tmp_path / "a" / "weights.pt", weights_only=True)
+    p = torch.load(tmp_path / "p" / "weights.pt", weights_only=True)
+    assert all(torch.equal(a[k], p[k]) for k in p)
+    gu = train(_cfg(strategy="gradual_unfreezing", backbone="resnet18", epochs=4, patience=0, ema_decay=0.9), tr, va,
+               tmp_path / "g", weights=r18_file)
+    assert gu.best_epoch >= 1
+    ck = torch.load(tmp_path / "g" / "checkpoints" / "last.pt", weights_only=True)
+    assert any(not torch.equal(ck["ema"][k], ck["model"][k]) for k in ck["model"] if k.startswith("layer4"))
+    cfg = _cfg(strategy="gradual_unfreezing", backbone="resnet18", epochs=4, patience=0, ema_decay=0.9)
+    again = train(cfg, tr, va, tmp_path / "g", weights=r18_file, resume=True)  # nothing left to run: restores
+    assert again.best_epoch == gu.best_epoch
+    with pytest.raises(ConfigError, match="ema_decay"):
+        train(_cfg(strategy="gradual_unfreezing", backbone="resnet18", epochs=4, patience=0, ema_decay=0.5), tr, va,
+              tmp_path / "g", weights=r18_file, resume=True)
+    with pytest.raises(ConfigError, match="ema_decay must be in"):
+        _cfg(ema_decay=1.0)

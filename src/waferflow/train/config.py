@@ -55,6 +55,10 @@ class TrainConfig:
             symmetries (classes that keep their label under any rotation, as WM-811K's); elsewhere it is off and
             the run says so.
         rotation_prob: Share of the maps that get the free rotation.
+        ema_decay: Keep an exponential moving average of the weights (timm ``ModelEmaV3`` with warm-up, updated
+            after every optimizer step); validation, early stopping, the best checkpoint and the saved model then
+            judge and keep the average. 0 = off. Epochs that train only the head (on cached or frozen features)
+            copy the model into the average at their end.
         patience: Epochs without val macro-F1 gain before a phase ends early (0 = never).
         patience_steps: The same window in optimizer steps (0 = use ``patience``): ceil(patience_steps / steps
             per epoch) epochs, so early stopping waits as many updates on small data as on large.
@@ -103,6 +107,7 @@ class TrainConfig:
     scale_jitter: float = 0.05
     rotation: float = 0.0
     rotation_prob: float = 0.5
+    ema_decay: float = 0.0
     patience: int = 4
     patience_steps: int = 0
     feature_cache: bool = True
@@ -142,6 +147,7 @@ class TrainConfig:
             (0 <= self.scale_jitter < 0.5, f"scale_jitter must be in [0, 0.5), got {self.scale_jitter}"),
             (0 <= self.rotation <= 180, f"rotation must be in [0, 180] degrees, got {self.rotation}"),
             (0 <= self.rotation_prob <= 1, f"rotation_prob must be in [0, 1], got {self.rotation_prob}"),
+            (0 <= self.ema_decay < 1, f"ema_decay must be in [0, 1) (0 = off; e.g. 0.99), got {self.ema_decay}"),
             (0 < self.val_fraction < 0.9, f"val_fraction must be in (0, 0.9), got {self.val_fraction}"),
             (self.patience >= 0, f"patience must be >= 0, got {self.patience}"),
             (self.num_threads >= 0, f"num_threads must be >= 0, got {self.num_threads}"),

@@ -102,6 +102,7 @@ class LoopState:
     epoch: int = 0  # epochs of the plan done (the next one to run is ``plan[epoch]``)
     phase: int = -1  # the phase the last finished epoch belonged to
     step_in_phase: int = 0
+    steps: int = 0  # optimizer steps of the whole run (the weight average's warm-up counts them)
     best_f1: float = -1.0
     best_epoch: int = -1
     best_val: dict = field(default_factory=dict)
@@ -168,6 +169,7 @@ class _Run:
         self._feat_cache: dict | None = None
         self.cache_seconds: float | None = None
         self.bn_report: dict | None = None
+        self.ema = None  # the weight average (cfg.ema_decay), started by start_ema once the weights are final
         # a head that holds no pretrained knowledge (new class count, or random init)
         fit = self.spec.extra.get("weights_fit", {})
         self.head_is_new = bool(fit.get("head_reinitialized", True) or fit.get("head_untrained", False))
@@ -198,6 +200,21 @@ class _Run:
         if ck.get("spec"):
             run.spec = ModelSpec.from_dict(ck["spec"])
         return run
+
+    def start_ema(self, ck: dict | None) -> None:
+        """Start the weight average from the model as it is now, or restore it from a resumed checkpoint."""
+        if not self.cfg.ema_decay:
+            return
+        from timm.utils import ModelEmaV3
+
+        self.ema = ModelEmaV3(self.model, decay=self.cfg.ema_decay, use_warmup=True)
+        if ck is not None:
+            self.ema.module.load_state_dict(ck["ema"], strict=True)
+
+    @property
+    def net(self) -> nn.Module:
+        """The weights validation judges and the checkpoints keep: the average when there is one."""
+        return self.model if self.ema is None else self.ema.module
 
     def autocast(self):
         if self.cuda and self.cfg.amp:
@@ -238,7 +255,7 @@ class _Run:
 
     @torch.no_grad()
     def val_logits(self, cached: bool) -> np.ndarray:
-        self.model.eval()
+        self.net.eval()
         if cached:
             return self.model.get_classifier()(self.feature_cache()["val"]).float().cpu().numpy()
         return torch.cat(list(predict_batches(self._logits, self.x_val, self.cfg.eval_batch_size))).numpy()
@@ -249,7 +266,7 @@ class _Run:
 
     def _logits(self, xb: torch.Tensor) -> torch.Tensor:
         with self.autocast():
-            return self.model(self.to_input(xb)).float().cpu()
+            return self.net(self.to_input(xb)).float().cpu()
 
     def make_optimizer(self, setup, phase_idx: int):
         from timm.optim import create_optimizer_v2
@@ -317,6 +334,7 @@ def train(cfg: TrainConfig, train_ds: WaferDataset, val_ds: WaferDataset, out_di
     do_adapt = run.strategy.adapt_bn if run.cfg.adapt_bn is None else run.cfg.adapt_bn
     if do_adapt and ck is None and run.strategy.init == "pretrained":
         run.bn_report = adapt_bn(run.model, run.spec, run.x_train.numpy(), batch_size=64, device=run.device)
+    run.start_ema(ck)
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     epoch_times: dict[str, list] = {}
     with fast_depthwise_grad(run.model, enabled=run.cfg.fast_depthwise_grad and not run.cuda):
@@ -371,8 +389,10 @@ def _load_resume_checkpoint(out: Path, cfg: TrainConfig, resume: bool) -> dict |
         raise ModelFormatError(f"{last_pt} is corrupt ({type(e).__name__}); delete {last_pt.parent} to start "
                                "over") from None
     saved = ck.get("config", {})
-    diffs = {k: (saved.get(k), v) for k, v in to_dict(cfg).items()
-             if k in ("backbone", "strategy", "input_size", "in_chans", "epochs", "steps", "seed") and saved.get(k) != v}
+    keys = ("backbone", "strategy", "input_size", "in_chans", "epochs", "steps", "seed", "ema_decay")
+    # a key the killed run's version did not have yet had its default then
+    diffs = {k: (saved.get(k, getattr(type(cfg), k)), v) for k, v in to_dict(cfg).items()
+             if k in keys and saved.get(k, getattr(type(cfg), k)) != v}
     if diffs:
         raise ConfigError(f"--resume with a different config than the killed run: {diffs}")
     return ck
@@ -428,6 +448,7 @@ def _train_epoch(run: _Run, st: LoopState, pr: _PhaseRun, aug: Augmenter, gen: t
     if pr.phase.depth == 0 and not pr.cached:
         run.model.eval()  # frozen backbone: every BN in eval mode (head has none)
     tot_loss, n_seen = 0.0, 0
+    head_only = pr.cached or pr.std_head is not None  # the head's weights live outside the model until the fold
     bar = tqdm(list(run.batches(gen)), desc=f"{run.cfg.strategy} e{g_epoch + 1}/{len(run.plan)} {pr.phase.name}",
                disable=not progress_enabled(), leave=False)
     for idx in bar:
@@ -438,6 +459,9 @@ def _train_epoch(run: _Run, st: LoopState, pr: _PhaseRun, aug: Augmenter, gen: t
         loss.backward()
         pr.opt.step()
         st.step_in_phase += 1
+        st.steps += 1
+        if run.ema is not None and not head_only:
+            run.ema.update(run.model, step=st.steps)
         pr.sched.step_update(st.step_in_phase)
         tot_loss += float(loss.detach()) * len(idx)
         n_seen += len(idx)
@@ -445,6 +469,8 @@ def _train_epoch(run: _Run, st: LoopState, pr: _PhaseRun, aug: Augmenter, gen: t
     bar.close()
     if pr.std_head is not None:
         pr.std_head.fold_into_classifier()
+    if run.ema is not None and head_only:
+        run.ema.set(run.model)
     secs = time.perf_counter() - t0
     st.train_seconds += secs
     st.maps_seen += n_seen
@@ -475,7 +501,7 @@ def _end_epoch(run: _Run, st: LoopState, pr: _PhaseRun, g_epoch: int, e_in: int,
              row["val_accuracy"], row["val_macro_f1"], row["seconds"])
     if overall["macro_f1"] > st.best_f1:
         st.best_f1, st.best_epoch, st.best_val, st.stale = overall["macro_f1"], g_epoch + 1, overall, 0
-        _save(out / "checkpoints" / "best.pt", {k: v.detach().cpu() for k, v in run.model.state_dict().items()})
+        _save(out / "checkpoints" / "best.pt", {k: v.detach().cpu() for k, v in run.net.state_dict().items()})
     else:
         st.stale += 1
     if run.patience and st.stale >= run.patience and e_in < run.per_phase[pr.index] - 1:
@@ -486,6 +512,7 @@ def _end_epoch(run: _Run, st: LoopState, pr: _PhaseRun, g_epoch: int, e_in: int,
         "model": {k: v.detach().cpu() for k, v in run.model.state_dict().items()},
         "optimizer": pr.opt.state_dict(), "scheduler": _sched_state(pr.sched),
         "rng_torch": torch.get_rng_state(), "rng_gen": gen.get_state(),
+        "ema": None if run.ema is None else {k: v.detach().cpu() for k, v in run.ema.module.state_dict().items()},
         **st.to_checkpoint(), "config": to_dict(run.cfg), "spec": run.spec.to_dict(),
     })
     atomic_write_json(out / "history.json", st.history)
