@@ -176,3 +176,16 @@ def test_rotation_tta_turns_maps_as_training_does_and_reads_its_variants():
             parse_variants([bad])
     with pytest.raises(ValueError, match="square"):
         rotate_maps(maps[:, :, :6], 10)
+
+
+def test_the_seed_ensemble_benchmark_refuses_one_run_and_runs_on_other_dev_maps(tmp_path):
+    from benchmarks.bench_seed_ensemble_dev import main
+
+    full = load_dataset(FIXTURE)
+    for name, idx in (("a", np.arange(0, 40)), ("b", np.arange(40, 80))):
+        (tmp_path / name).mkdir()
+        save_dataset(full.subset(idx), tmp_path / name / "dev.npz")
+    with pytest.raises(SystemExit, match="at least twice"):
+        main(["--workdir", str(tmp_path / "a")])
+    with pytest.raises(SystemExit, match="different dev maps"):
+        main(["--workdir", str(tmp_path / "a"), "--workdir", str(tmp_path / "b")])

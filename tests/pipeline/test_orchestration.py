@@ -204,8 +204,9 @@ def test_run_help_names_the_few_label_settings_with_the_real_profiles_values(cap
                  f"train.rotation=D [^;]*\\({real.train['rotation']}; 0 = off\\)",
                  f"undo_class_weights=BOOL [^(]*\\({str(real.undo_class_weights).lower()}\\)",
                  r"export.tta_rotations=\[D,\.\.\.\] [^(]*\(" + re.escape(str(real.export["tta_rotations"])) + ":",
-                 "labels_per_class=N"):
+                 "labels_per_class=N", r"train.ema_decay=D [^;]*; 0 = off, as in every profile"):
         assert re.search(line, text), line
+    assert all(not get_profile(n).train.get("ema_decay") for n in PROFILE_NAMES)
 
 
 def test_run_summary_says_the_selection_was_on_validation_and_the_test_split_read_once(tmp_path):

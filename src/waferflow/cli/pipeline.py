@@ -30,6 +30,8 @@ few labels, many unlabeled maps (--set KEY=VALUE; the real profile's values in p
   train.rotation=D            rotate half the training maps (a share train.rotation_prob) by up to D degrees
                               about the centre, on top of the 8 flips and quarter turns (45; 0 = off); only for
                               classes any rotation keeps, as WM-811K's
+  train.ema_decay=D           validate, early-stop and keep a moving average of the weights (timm ModelEmaV3,
+                              e.g. 0.99; 0 = off, as in every profile: it lost on development maps, README)
   source.n_maps / source.map_size / source.train.epochs
                               the synthetic source model's recipe (8000 / 64 / 12); registered once as
                               wafer-source-<taxonomy> and reused by later runs; source={} turns it off
