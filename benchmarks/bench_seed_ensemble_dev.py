@@ -40,11 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     if len(a.workdir) < 2:
         raise SystemExit("give --workdir at least twice: runs of one recipe that differ only in their seed")
     dev = [w / "dev.npz" for w in a.workdir]
-    digests = {dataset_hash(load_dataset(d)) for d in dev}
-    if len(digests) != 1:
+    sets = [load_dataset(d, require_labels=True) for d in dev]
+    if len({dataset_hash(d) for d in sets}) != 1:
         raise SystemExit(f"the runs were scored on different dev maps ({', '.join(map(str, dev))}); give runs of one "
                          "--draw-labels / --dev draw")
-    ds = load_dataset(dev[0], require_labels=True)
+    ds = sets[0]
     angles = [0.0, *a.tta_rotations]
     probs, res = [], {"workdirs": [str(w) for w in a.workdir], "tta_angles": angles, "runs": {}}
     for w in a.workdir:

@@ -120,9 +120,9 @@ def downloaded_model_dir(uri: str, tracking_uri: str | None = None) -> Iterator[
         yield download_model_dir(uri, tracking_uri, Path(tmp))
 
 
-def download_model_dir(uri: str, tracking_uri: str | None = None, dst: Path | None = None) -> Path:
-    """The waferflow model dir an MLflow URI points at, downloaded into ``dst`` (default: a new temporary folder
-    that mlflow makes and nobody removes; prefer :func:`downloaded_model_dir`).
+def download_model_dir(uri: str, tracking_uri: str | None, dst: Path) -> Path:
+    """The waferflow model dir an MLflow URI points at, downloaded into the folder ``dst`` (the caller's to keep or
+    remove; :func:`downloaded_model_dir` removes it on exit).
 
     Raises:
         WeightsError: mlflow missing, the URI unreachable or unknown, or no model dir in it.
@@ -136,7 +136,7 @@ def download_model_dir(uri: str, tracking_uri: str | None = None, dst: Path | No
         # an explicit tracking_uri, never mlflow.set_tracking_uri: that would export MLFLOW_TRACKING_URI process-wide
         where = _registry_download_uri(uri, tracking_uri) if tracking_uri and uri.startswith("models:/") else uri
         local = Path(download_artifacts(artifact_uri=where, tracking_uri=tracking_uri,
-                                       dst_path=None if dst is None else str(dst)))
+                                       dst_path=str(dst)))
     except Exception as e:
         raise WeightsError(
             f"cannot download {uri} from MLflow ({type(e).__name__}: {str(e)[:200]}); check MLFLOW_TRACKING_URI "

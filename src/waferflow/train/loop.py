@@ -257,7 +257,7 @@ class _Run:
     def val_logits(self, cached: bool) -> np.ndarray:
         self.net.eval()
         if cached:
-            return self.model.get_classifier()(self.feature_cache()["val"]).float().cpu().numpy()
+            return self.net.get_classifier()(self.feature_cache()["val"]).float().cpu().numpy()
         return torch.cat(list(predict_batches(self._logits, self.x_val, self.cfg.eval_batch_size))).numpy()
 
     def _features(self, xb: torch.Tensor) -> torch.Tensor:
@@ -501,7 +501,7 @@ def _end_epoch(run: _Run, st: LoopState, pr: _PhaseRun, g_epoch: int, e_in: int,
              row["val_accuracy"], row["val_macro_f1"], row["seconds"])
     if overall["macro_f1"] > st.best_f1:
         st.best_f1, st.best_epoch, st.best_val, st.stale = overall["macro_f1"], g_epoch + 1, overall, 0
-        _save(out / "checkpoints" / "best.pt", {k: v.detach().cpu() for k, v in run.net.state_dict().items()})
+        _save(out / "checkpoints" / "best.pt", _cpu_state(run.net))
     else:
         st.stale += 1
     if run.patience and st.stale >= run.patience and e_in < run.per_phase[pr.index] - 1:
@@ -509,10 +509,10 @@ def _end_epoch(run: _Run, st: LoopState, pr: _PhaseRun, g_epoch: int, e_in: int,
         st.skip_phase = pr.index
     st.epoch, st.phase = g_epoch + 1, pr.index
     _save(out / "checkpoints" / "last.pt", {
-        "model": {k: v.detach().cpu() for k, v in run.model.state_dict().items()},
+        "model": _cpu_state(run.model),
         "optimizer": pr.opt.state_dict(), "scheduler": _sched_state(pr.sched),
         "rng_torch": torch.get_rng_state(), "rng_gen": gen.get_state(),
-        "ema": None if run.ema is None else {k: v.detach().cpu() for k, v in run.ema.module.state_dict().items()},
+        "ema": None if run.ema is None else _cpu_state(run.ema.module),
         **st.to_checkpoint(), "config": to_dict(run.cfg), "spec": run.spec.to_dict(),
     })
     atomic_write_json(out / "history.json", st.history)
@@ -599,6 +599,11 @@ class _StandardizedHead(nn.Module):
 def _sched_state(sched) -> dict:
     return {k: v for k, v in sched.state_dict().items() if isinstance(v, (int, float, str, bool, list, tuple,
                                                                            type(None)))}
+
+
+def _cpu_state(module: nn.Module) -> dict:
+    """A copy of the module's state dict on the CPU (what the checkpoints hold)."""
+    return {k: v.detach().cpu() for k, v in module.state_dict().items()}
 
 
 def _save(path: Path, obj) -> None:
