@@ -82,6 +82,52 @@ def deployed_model(outs: Path) -> Path:
     return averaged if averaged.is_dir() else corrected_model(outs)
 
 
+def shared_dev(workdirs: list[Path]):
+    """The dev maps that every finished ``bench_real_pipeline --dev`` workdir was scored on (``dev.npz``, read once
+    each).
+
+    Raises:
+        SystemExit: the workdirs were scored on different dev maps.
+    """
+    from waferflow.data.contract import dataset_hash, load_dataset
+
+    sets = [load_dataset(w / "dev.npz", require_labels=True) for w in workdirs]
+    if len({dataset_hash(d) for d in sets}) != 1:
+        raise SystemExit(f"the runs were scored on different dev maps ({', '.join(str(w / 'dev.npz') for w in workdirs)})"
+                         "; give runs of one --draw-labels / --dev draw")
+    return sets[0]
+
+
+def deployed_probs(workdir: Path, ds, angles: list[float]) -> tuple[Path, np.ndarray]:
+    """``(model, float64 [N, K])``: the deployed model of a finished workdir and its mean probability over the
+    deployed TTA (the 8 dihedral views of each map turned by each of ``angles``), computed in torch.
+
+    Kept in ``workdir/dev_probs.npz`` with what they were computed from (the model's weights, the maps, the
+    angles), so a later comparison with the same run reads them instead of scoring again.
+    """
+    from benchmarks.bench_rot_tta_dev import angle_probs
+    from waferflow.data.contract import dataset_hash
+
+    model = deployed_model(run_outputs(workdir / "run"))
+    key = json.dumps({"weights": _digest(model / "weights.pt"), "dev": dataset_hash(ds), "angles": list(angles)})
+    cache = workdir / "dev_probs.npz"
+    if cache.is_file():
+        with np.load(cache, allow_pickle=False) as old:
+            if str(old["key"]) == key:
+                return model, old["probs"]
+    probs = np.mean(list(angle_probs(model, ds, angles).values()), axis=0)
+    tmp = cache.with_suffix(".tmp.npz")
+    np.savez(tmp, probs=probs, key=np.array(key))
+    tmp.replace(cache)
+    return model, probs
+
+
+def _digest(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def corrected_model(outs: Path) -> Path:
     """The model after the prior correction, before any source interpolation (runs before it: self-training's)."""
     corrected = outs / "correct-prior" / "model"

@@ -26,9 +26,7 @@ import numpy as np
 
 def main(argv: list[str] | None = None) -> int:
     from benchmarks._report import emit
-    from benchmarks.bench_ensemble_dev import _scores, deployed_model, run_outputs
-    from benchmarks.bench_rot_tta_dev import angle_probs
-    from waferflow.data.contract import dataset_hash, load_dataset
+    from benchmarks.bench_ensemble_dev import _scores, deployed_probs, shared_dev
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", type=Path, action="append", required=True,
@@ -39,17 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if len(a.workdir) < 2:
         raise SystemExit("give --workdir at least twice: runs of one recipe that differ only in their seed")
-    dev = [w / "dev.npz" for w in a.workdir]
-    sets = [load_dataset(d, require_labels=True) for d in dev]
-    if len({dataset_hash(d) for d in sets}) != 1:
-        raise SystemExit(f"the runs were scored on different dev maps ({', '.join(map(str, dev))}); give runs of one "
-                         "--draw-labels / --dev draw")
-    ds = sets[0]
+    ds = shared_dev(a.workdir)
     angles = [0.0, *a.tta_rotations]
     probs, res = [], {"workdirs": [str(w) for w in a.workdir], "tta_angles": angles, "runs": {}}
     for w in a.workdir:
-        model = deployed_model(run_outputs(w / "run"))
-        p = np.mean(list(angle_probs(model, ds, angles).values()), axis=0)
+        model, p = deployed_probs(w, ds, angles)
         probs.append(p)
         res["runs"][str(w)] = {"model": str(model), "dev": _scores(ds.labels, p)}
     res["ensemble"] = {"dev": _scores(ds.labels, np.mean(probs, axis=0))}

@@ -228,13 +228,16 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
     return float(ci.low), float(ci.high)
 
 
-def _macro_f1_from_counts(cm: np.ndarray) -> np.ndarray:
-    """Macro-F1 over the classes present (row sum > 0) of confusion matrices ``[..., K, K]``, as evaluation does."""
+def _macro_f1_from_counts(cm: np.ndarray, classes: np.ndarray | None = None) -> np.ndarray:
+    """Macro-F1 over the classes present (row sum > 0) of confusion matrices ``[..., K, K]``, as evaluation does;
+    with ``classes`` (a boolean mask over K), over the present classes among those only."""
     tp = np.diagonal(cm, axis1=-2, axis2=-1).astype(np.float64)
     true, pred = cm.sum(-1), cm.sum(-2)
     with np.errstate(divide="ignore", invalid="ignore"):
         f1 = np.where(true + pred > 0, 2 * tp / (true + pred), 0.0)
     present = true > 0
+    if classes is not None:
+        present = present & np.asarray(classes, dtype=bool)
     return (f1 * present).sum(-1) / np.maximum(present.sum(-1), 1)
 
 
@@ -368,9 +371,11 @@ def mcnemar_worse(y: np.ndarray, cand: np.ndarray, champ: np.ndarray) -> tuple[i
 
 
 def paired_bootstrap_macro_f1(y: np.ndarray, cand: np.ndarray, champ: np.ndarray, k: int, confidence: float = 0.95,
-                              samples: int = 1000, seed: int = 0) -> tuple[float, float, float]:
+                              samples: int = 1000, seed: int = 0,
+                              classes: np.ndarray | None = None) -> tuple[float, float, float]:
     """Candidate minus champion macro-F1 on the same resampled maps: ``(low, high, p)`` where ``p`` is the
-    share of resamples in which the candidate is not better (one-sided evidence that it is worse)."""
+    share of resamples in which the candidate is not better (one-sided evidence that it is worse). ``classes``: a
+    boolean mask over the K classes that the macro average takes (default: every class present)."""
     rng = np.random.default_rng(seed)
     n = len(y)
     idx = rng.integers(0, n, size=(samples, n))
@@ -380,7 +385,7 @@ def paired_bootstrap_macro_f1(y: np.ndarray, cand: np.ndarray, champ: np.ndarray
         flat = (rows + y[idx] * k + pred[idx]).ravel()
         return np.bincount(flat, minlength=samples * k * k).reshape(samples, k, k)
 
-    diff = _macro_f1_from_counts(cms(cand)) - _macro_f1_from_counts(cms(champ))
+    diff = _macro_f1_from_counts(cms(cand), classes) - _macro_f1_from_counts(cms(champ), classes)
     a = (1 - confidence) / 2
     return float(np.quantile(diff, a)), float(np.quantile(diff, 1 - a)), float(np.mean(diff >= 0))
 

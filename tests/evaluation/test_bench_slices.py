@@ -178,7 +178,8 @@ def test_rotation_tta_turns_maps_as_training_does_and_reads_its_variants():
         rotate_maps(maps[:, :, :6], 10)
 
 
-def test_the_seed_ensemble_benchmark_refuses_one_run_and_runs_on_other_dev_maps(tmp_path):
+def test_the_seed_ensemble_and_paired_benchmarks_refuse_one_run_and_runs_on_other_dev_maps(tmp_path):
+    from benchmarks.bench_paired_dev import main as paired
     from benchmarks.bench_seed_ensemble_dev import main
 
     full = load_dataset(FIXTURE)
@@ -189,3 +190,53 @@ def test_the_seed_ensemble_benchmark_refuses_one_run_and_runs_on_other_dev_maps(
         main(["--workdir", str(tmp_path / "a")])
     with pytest.raises(SystemExit, match="different dev maps"):
         main(["--workdir", str(tmp_path / "a"), "--workdir", str(tmp_path / "b")])
+    with pytest.raises(SystemExit, match="different dev maps"):
+        paired(["--reference", str(tmp_path / "a"), "--workdir", str(tmp_path / "b")])
+
+
+def test_paired_change_shows_a_class_with_two_maps_carrying_the_whole_macro_f1_change():
+    from benchmarks.bench_paired_dev import paired_change
+
+    names = ["common", "other", "rare"]
+    y = np.array([0] * 60 + [1] * 38 + [2] * 2)
+    ref = y.copy()
+    same = paired_change(y, ref, ref, names, samples=200)
+    assert same["accuracy"]["change"] == 0 and same["accuracy"]["mcnemar_p"] == 1.0
+    assert same["macro_f1"]["change"] == 0 and same["macro_f1"]["interval_95"] == [0.0, 0.0]
+    new = ref.copy()
+    new[:3] = 2  # three common maps read as the rare class: its F1 1.0 -> 4 / 7
+    ch = paired_change(y, ref, new, names, min_support=10, samples=500)
+    assert ch["accuracy"]["change"] == -0.03 and (ch["accuracy"]["only_reference_right"], ch["accuracy"]["only_run_right"]) == (3, 0)
+    rare = ch["per_class"]["rare"]
+    assert rare["support"] == 2 and rare["f1_change"] == round(4 / 7 - 1, 4)
+    assert rare["macro_f1_share"] == round((4 / 7 - 1) / 3, 4)
+    assert ch["macro_f1"]["change"] < -0.14 and ch["macro_f1"]["interval_95"][0] < ch["macro_f1"]["change"] < 0
+    # without the classes of fewer than 10 maps, the same three maps move macro-F1 by about one point
+    robust = ch["macro_f1_support_10"]
+    assert robust["classes"] == ["common", "other"] and -0.02 < robust["change"] < 0
+    with pytest.raises(ValueError, match="same maps"):
+        paired_change(y, ref, new[:50], names)
+
+
+def test_deployed_probabilities_are_kept_per_run_and_recomputed_when_the_model_changes(tmp_path, monkeypatch):
+    import benchmarks.bench_rot_tta_dev as rot
+    from benchmarks.bench_ensemble_dev import deployed_probs
+
+    ds = load_dataset(FIXTURE).subset(np.arange(20))
+    model = tmp_path / "run" / "kfp_outputs" / "waferflow-training-1" / "self-train-model" / "model"
+    model.mkdir(parents=True)
+    (model / "weights.pt").write_bytes(b"first")
+    calls = []
+
+    def fake(model_dir, data, angles, **_):
+        calls.append(list(angles))
+        return {a: np.full((len(data), 9), len(calls), dtype=np.float64) for a in angles}
+
+    monkeypatch.setattr(rot, "angle_probs", fake)
+    got, p = deployed_probs(tmp_path, ds, [0.0, 45.0])
+    assert got == model and calls == [[0.0, 45.0]] and p.shape == (20, 9) and (p == 1).all()
+    assert np.array_equal(deployed_probs(tmp_path, ds, [0.0, 45.0])[1], p) and len(calls) == 1  # read back
+    deployed_probs(tmp_path, ds, [0.0])  # other angles: scored again
+    (model / "weights.pt").write_bytes(b"second")  # another model in the same workdir: scored again
+    assert (deployed_probs(tmp_path, ds, [0.0])[1] == 3).all() and len(calls) == 3
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["dev_probs.npz", "run"]  # no temporary file left
