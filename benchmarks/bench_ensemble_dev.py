@@ -107,9 +107,10 @@ def deployed_probs(workdir: Path, ds, angles: list[float]) -> tuple[Path, np.nda
     """
     from benchmarks.bench_rot_tta_dev import angle_probs
     from waferflow.data.contract import dataset_hash
+    from waferflow.export.onnx_export import sha256_file
 
     model = deployed_model(run_outputs(workdir / "run"))
-    key = json.dumps({"weights": _digest(model / "weights.pt"), "dev": dataset_hash(ds), "angles": list(angles)})
+    key = json.dumps({"weights": sha256_file(model / "weights.pt"), "dev": dataset_hash(ds), "angles": list(angles)})
     cache = workdir / "dev_probs.npz"
     if cache.is_file():
         with np.load(cache, allow_pickle=False) as old:
@@ -120,12 +121,6 @@ def deployed_probs(workdir: Path, ds, angles: list[float]) -> tuple[Path, np.nda
     np.savez(tmp, probs=probs, key=np.array(key))
     tmp.replace(cache)
     return model, probs
-
-
-def _digest(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def corrected_model(outs: Path) -> Path:

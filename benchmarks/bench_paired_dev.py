@@ -31,6 +31,7 @@ def paired_change(y: np.ndarray, ref: np.ndarray, new: np.ndarray, class_names: 
     """``new`` minus ``ref`` predictions on the same maps (labels ``y``): accuracy with McNemar, macro-F1 with a
     paired bootstrap interval, per-class F1 changes, and macro-F1 over the classes with ``min_support`` maps."""
     from scipy.stats import binomtest
+    from sklearn.metrics import f1_score
 
     from waferflow.gates import _macro_f1_from_counts, paired_bootstrap_macro_f1
 
@@ -40,10 +41,10 @@ def paired_change(y: np.ndarray, ref: np.ndarray, new: np.ndarray, class_names: 
                          "predictions")
     k = len(class_names)
     support = np.bincount(y, minlength=k)
-    cm_ref, cm_new = (np.bincount(y * k + p, minlength=k * k).reshape(k, k) for p in (ref, new))
+    cm_ref, cm_new = (np.bincount(y * k + q, minlength=k * k).reshape(k, k) for q in (ref, new))
     only_new, only_ref = int(((new == y) & (ref != y)).sum()), int(((ref == y) & (new != y)).sum())
     p = 1.0 if only_new + only_ref == 0 else float(binomtest(only_new, only_new + only_ref, 0.5).pvalue)
-    f1_ref, f1_new = _class_f1(cm_ref), _class_f1(cm_new)
+    f1_ref, f1_new = (f1_score(y, q, labels=np.arange(k), average=None, zero_division=0) for q in (ref, new))
     present = support > 0
     out = {"n": int(len(y)), "accuracy": {
         "reference": _r(np.mean(ref == y)), "run": _r(np.mean(new == y)), "change": _r(np.mean(new == y) - np.mean(ref == y)),
@@ -59,12 +60,6 @@ def paired_change(y: np.ndarray, ref: np.ndarray, new: np.ndarray, class_names: 
             "f1_change": _r(f1_new[i] - f1_ref[i]), "macro_f1_share": _r((f1_new[i] - f1_ref[i]) / present.sum())}
         for i, c in enumerate(class_names) if present[i]}
     return out
-
-
-def _class_f1(cm: np.ndarray) -> np.ndarray:
-    tp, true, pred = np.diag(cm).astype(np.float64), cm.sum(1), cm.sum(0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(true + pred > 0, 2 * tp / (true + pred), 0.0)
 
 
 def _r(x) -> float:

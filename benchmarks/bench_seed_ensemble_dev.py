@@ -12,6 +12,8 @@ way::
         --out s11seed1.json
     python -m benchmarks.bench_seed_ensemble_dev --workdir /tmp/s11 --workdir /tmp/s11seed1 --out seeds_s11.json
 
+Each run's probabilities are kept in its workdir (``dev_probs.npz``, as ``bench_paired_dev`` keeps them).
+
 Prints JSON: accuracy and macro-F1 of each run and of their mean probability on the dev maps, the spread between
 the runs, and the ensemble minus the first run. Nothing here reads ``wm811k_val_data.npz``.
 """
