@@ -237,6 +237,18 @@ class Profile:
                 load_config(cls, overrides=dict(value))
             except ConfigError as e:
                 raise ConfigError(f"profile {self.name!r}: {what}: {e}") from None
+        # every student's settings as the self-training stage builds them: the run's train settings but its budget,
+        # then self_training.train's
+        base = {k: v for k, v in dict(self.train).items() if k not in ("epochs", "steps")}
+        students = {**base, **dict(dict(self.self_training).get("train") or {})}
+        try:
+            load_config(TrainConfig, overrides=students)
+        except ConfigError as e:
+            raise ConfigError(f"profile {self.name!r}: self_training.train: {e}") from None
+        if dict(self.train).get("unlabeled_weight"):
+            raise ConfigError(f"profile {self.name!r}: train.unlabeled_weight trains on unlabeled maps, and only "
+                              "self-training's students are given the pool; set self_training.train.unlabeled_weight "
+                              "instead (and train.unlabeled_weight=0)")
 
     def gate_config(self):
         """The run's :class:`waferflow.gates.GateConfig` (defaults, then this profile's ``gates``).

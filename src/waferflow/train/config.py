@@ -59,6 +59,11 @@ class TrainConfig:
             after every optimizer step); validation, early stopping, the best checkpoint and the saved model then
             judge and keep the average. 0 = off. Epochs that train only the head (on cached or frozen features)
             copy the model into the average at their end.
+        unlabeled_weight: Weight of a FixMatch-style consistency loss on unlabeled maps passed to ``train``
+            (``waferflow.train.consistency``; self-training's students get the pool). 0 = off.
+        unlabeled_threshold: Confidence the model's prediction on a weak view of an unlabeled map must reach to be
+            that map's target.
+        unlabeled_ratio: Unlabeled maps per labeled map in each step.
         patience: Epochs without val macro-F1 gain before a phase ends early (0 = never).
         patience_steps: The same window in optimizer steps (0 = use ``patience``): ceil(patience_steps / steps
             per epoch) epochs, so early stopping waits as many updates on small data as on large.
@@ -108,6 +113,9 @@ class TrainConfig:
     rotation: float = 0.0
     rotation_prob: float = 0.5
     ema_decay: float = 0.0
+    unlabeled_weight: float = 0.0
+    unlabeled_threshold: float = 0.95
+    unlabeled_ratio: int = 1
     patience: int = 4
     patience_steps: int = 0
     feature_cache: bool = True
@@ -148,6 +156,9 @@ class TrainConfig:
             (0 <= self.rotation <= 180, f"rotation must be in [0, 180] degrees, got {self.rotation}"),
             (0 <= self.rotation_prob <= 1, f"rotation_prob must be in [0, 1], got {self.rotation_prob}"),
             (0 <= self.ema_decay < 1, f"ema_decay must be in [0, 1) (0 = off; e.g. 0.99), got {self.ema_decay}"),
+            (self.unlabeled_weight >= 0, f"unlabeled_weight must be >= 0 (0 = off; e.g. 1.0), got {self.unlabeled_weight}"),
+            (0 < self.unlabeled_threshold <= 1, f"unlabeled_threshold must be in (0, 1], got {self.unlabeled_threshold}"),
+            (self.unlabeled_ratio >= 1, f"unlabeled_ratio must be >= 1, got {self.unlabeled_ratio}"),
             (0 < self.val_fraction < 0.9, f"val_fraction must be in (0, 0.9), got {self.val_fraction}"),
             (self.patience >= 0, f"patience must be >= 0, got {self.patience}"),
             (self.num_threads >= 0, f"num_threads must be >= 0, got {self.num_threads}"),

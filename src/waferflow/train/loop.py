@@ -27,6 +27,7 @@ from waferflow.predictors import penultimate_features, predict_batches
 from waferflow.train.adapt import adapt_bn
 from waferflow.train.augment import Augmenter, resolve_symmetries
 from waferflow.train.config import TrainConfig
+from waferflow.train.consistency import Consistency, build as build_consistency
 from waferflow.train.losses import balanced_sample_weights, build_loss, class_weights, training_logit_shift
 from waferflow.train.malloc import keep_freed_memory
 from waferflow.train.strategies import (
@@ -154,6 +155,7 @@ class _Run:
         self.y_val = val_ds.labels.astype(np.int64)
         self.groups = layer_groups(self.model)
         w = class_weights(train_ds.labels, self.k, cfg.class_weights)
+        self.class_w = w
         self.loss_fn = build_loss(cfg.loss, None if w is None else w.to(self.device), cfg.label_smoothing,
                                   cfg.focal_gamma)
         self.sample_w = balanced_sample_weights(train_ds.labels, self.k) if cfg.balanced_sampler else None
@@ -170,6 +172,7 @@ class _Run:
         self.cache_seconds: float | None = None
         self.bn_report: dict | None = None
         self.ema = None  # the weight average (cfg.ema_decay), started by start_ema once the weights are final
+        self.consistency: Consistency | None = None  # cfg.unlabeled_weight's term, set by train()
         # a head that holds no pretrained knowledge (new class count, or random init)
         fit = self.spec.extra.get("weights_fit", {})
         self.head_is_new = bool(fit.get("head_reinitialized", True) or fit.get("head_untrained", False))
@@ -298,7 +301,8 @@ class _PhaseRun:
 
 
 def train(cfg: TrainConfig, train_ds: WaferDataset, val_ds: WaferDataset, out_dir, weights: str | None = None,
-          resume: bool = False, tracking_uri: str | None = None) -> TrainResult:
+          resume: bool = False, tracking_uri: str | None = None,
+          unlabeled: WaferDataset | None = None) -> TrainResult:
     """Train one candidate (backbone x strategy) and write its model dir.
 
     Args:
@@ -310,6 +314,8 @@ def train(cfg: TrainConfig, train_ds: WaferDataset, val_ds: WaferDataset, out_di
         weights: A weights source overriding ``cfg.pretrained`` (file, model dir, URL, MLflow URI).
         resume: Carry on from ``out_dir/checkpoints/last.pt``.
         tracking_uri: MLflow tracking URI for an MLflow weights source.
+        unlabeled: Unlabeled maps for ``cfg.unlabeled_weight``'s consistency term (``waferflow.train.consistency``;
+            only their pixels are read). Required when that weight is above 0, unused otherwise.
 
     Returns:
         A :class:`TrainResult`.
@@ -331,6 +337,7 @@ def train(cfg: TrainConfig, train_ds: WaferDataset, val_ds: WaferDataset, out_di
         torch.set_rng_state(ck["rng_torch"])
         gen.set_state(ck["rng_gen"])
     aug = _augmenter(run, gen)
+    run.consistency = build_consistency(cfg, unlabeled, run.spec.input_size, run.syms, run.class_w, gen)
     do_adapt = run.strategy.adapt_bn if run.cfg.adapt_bn is None else run.cfg.adapt_bn
     if do_adapt and ck is None and run.strategy.init == "pretrained":
         run.bn_report = adapt_bn(run.model, run.spec, run.x_train.numpy(), batch_size=64, device=run.device)
@@ -370,6 +377,8 @@ def _run_epochs(run: _Run, st: LoopState, ck: dict | None, aug: Augmenter, gen: 
             pr = _start_phase(run, st, pi, ck if mid_phase else None)
         secs, loss = _train_epoch(run, st, pr, aug, gen, g_epoch)
         row, overall = _validate(run, pr, g_epoch, loss, secs)
+        if run.consistency is not None:
+            row["unlabeled_confident"] = run.consistency.take_rate()
         epoch_times.setdefault(pr.phase.name, []).append(secs)
         _end_epoch(run, st, pr, g_epoch, e_in, row, overall, gen, out)
 
@@ -389,7 +398,8 @@ def _load_resume_checkpoint(out: Path, cfg: TrainConfig, resume: bool) -> dict |
         raise ModelFormatError(f"{last_pt} is corrupt ({type(e).__name__}); delete {last_pt.parent} to start "
                                "over") from None
     saved = ck.get("config", {})
-    keys = ("backbone", "strategy", "input_size", "in_chans", "epochs", "steps", "seed", "ema_decay")
+    keys = ("backbone", "strategy", "input_size", "in_chans", "epochs", "steps", "seed", "ema_decay",
+            "unlabeled_weight")
     # a key the killed run's version did not have yet had its default then
     diffs = {k: (saved.get(k, getattr(type(cfg), k)), v) for k, v in to_dict(cfg).items()
              if k in keys and saved.get(k, getattr(type(cfg), k)) != v}
@@ -420,11 +430,13 @@ def _start_phase(run: _Run, st: LoopState, pi: int, mid_phase_ck: dict | None) -
     return _PhaseRun(pi, phase, setup, opt, sched, std_head, cached)
 
 
-def _forward(run: _Run, pr: _PhaseRun, idx: torch.Tensor, aug: Augmenter) -> torch.Tensor:
-    """Logits of one batch: on cached features, on features of a frozen backbone, or through the whole model."""
+def _forward(run: _Run, pr: _PhaseRun, idx: torch.Tensor, aug: Augmenter,
+             extra: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits of one batch: on cached features, on features of a frozen backbone, or through the whole model
+    (with ``extra`` maps, already augmented, after the batch's in the same forward pass)."""
     if not (pr.cached or pr.std_head is not None):
         xb = aug(run.x_train[idx]) if run.cfg.augment else run.x_train[idx]
-        return run.model(run.to_input(xb))
+        return run.model(run.to_input(xb if extra is None else torch.cat([xb, extra])))
     if pr.cached:
         f = run.feature_cache()["train"][idx]
     else:  # the no-cache baseline: the frozen backbone runs on every step
@@ -449,12 +461,13 @@ def _train_epoch(run: _Run, st: LoopState, pr: _PhaseRun, aug: Augmenter, gen: t
         run.model.eval()  # frozen backbone: every BN in eval mode (head has none)
     tot_loss, n_seen = 0.0, 0
     head_only = pr.cached or pr.std_head is not None  # the head's weights live outside the model until the fold
+    cons = None if head_only else run.consistency
     bar = tqdm(list(run.batches(gen)), desc=f"{run.cfg.strategy} e{g_epoch + 1}/{len(run.plan)} {pr.phase.name}",
                disable=not progress_enabled(), leave=False)
     for idx in bar:
         yb = run.y_train[idx].to(run.device)
         with run.autocast():
-            loss = run.loss_fn(_forward(run, pr, idx, aug).float(), yb)
+            loss = _step_loss(run, pr, idx, aug, yb, cons)
         pr.opt.zero_grad(set_to_none=True)
         loss.backward()
         pr.opt.step()
@@ -475,6 +488,19 @@ def _train_epoch(run: _Run, st: LoopState, pr: _PhaseRun, aug: Augmenter, gen: t
     st.train_seconds += secs
     st.maps_seen += n_seen
     return secs, tot_loss / max(1, n_seen)
+
+
+def _step_loss(run: _Run, pr: _PhaseRun, idx: torch.Tensor, aug: Augmenter, yb: torch.Tensor,
+               cons: Consistency | None) -> torch.Tensor:
+    """The labeled batch's loss, plus the consistency term on unlabeled maps when ``cons`` is given."""
+    if cons is None:
+        return run.loss_fn(_forward(run, pr, idx, aug).float(), yb)
+    x_u = cons.draw(len(idx))
+    target, mask = cons.targets(run.model, run.to_input, x_u, lambda: set_train_mode(run.model, pr.setup.frozen_bn))
+    strong = aug(x_u) if run.cfg.augment else x_u
+    logits = _forward(run, pr, idx, aug, extra=strong).float()
+    n = len(idx)
+    return run.loss_fn(logits[:n], yb) + cons.loss(logits[n:], target.to(run.device), mask.to(run.device))
 
 
 def _validate(run: _Run, pr: _PhaseRun, g_epoch: int, train_loss: float, secs: float) -> tuple[dict, dict]:
@@ -535,6 +561,10 @@ def _finalise(run: _Run, st: LoopState, out: Path, epoch_times: dict[str, list])
         extra["adapt_bn"] = {k: v for k, v in run.bn_report.items() if k != "per_layer"}
     if run.cache_seconds is not None:
         extra["feature_cache_seconds"] = run.cache_seconds
+    if run.consistency is not None:
+        c = run.consistency
+        extra["consistency"] = {"unlabeled_maps": len(c.maps), "weight": c.weight, "threshold": c.threshold,
+                                "ratio": c.ratio}
     spec = run.spec.replace(extra={**run.spec.extra, **{"train": extra}})
     save_model_dir(run.model, spec, out, history=st.history, config=run.cfg)
     total = sum(p.numel() for p in run.model.parameters())

@@ -268,7 +268,9 @@ def self_train(cfg, teacher_dir: str | Path, train_ds: WaferDataset, val_ds: Waf
         student = out if r == rounds - 1 else out / "rounds" / f"r{r + 1}"
         log.info("self-training round %d: %d labeled + %d pseudo-labeled + %d synthetic maps", r + 1, len(train_ds),
                  rep["kept"], len(joined) - len(train_ds) - rep["kept"])
-        result = train(cfg, joined, val_ds, student, weights=str(teacher))
+        # with cfg.unlabeled_weight, the student also learns from the whole pool's consistency (its pixels only)
+        result = train(cfg, joined, val_ds, student, weights=str(teacher),
+                       unlabeled=unlabeled if cfg.unlabeled_weight else None)
         rep.update(round=r + 1, student=str(student), student_best_val=result.best_val,
                    seconds=time.perf_counter() - t0)
         reports.append(rep)
