@@ -226,7 +226,7 @@ class Profile:
 
     def _check_recipes(self) -> None:
         """A bad source, self-training or training key fails here, before any training."""
-        from waferflow.train.config import TrainConfig
+        from waferflow.train.config import BUDGET_KEYS, TrainConfig
         from waferflow.train.selftrain import SelfTrainConfig
         from waferflow.train.source import SourceConfig
 
@@ -239,7 +239,7 @@ class Profile:
                 raise ConfigError(f"profile {self.name!r}: {what}: {e}") from None
         # every student's settings as the self-training stage builds them: the run's train settings but its budget,
         # then self_training.train's
-        base = {k: v for k, v in dict(self.train).items() if k not in ("epochs", "steps")}
+        base = {k: v for k, v in dict(self.train).items() if k not in BUDGET_KEYS}
         students = {**base, **dict(dict(self.self_training).get("train") or {})}
         try:
             load_config(TrainConfig, overrides=students)

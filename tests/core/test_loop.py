@@ -173,10 +173,19 @@ def test_step_budget_sets_epochs_by_data_size(tmp_path, make_lines):
         assert r.extra["budget"]["epochs"] == want_epochs == len(r.history)
         assert r.extra["budget"]["steps_per_epoch"] == n // 16
         assert r.extra["budget"]["patience_epochs"] == 8 // (n // 16)
+    # min_epochs raises the budget of the bigger dataset only: 64 maps get 3 epochs (12 steps), 32 keep their 3
+    for n in (32, 64):
+        r = train(_cfg(strategy="scratch", backbone="resnet18", steps=6, min_epochs=3, pretrained="none"),
+                  make_lines(n, seed=0), va, tmp_path / f"min{n}")
+        assert r.extra["budget"]["epochs"] == 3 == len(r.history) and r.extra["budget"]["min_epochs"] == 3
     with pytest.raises(ConfigError, match="either epochs"):
         _cfg(steps=10, epochs=2)
     with pytest.raises(ConfigError, match="steps must be >= 0"):
         _cfg(steps=-1)
+    with pytest.raises(ConfigError, match="min_epochs=3 raises a step budget"):
+        _cfg(epochs=2, min_epochs=3)
+    with pytest.raises(ConfigError, match="min_epochs must be >= 0"):
+        _cfg(steps=10, min_epochs=-1)
 
 
 def test_weight_average_is_what_validation_judges_and_the_model_keeps(tmp_path, make_lines, r18_file):

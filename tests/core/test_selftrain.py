@@ -321,3 +321,17 @@ def test_pseudo_labelling_engine_and_device_are_checked(teacher, make_lines):
     if not torch.cuda.is_available():  # CUDA asked for, none here: an error, never a CPU run
         with pytest.raises(ConfigError, match="no CUDA device"):
             pseudo_label(tdir, pool, tr, device="cuda")
+
+
+def test_students_keep_their_own_budget_and_take_the_other_train_settings(teacher):
+    """The run's epochs / steps / min_epochs stay with the candidates; the rest of its train settings reach every
+    student, under self_training.train's."""
+    from waferflow.orchestration.selftrain_step import _student_config
+    from waferflow.train.selftrain import SelfTrainConfig
+
+    tdir, _, _ = teacher
+    run_train = {"steps": 600, "min_epochs": 20, "lr": 0.001, "rotation": 0.0, "symmetries": "hflip,vflip"}
+    cfg = _student_config(SelfTrainConfig(train={"strategy": "full_finetune", "steps": 50, "rotation": 0.0}),
+                          run_train, tdir, seed=3, device="cpu")
+    assert (cfg.steps, cfg.min_epochs, cfg.epochs, cfg.lr, cfg.strategy, cfg.seed) == (50, 0, 0, 0.001,
+                                                                                       "full_finetune", 3)

@@ -26,6 +26,8 @@ few labels, many unlabeled maps (--set KEY=VALUE; the real profile's values in p
   input_size=N                model input side in pixels; WM-811K maps are resized to it (80)
   pool_size=N                 unlabeled maps kept for self-training, sampled evenly over lots (20000)
   train.steps=N               optimizer steps per candidate, whatever the data size (600)
+  train.min_epochs=N          at least N epochs however many steps that takes, for big labeled sets that 600
+                              steps would cut to a few passes (0 = off; candidates only: students keep their own)
   train.patience_steps=N      early stopping: steps without a validation macro-F1 gain (200)
   train.rotation=D            rotate half the training maps (a share train.rotation_prob) by up to D degrees
                               about the centre, on top of the 8 flips and quarter turns (45; 0 = off); only for
@@ -48,6 +50,10 @@ few labels, many unlabeled maps (--set KEY=VALUE; the real profile's values in p
   self_training.synthetic_min_per_class=N   top each student's classes up to N maps with synthetic maps of
                               the data's taxonomy (0 = off; a development lead, not the recipe: README)
   self_training.synthetic_classes_below=N   only the classes with fewer than N labeled maps (0 = every class)
+  self_training.train.unlabeled_weight=W   students also learn from the whole pool by consistency (FixMatch: the
+                              student's confident prediction on a flipped or turned map is the target of the same
+                              map under the full augmentation; 0 = off, as in every profile: it lost on
+                              development maps, README; .unlabeled_threshold 0.95, .unlabeled_ratio 1)
   train.class_weights=MODE    none | sqrt | inverse: loss weights that help rare classes train (sqrt)
   undo_class_weights=BOOL     take the prior those weights train in out of the final model's head, so it scores
                               maps under the data's own class prior (true)

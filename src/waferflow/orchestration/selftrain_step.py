@@ -16,10 +16,10 @@ from waferflow.train.selftrain import SelfTrainConfig
 def _student_config(settings: SelfTrainConfig, train_config: Mapping[str, Any], teacher_dir: Path, seed: int,
                     device: str):
     from waferflow.models.spec import read_spec
-    from waferflow.train.config import TrainConfig
+    from waferflow.train.config import BUDGET_KEYS, TrainConfig
 
     spec = read_spec(teacher_dir)
-    base = {k: v for k, v in train_config.items() if k not in ("epochs", "steps")}  # students have their own budget
+    base = {k: v for k, v in train_config.items() if k not in BUDGET_KEYS}  # students have their own budget
     overrides = {**base, **settings.train, "backbone": spec.backbone, "input_size": spec.input_size, "seed": seed,
                  "device": device}
     return load_config(TrainConfig, overrides=overrides)

@@ -17,6 +17,10 @@ CLASS_WEIGHTS = ("none", "sqrt", "inverse")
 DEVICES = ("auto", "cpu", "cuda")
 
 
+#: the keys of a training budget: self-training's students do not take them from the run's train settings
+BUDGET_KEYS = ("epochs", "steps", "min_epochs")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Training settings.
@@ -32,6 +36,9 @@ class TrainConfig:
         steps: Budget in optimizer steps of the phases that share the strategy's epochs (0 = use ``epochs``): they
             get ceil(steps / steps per epoch) epochs, so a few hundred maps and a hundred thousand get the same
             number of updates. Set either ``epochs`` or ``steps``.
+        min_epochs: With ``steps``, at least this many epochs of those phases (0 = off), so a big dataset is not
+            cut to a few passes by a budget sized for small ones; it changes nothing where ``steps`` already gives
+            more epochs. Self-training's students keep their own budget (:data:`BUDGET_KEYS`).
         batch_size: Maps per step.
         lr: Peak learning rate of the head; 0 = the strategy's default. Lower groups get lr * lr_decay**depth.
         lr_decay: Discriminative LR factor per layer group, from the head down.
@@ -93,6 +100,7 @@ class TrainConfig:
     in_chans: int = 3
     epochs: int = 0
     steps: int = 0
+    min_epochs: int = 0
     batch_size: int = 64
     lr: float = 0.0
     lr_decay: float = 0.7
@@ -146,6 +154,9 @@ class TrainConfig:
             (self.epochs >= 0, f"epochs must be >= 0, got {self.epochs}"),
             (self.steps >= 0, f"steps must be >= 0, got {self.steps}"),
             (not (self.steps and self.epochs), f"set either epochs ({self.epochs}) or steps ({self.steps}), not both"),
+            (self.min_epochs >= 0, f"min_epochs must be >= 0 (0 = off), got {self.min_epochs}"),
+            (not self.min_epochs or self.steps, f"min_epochs={self.min_epochs} raises a step budget; set steps as "
+                                                "well (or epochs alone, without min_epochs)"),
             (self.patience_steps >= 0, f"patience_steps must be >= 0, got {self.patience_steps}"),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
             (self.lr >= 0, f"lr must be >= 0, got {self.lr}"),

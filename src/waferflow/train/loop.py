@@ -161,7 +161,7 @@ class _Run:
         self.sample_w = balanced_sample_weights(train_ds.labels, self.k) if cfg.balanced_sampler else None
         self.logit_shift = training_logit_shift(train_ds.labels, self.k, cfg.class_weights, cfg.balanced_sampler)
         self.steps_per_epoch = steps_per_epoch(len(train_ds), cfg.batch_size)
-        self.epochs = cfg.epochs or (math.ceil(cfg.steps / self.steps_per_epoch) if cfg.steps
+        self.epochs = cfg.epochs or (max(math.ceil(cfg.steps / self.steps_per_epoch), cfg.min_epochs) if cfg.steps
                                      else self.strategy.default_epochs)
         self.patience = (math.ceil(cfg.patience_steps / self.steps_per_epoch) if cfg.patience_steps
                          else cfg.patience)
@@ -398,7 +398,7 @@ def _load_resume_checkpoint(out: Path, cfg: TrainConfig, resume: bool) -> dict |
         raise ModelFormatError(f"{last_pt} is corrupt ({type(e).__name__}); delete {last_pt.parent} to start "
                                "over") from None
     saved = ck.get("config", {})
-    keys = ("backbone", "strategy", "input_size", "in_chans", "epochs", "steps", "seed", "ema_decay",
+    keys = ("backbone", "strategy", "input_size", "in_chans", "epochs", "steps", "min_epochs", "seed", "ema_decay",
             "unlabeled_weight")
     # a key the killed run's version did not have yet had its default then
     diffs = {k: (saved.get(k, getattr(type(cfg), k)), v) for k, v in to_dict(cfg).items()
@@ -553,7 +553,8 @@ def _finalise(run: _Run, st: LoopState, out: Path, epoch_times: dict[str, list])
     run.model.to("cpu").to(memory_format=torch.contiguous_format).eval()
     extra = {"best_epoch": st.best_epoch, "best_val": st.best_val, "symmetries": list(run.syms),
              "epoch_seconds": {k: float(np.mean(v)) for k, v in epoch_times.items()},
-             "budget": {"steps": run.cfg.steps, "steps_per_epoch": run.steps_per_epoch, "epochs": run.epochs,
+             "budget": {"steps": run.cfg.steps, "min_epochs": run.cfg.min_epochs,
+                        "steps_per_epoch": run.steps_per_epoch, "epochs": run.epochs,
                         "per_phase": list(run.per_phase), "patience_epochs": run.patience},
              "logit_shift": [round(float(v), 6) for v in run.logit_shift],
              "host": describe_host(str(run.device))}
