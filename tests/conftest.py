@@ -1,11 +1,32 @@
-"""Shared test settings: CPU only, quiet plotting; the two longest tests first."""
+"""Shared test settings: CPU only, quiet plotting; enough free disk; the two longest tests first."""
 
 import os
+import shutil
+import tempfile
+
+import pytest
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("WAFERFLOW_PROGRESS", "0")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("MLFLOW_REGISTRY_URI", None)
+
+#: free space the suite needs under its temporary folder: pytest's folder peaked at 1.1 GB on two workers (a
+#: passing test's folder is removed at its teardown, pyproject.toml), plus MLflow stores and model exports
+MIN_FREE_GIB = float(os.environ.get("WAFERFLOW_TEST_MIN_FREE_GIB", "3"))
+
+
+def pytest_sessionstart(session):
+    """Stop at once, saying why, when the disk cannot hold the run: a full disk otherwise shows as hundreds of
+    unrelated setup errors."""
+    where = session.config.option.basetemp or tempfile.gettempdir()
+    while not os.path.isdir(where):
+        where = os.path.dirname(os.path.abspath(where))
+    free = shutil.disk_usage(where).free / 2**30
+    if free < MIN_FREE_GIB:
+        pytest.exit(f"only {free:.1f} GiB free under {where}; the test suite needs about {MIN_FREE_GIB:g} GiB. Free "
+                    "some space, or point TMPDIR (or --basetemp) at a bigger disk (override: "
+                    "WAFERFLOW_TEST_MIN_FREE_GIB)", returncode=3)
 
 
 def pytest_collection_modifyitems(config, items):
