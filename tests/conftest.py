@@ -19,6 +19,8 @@ MIN_FREE_GIB = float(os.environ.get("WAFERFLOW_TEST_MIN_FREE_GIB", "3"))
 def pytest_sessionstart(session):
     """Stop at once, saying why, when the disk cannot hold the run: a full disk otherwise shows as hundreds of
     unrelated setup errors."""
+    if hasattr(session.config, "workerinput"):  # pytest-xdist workers: the controller has checked
+        return
     where = session.config.option.basetemp or tempfile.gettempdir()
     while not os.path.isdir(where):
         where = os.path.dirname(os.path.abspath(where))

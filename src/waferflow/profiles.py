@@ -245,10 +245,11 @@ class Profile:
             load_config(TrainConfig, overrides=students)
         except ConfigError as e:
             raise ConfigError(f"profile {self.name!r}: self_training.train: {e}") from None
-        if dict(self.train).get("unlabeled_weight"):
-            raise ConfigError(f"profile {self.name!r}: train.unlabeled_weight trains on unlabeled maps, and only "
-                              "self-training's students are given the pool; set self_training.train.unlabeled_weight "
-                              "instead (and train.unlabeled_weight=0)")
+        if dict(self.train).get("unlabeled_weight") or dict(dict(self.source or {}).get("train") or {}).get(
+                "unlabeled_weight"):
+            raise ConfigError(f"profile {self.name!r}: train.unlabeled_weight (or source.train's) trains on unlabeled "
+                              "maps, and only self-training's students are given the pool; set "
+                              "self_training.train.unlabeled_weight instead (and the other to 0)")
 
     def gate_config(self):
         """The run's :class:`waferflow.gates.GateConfig` (defaults, then this profile's ``gates``).

@@ -30,6 +30,7 @@ class _Fixed(torch.nn.Module):
     def __init__(self):
         super().__init__()
         self.modes = []
+        self.frozen_bn = torch.nn.BatchNorm2d(1).eval()  # a frozen group's BN: stays in eval mode
 
     def forward(self, x):
         self.modes.append(self.training)
@@ -44,9 +45,10 @@ def test_targets_come_from_the_weak_view_in_eval_mode_and_the_loss_is_masked_wei
     g = torch.Generator().manual_seed(0)
     c = Consistency(maps, (), weight=0.5, threshold=0.9, ratio=2, class_weight=torch.tensor([2.0, 1.0]), generator=g)
     model = _Fixed().train()
-    restored = []
-    target, mask = c.targets(model, lambda x: x[:, None].float(), maps, lambda: restored.append(model.train()))
-    assert model.modes == [False] and restored and model.training  # eval for the targets, then train mode again
+    model.frozen_bn.eval()
+    target, mask = c.targets(model, lambda x: x[:, None].float(), maps)
+    # eval mode for the targets, then every module's mode back as it was
+    assert model.modes == [False] and model.training and not model.frozen_bn.training
     assert target.tolist() == [0, 0, 1, 1] and mask.tolist() == [1.0, 0.0, 1.0, 1.0]
     logits = torch.tensor([[0.0, 1.0], [3.0, 0.0], [0.0, 0.0], [1.0, 2.0]])
     want = 0.5 * (2.0 * F.cross_entropy(logits[:1], target[:1]) + F.cross_entropy(logits[2:3], target[2:3])
@@ -57,7 +59,8 @@ def test_targets_come_from_the_weak_view_in_eval_mode_and_the_loss_is_masked_wei
 
 
 def test_training_with_unlabeled_maps_uses_their_pixels_only_and_reports_the_confident_share(tmp_path, make_lines,
-                                                                                                 r18_file):
+                                                                                                 r18_file,
+                                                                                                 monkeypatch):
     tr, va = make_lines(48, seed=0), make_lines(16, seed=1)
     pool = make_lines(40, seed=7)
     on = _cfg(strategy="full_finetune", epochs=2, symmetries="hflip,vflip", unlabeled_weight=1.0,
@@ -71,8 +74,13 @@ def test_training_with_unlabeled_maps_uses_their_pixels_only_and_reports_the_con
     w = {d: torch.load(tmp_path / d / "weights.pt", weights_only=True) for d in ("a", "b", "off")}
     assert all(torch.equal(w["a"][k], w["b"][k]) for k in w["a"])
     assert any(not torch.equal(w["a"][k], w["off"][k]) for k in w["a"] if w["a"][k].is_floating_point())
+    # the term itself moves the weights: the same draws and views with its loss held at 0 train other weights
+    monkeypatch.setattr(Consistency, "loss", lambda self, logits, target, mask: 0.0 * logits.sum())
+    train(on, tr, va, tmp_path / "zero", weights=r18_file, unlabeled=pool)
+    zero = torch.load(tmp_path / "zero" / "weights.pt", weights_only=True)
+    assert any(not torch.equal(w["a"][k], zero[k]) for k in zero if zero[k].is_floating_point())
     hist = json.loads((tmp_path / "a" / "history.json").read_text())
-    assert all(0.0 <= h["unlabeled_confident"] <= 1.0 for h in hist)
+    assert all(h["unlabeled_confident"] == 1.0 for h in hist)  # 2 classes: every top probability reaches 0.5
     assert "unlabeled_confident" not in json.loads((tmp_path / "off" / "history.json").read_text())[0]
     _, spec = load_model_dir(tmp_path / "a")
     assert spec.extra["train"]["consistency"] == {"unlabeled_maps": 40, "weight": 1.0, "threshold": 0.5,
@@ -99,8 +107,9 @@ def test_unlabeled_weight_without_unlabeled_maps_or_in_the_wrong_place_is_refuse
         with pytest.raises(ConfigError, match=msg):
             load_config(TrainConfig, overrides=bad)
     # a pipeline run gives the pool to self-training's students only, and checks their settings before training
-    with pytest.raises(ConfigError, match="self_training.train.unlabeled_weight instead"):
-        get_profile("real", ["train.unlabeled_weight=1"])
+    for where in ("train", "source.train"):
+        with pytest.raises(ConfigError, match="self_training.train.unlabeled_weight instead"):
+            get_profile("real", [f"{where}.unlabeled_weight=1"])
     with pytest.raises(ConfigError, match="self_training.train: unknown config key"):
         get_profile("real", ["self_training.train.unlabeled_wieght=1"])
     assert get_profile("real", ["self_training.train.unlabeled_weight=1"]).self_training["train"][

@@ -173,11 +173,12 @@ def test_step_budget_sets_epochs_by_data_size(tmp_path, make_lines):
         assert r.extra["budget"]["epochs"] == want_epochs == len(r.history)
         assert r.extra["budget"]["steps_per_epoch"] == n // 16
         assert r.extra["budget"]["patience_epochs"] == 8 // (n // 16)
-    # min_epochs raises the budget of the bigger dataset only: 64 maps get 3 epochs (12 steps), 32 keep their 3
-    for n in (32, 64):
-        r = train(_cfg(strategy="scratch", backbone="resnet18", steps=6, min_epochs=3, pretrained="none"),
+    # min_epochs raises the budget of the bigger dataset only: 64 maps get 3 epochs (12 steps), 32 keep the 5 that
+    # 10 steps give them
+    for n, steps, want_epochs in ((32, 10, 5), (64, 6, 3)):
+        r = train(_cfg(strategy="scratch", backbone="resnet18", steps=steps, min_epochs=3, pretrained="none"),
                   make_lines(n, seed=0), va, tmp_path / f"min{n}")
-        assert r.extra["budget"]["epochs"] == 3 == len(r.history) and r.extra["budget"]["min_epochs"] == 3
+        assert r.extra["budget"]["epochs"] == want_epochs == len(r.history) and r.extra["budget"]["min_epochs"] == 3
     with pytest.raises(ConfigError, match="either epochs"):
         _cfg(steps=10, epochs=2)
     with pytest.raises(ConfigError, match="steps must be >= 0"):

@@ -127,10 +127,10 @@ def test_cli_train_with_unlabeled_maps_then_evaluate_with_tta(tmp_path, make_lin
     save_dataset(WaferDataset(class_names=("x",), maps=make_lines(32, seed=3).maps), tmp_path / "pool.npz")
     sets = sum((["--set", s] for s in [*TINY, "symmetries=hflip,vflip"]), [])
 
-    def cli(strategy, unlabeled, out):
+    def cli(strategy, unlabeled, out, *extra):
         return main(["train", "--data", str(d), "--strategy", strategy, "--backbone", "resnet18", "--weights",
-                     str(src), "--epochs", "2", *sets, "--unlabeled", str(unlabeled), "--pseudo-threshold", "0.5", "--student-epochs", "1",
-                     "--out", str(out)])
+                     str(src), "--epochs", "2", *sets, *extra, "--unlabeled", str(unlabeled), "--pseudo-threshold",
+                     "0.5", "--student-epochs", "1", "--out", str(out)])
 
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     capsys.readouterr()
@@ -139,7 +139,16 @@ def test_cli_train_with_unlabeled_maps_then_evaluate_with_tta(tmp_path, make_lin
     assert main(["train", "--data", str(d), "--weights", str(src), "--unlabeled", str(tmp_path / "pool.npz"),
                  "--pseudo-threshold", "1.5", "--out", str(tmp_path / "bad")]) != 0
     assert "threshold must be in (0, 1]" in capsys.readouterr().err
+    assert main(["train", "--data", str(d), "--weights", str(src), "--set", "unlabeled_weight=1", "--out",
+                 str(tmp_path / "bad")]) != 0
+    assert "give them with --unlabeled POOL.npz" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+    # unlabeled_weight: the teacher trains on the labels alone, the students learn from the pool as well
+    assert cli("full_finetune", tmp_path / "pool.npz", tmp_path / "c", "--set", "unlabeled_weight=1") == 0
+    capsys.readouterr()
+    spec = lambda p: json.loads((p / "model.json").read_text())["train"]  # noqa: E731
+    assert "consistency" not in spec(tmp_path / "c" / "teacher")
+    assert spec(tmp_path / "c")["consistency"]["unlabeled_maps"] == 32
     assert cli("full_finetune", tmp_path / "pool.npz", tmp_path / "m") == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["self_training"][0]["kept"] > 0 and "test" in summary

@@ -134,6 +134,9 @@ def cmd_train(args) -> int:
         cfg = _config(args, strategy=args.strategy, backbone=args.backbone, epochs=args.epochs, pretrained=weights)
         weights = None
     unlabeled = None
+    if cfg.unlabeled_weight and not args.unlabeled:
+        raise ConfigError(f"unlabeled_weight={cfg.unlabeled_weight} is the self-training students' consistency on "
+                          "unlabeled maps; give them with --unlabeled POOL.npz (or set unlabeled_weight=0)")
     if args.unlabeled:
         from waferflow.data.contract import load_dataset
         from waferflow.train.selftrain import check_settings
@@ -147,10 +150,11 @@ def cmd_train(args) -> int:
                               "the teacher alone (without --unlabeled), then run self-training from it")
         unlabeled = load_dataset(args.unlabeled)
     first = Path(args.out) / "teacher" if unlabeled is not None else Path(args.out)
-    r = train(cfg, tr, va, first, weights=weights, resume=args.resume)
-    if unlabeled is not None:
-        from dataclasses import replace
+    from dataclasses import replace
 
+    # the teacher trains on the labels alone, as a pipeline's candidates do; unlabeled_weight is for the students
+    r = train(replace(cfg, unlabeled_weight=0.0), tr, va, first, weights=weights, resume=args.resume)
+    if unlabeled is not None:
         from waferflow.train.selftrain import self_train
 
         # the student fine-tunes every layer from the teacher's weights

@@ -36,9 +36,9 @@ class TrainConfig:
         steps: Budget in optimizer steps of the phases that share the strategy's epochs (0 = use ``epochs``): they
             get ceil(steps / steps per epoch) epochs, so a few hundred maps and a hundred thousand get the same
             number of updates. Set either ``epochs`` or ``steps``.
-        min_epochs: With ``steps``, at least this many epochs of those phases (0 = off), so a big dataset is not
-            cut to a few passes by a budget sized for small ones; it changes nothing where ``steps`` already gives
-            more epochs. Self-training's students keep their own budget (:data:`BUDGET_KEYS`).
+        min_epochs: With ``steps``, a floor under the epochs that budget plans for those phases (0 = off), so a big
+            dataset is not cut to a few passes by a budget sized for small ones (early stopping can still end a
+            phase sooner); it changes nothing where ``steps`` already plans more epochs. Self-training's students keep their own budget (:data:`BUDGET_KEYS`).
         batch_size: Maps per step.
         lr: Peak learning rate of the head; 0 = the strategy's default. Lower groups get lr * lr_decay**depth.
         lr_decay: Discriminative LR factor per layer group, from the head down.

@@ -8,7 +8,7 @@ step of a phase that trains through the whole model draws ``unlabeled_ratio`` un
   ``unlabeled_threshold``, the predicted class is the map's target (recomputed every step, so targets follow the
   model as it learns, unlike self-training's fixed pseudo-labels).
 - **strong view**: the same map through the run's own augmentation (symmetries, free rotation, die noise, scale
-  jitter). It goes through the model in the same forward pass as the labeled batch (shared BN statistics, as in the
+  jitter; with ``augment`` off, the map itself). It goes through the model in the same forward pass as the labeled batch (shared BN statistics, as in the
   paper), and its loss is cross-entropy with the run's class weights, masked to the confident maps and averaged over
   the unlabeled batch, times ``unlabeled_weight``.
 
@@ -54,14 +54,16 @@ class Consistency:
         return self.maps[idx]
 
     @torch.no_grad()
-    def targets(self, model: torch.nn.Module, to_input, x_u: torch.Tensor, restore_train_mode) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(target, mask)`` of the maps ``x_u`` from the model's prediction on their weak views (BN in eval mode;
-        ``restore_train_mode()`` puts the training modes back)."""
+    def targets(self, model: torch.nn.Module, to_input, x_u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(target, mask)`` of the maps ``x_u`` from the model's prediction on their weak views, in eval mode;
+        every module's train / eval mode is put back as it was."""
+        modes = [(m, m.training) for m in model.modules()]
         model.eval()
         try:
             prob = torch.softmax(model(to_input(self.weak(x_u))).float(), dim=1)
         finally:
-            restore_train_mode()
+            for m, training in modes:
+                m.training = training
         conf, target = prob.max(1)
         mask = (conf >= self.threshold).float()
         self.confident += int(mask.sum())
@@ -81,18 +83,24 @@ class Consistency:
         return rate
 
 
+def check_pool(cfg, unlabeled) -> None:
+    """Raise ConfigError when ``cfg.unlabeled_weight`` is above 0 and ``unlabeled`` holds no maps (checked before
+    the model is built or any weights are fetched)."""
+    if cfg.unlabeled_weight and (unlabeled is None or len(unlabeled) == 0):
+        raise ConfigError(f"unlabeled_weight={cfg.unlabeled_weight} trains on unlabeled maps, and this training was "
+                          "given none; in a pipeline run set it under self_training.train (the students get the "
+                          "pool), or set unlabeled_weight=0")
+
+
 def build(cfg, unlabeled, input_size: int, symmetries, class_weight, generator) -> Consistency | None:
     """The run's :class:`Consistency`, or None when ``cfg.unlabeled_weight`` is 0.
 
     Raises:
         ConfigError: ``unlabeled_weight`` > 0 and no unlabeled maps were given.
     """
+    check_pool(cfg, unlabeled)
     if not cfg.unlabeled_weight:
         return None
-    if unlabeled is None or len(unlabeled) == 0:
-        raise ConfigError(f"unlabeled_weight={cfg.unlabeled_weight} trains on unlabeled maps, and this training was "
-                          "given none; in a pipeline run set it under self_training.train (the students get the "
-                          "pool), or set unlabeled_weight=0")
     maps = torch.from_numpy(unlabeled.resized(input_size))
     return Consistency(maps, symmetries, cfg.unlabeled_weight, cfg.unlabeled_threshold, cfg.unlabeled_ratio,
                        class_weight, generator)

@@ -27,7 +27,7 @@ from waferflow.predictors import penultimate_features, predict_batches
 from waferflow.train.adapt import adapt_bn
 from waferflow.train.augment import Augmenter, resolve_symmetries
 from waferflow.train.config import TrainConfig
-from waferflow.train.consistency import Consistency, build as build_consistency
+from waferflow.train.consistency import Consistency, check_pool, build as build_consistency
 from waferflow.train.losses import balanced_sample_weights, build_loss, class_weights, training_logit_shift
 from waferflow.train.malloc import keep_freed_memory
 from waferflow.train.strategies import (
@@ -326,6 +326,7 @@ def train(cfg: TrainConfig, train_ds: WaferDataset, val_ds: WaferDataset, out_di
     out = Path(out_dir)
     ck = _load_resume_checkpoint(out, cfg, resume)
     _check_data(train_ds, val_ds)
+    check_pool(cfg, unlabeled)
     torch.set_num_threads(cfg.num_threads or len(os.sched_getaffinity(0)) or 1)
     if cfg.keep_freed_memory:
         keep_freed_memory()
@@ -399,7 +400,7 @@ def _load_resume_checkpoint(out: Path, cfg: TrainConfig, resume: bool) -> dict |
                                "over") from None
     saved = ck.get("config", {})
     keys = ("backbone", "strategy", "input_size", "in_chans", "epochs", "steps", "min_epochs", "seed", "ema_decay",
-            "unlabeled_weight")
+            "unlabeled_weight", "unlabeled_threshold", "unlabeled_ratio")
     # a key the killed run's version did not have yet had its default then
     diffs = {k: (saved.get(k, getattr(type(cfg), k)), v) for k, v in to_dict(cfg).items()
              if k in keys and saved.get(k, getattr(type(cfg), k)) != v}
@@ -496,7 +497,7 @@ def _step_loss(run: _Run, pr: _PhaseRun, idx: torch.Tensor, aug: Augmenter, yb: 
     if cons is None:
         return run.loss_fn(_forward(run, pr, idx, aug).float(), yb)
     x_u = cons.draw(len(idx))
-    target, mask = cons.targets(run.model, run.to_input, x_u, lambda: set_train_mode(run.model, pr.setup.frozen_bn))
+    target, mask = cons.targets(run.model, run.to_input, x_u)
     strong = aug(x_u) if run.cfg.augment else x_u
     logits = _forward(run, pr, idx, aug, extra=strong).float()
     n = len(idx)
