@@ -226,8 +226,8 @@ class Profile:
 
     def _check_recipes(self) -> None:
         """A bad source, self-training or training key fails here, before any training."""
-        from waferflow.train.config import BUDGET_KEYS, TrainConfig
-        from waferflow.train.selftrain import SelfTrainConfig
+        from waferflow.train.config import TrainConfig
+        from waferflow.train.selftrain import SelfTrainConfig, student_overrides
         from waferflow.train.source import SourceConfig
 
         for what, cls, value in (("source", SourceConfig, self.source),
@@ -237,12 +237,8 @@ class Profile:
                 load_config(cls, overrides=dict(value))
             except ConfigError as e:
                 raise ConfigError(f"profile {self.name!r}: {what}: {e}") from None
-        # every student's settings as the self-training stage builds them: the run's train settings but its budget,
-        # then self_training.train's
-        base = {k: v for k, v in dict(self.train).items() if k not in BUDGET_KEYS}
-        students = {**base, **dict(dict(self.self_training).get("train") or {})}
-        try:
-            load_config(TrainConfig, overrides=students)
+        try:  # every student's settings, as the self-training stage builds them
+            load_config(TrainConfig, overrides=student_overrides(self.train, dict(self.self_training).get("train")))
         except ConfigError as e:
             raise ConfigError(f"profile {self.name!r}: self_training.train: {e}") from None
         if dict(self.train).get("unlabeled_weight") or dict(dict(self.source or {}).get("train") or {}).get(

@@ -10,18 +10,17 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from waferflow.config import atomic_write_json, load_config
-from waferflow.train.selftrain import SelfTrainConfig
+from waferflow.train.selftrain import SelfTrainConfig, student_overrides
 
 
 def _student_config(settings: SelfTrainConfig, train_config: Mapping[str, Any], teacher_dir: Path, seed: int,
                     device: str):
     from waferflow.models.spec import read_spec
-    from waferflow.train.config import BUDGET_KEYS, TrainConfig
+    from waferflow.train.config import TrainConfig
 
     spec = read_spec(teacher_dir)
-    base = {k: v for k, v in train_config.items() if k not in BUDGET_KEYS}  # students have their own budget
-    overrides = {**base, **settings.train, "backbone": spec.backbone, "input_size": spec.input_size, "seed": seed,
-                 "device": device}
+    overrides = {**student_overrides(train_config, settings.train), "backbone": spec.backbone,
+                 "input_size": spec.input_size, "seed": seed, "device": device}
     return load_config(TrainConfig, overrides=overrides)
 
 

@@ -38,7 +38,8 @@ class TrainConfig:
             number of updates. Set either ``epochs`` or ``steps``.
         min_epochs: With ``steps``, a floor under the epochs that budget plans for those phases (0 = off), so a big
             dataset is not cut to a few passes by a budget sized for small ones (early stopping can still end a
-            phase sooner); it changes nothing where ``steps`` already plans more epochs. Self-training's students keep their own budget (:data:`BUDGET_KEYS`).
+            phase sooner); it changes nothing where ``steps`` already plans more epochs. Self-training's students
+            keep their own budget (:data:`BUDGET_KEYS`).
         batch_size: Maps per step.
         lr: Peak learning rate of the head; 0 = the strategy's default. Lower groups get lr * lr_decay**depth.
         lr_decay: Discriminative LR factor per layer group, from the head down.

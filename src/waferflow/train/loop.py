@@ -154,8 +154,7 @@ class _Run:
         self.x_val = torch.from_numpy(val_ds.resized(s))
         self.y_val = val_ds.labels.astype(np.int64)
         self.groups = layer_groups(self.model)
-        w = class_weights(train_ds.labels, self.k, cfg.class_weights)
-        self.class_w = w
+        self.class_w = w = class_weights(train_ds.labels, self.k, cfg.class_weights)
         self.loss_fn = build_loss(cfg.loss, None if w is None else w.to(self.device), cfg.label_smoothing,
                                   cfg.focal_gamma)
         self.sample_w = balanced_sample_weights(train_ds.labels, self.k) if cfg.balanced_sampler else None

@@ -111,6 +111,14 @@ class SyntheticTopUp:
         return concat_datasets([ds, syn]), need.tolist()
 
 
+def student_overrides(run_train, student_train) -> dict:
+    """Every student's TrainConfig overrides: the run's train settings without their budget
+    (``train.config.BUDGET_KEYS``: students have their own), then ``self_training.train``'s."""
+    from waferflow.train.config import BUDGET_KEYS
+
+    return {**{k: v for k, v in dict(run_train).items() if k not in BUDGET_KEYS}, **dict(student_train or {})}
+
+
 def synthetic_maps(taxonomy: str, per_class, size: int, seed: int) -> WaferDataset:
     """Exactly ``per_class[c]`` synthetic maps of each class ``c`` of ``taxonomy`` (its generator, drawn in
     proportion to the counts asked for, then the first maps of each class kept), labeled, in class order.
