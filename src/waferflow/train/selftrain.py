@@ -42,6 +42,8 @@ class SelfTrainConfig:
         threshold: Minimum TTA-averaged confidence of a pseudo-label.
         max_per_class_ratio: Pseudo-labels per class at most this many times its labeled maps.
         tta: Pseudo-label with test-time augmentation over the data's symmetries.
+        tta_rotations: With ``tta``, also average those views of each pool map turned by each angle (degrees), as
+            the deployed TTA graph's ``export.tta_rotations`` do (off where the model's classes forbid rot90).
         synthetic_min_per_class: Top each student's training set up with synthetic maps of the data's taxonomy
             until every class has at least this many maps (0 = off; data without a synthetic taxonomy: off).
         synthetic_classes_below: Top up only the classes with fewer labeled training maps than this (0 = every
@@ -59,6 +61,7 @@ class SelfTrainConfig:
     threshold: float = 0.9
     max_per_class_ratio: float = 3.0
     tta: bool = True
+    tta_rotations: tuple = ()
     synthetic_min_per_class: int = 0
     synthetic_classes_below: int = 0
     synthetic_map_size: int = 64
@@ -74,6 +77,7 @@ class SelfTrainConfig:
         if self.rounds < 0:
             raise ConfigError(f"self_training.rounds must be >= 0, got {self.rounds}")
         check_settings(self.threshold, self.max_per_class_ratio, max(1, self.rounds))
+        _check_pseudo_rotations(self.tta_rotations, self.tta)
         if self.synthetic_min_per_class < 0:
             raise ConfigError(f"self_training.synthetic_min_per_class must be >= 0 (0 = off), got "
                               f"{self.synthetic_min_per_class}")
@@ -82,6 +86,20 @@ class SelfTrainConfig:
                               f"{self.synthetic_classes_below}")
         if self.synthetic_map_size < 16:
             raise ConfigError(f"self_training.synthetic_map_size must be >= 16, got {self.synthetic_map_size}")
+
+
+def _check_pseudo_rotations(rotations, tta: bool) -> None:
+    """self_training.tta_rotations: a list of angles, and only with TTA on (the model's symmetries are checked when
+    it pseudo-labels)."""
+    from waferflow.predictors.rotation import check_rotations
+
+    if not isinstance(rotations, (list, tuple)):
+        raise ConfigError(f"self_training.tta_rotations must be a list of angles in degrees, got {rotations!r}; "
+                          "e.g. self_training.tta_rotations=[45]")
+    check_rotations(rotations, ("rot90",))
+    if rotations and not tta:
+        raise ConfigError(f"self_training.tta_rotations={list(rotations)} turn the pool maps of TTA pseudo-labels; "
+                          "set self_training.tta=true or drop self_training.tta_rotations")
 
 
 @dataclass(frozen=True)
@@ -149,9 +167,11 @@ def synthetic_maps(taxonomy: str, per_class, size: int, seed: int) -> WaferDatas
 
 def pseudo_label(teacher_dir: str | Path, unlabeled: WaferDataset, labeled: WaferDataset, threshold: float = 0.9,
                  max_per_class_ratio: float = 3.0, tta: bool = True, batch_size: int = 256,
-                 engine: str = "onnxruntime", device: str = "cpu") -> tuple[WaferDataset, dict]:
+                 engine: str = "onnxruntime", device: str = "cpu",
+                 rotations: tuple = ()) -> tuple[WaferDataset, dict]:
     """Pseudo-label ``unlabeled`` with the teacher model dir, run by ``engine`` on the CPU (see
-    ``SelfTrainConfig.cpu_engine``) or in PyTorch on a CUDA ``device``.
+    ``SelfTrainConfig.cpu_engine``) or in PyTorch on a CUDA ``device``. With ``tta``, ``rotations`` (degrees) add
+    the views of each map turned by each angle, unless the model's classes forbid rot90 (the report says so).
 
     Returns:
         ``(pseudo, report)``: the selected maps with their pseudo-labels (labels of ``unlabeled``, if any, are
@@ -163,18 +183,19 @@ def pseudo_label(teacher_dir: str | Path, unlabeled: WaferDataset, labeled: Wafe
         teacher's classes differ from the labeled data's.
     """
     from waferflow.evaluation import check_classes
-    from waferflow.predictors import predict_dataset, softmax, tta_predictor
+    from waferflow.predictors import predict_dataset, softmax
     from waferflow.models import load_model_dir
-    from waferflow.train.augment import model_symmetries
 
     check_settings(threshold, max_per_class_ratio)
+    _check_pseudo_rotations(rotations, tta)
     if len(unlabeled) == 0:
         raise DataError("self-training needs unlabeled maps; the unlabeled dataset is empty")
     model, spec = load_model_dir(teacher_dir)
     check_classes(labeled, spec)
     predict, engine = _teacher_predictor(model, spec, engine, device)
+    off = {}
     if tta:
-        predict = tta_predictor(predict, model_symmetries(spec, labeled.meta.get("taxonomy")))
+        predict, off = _tta(predict, spec, labeled.meta.get("taxonomy"), rotations)
     # only the maps are read: labels and class names of the unlabeled file play no part
     prob = softmax(predict_dataset(predict, unlabeled, spec, batch_size, desc="pseudo-label"))
     conf, pred = prob.max(1), prob.argmax(1)
@@ -186,10 +207,28 @@ def pseudo_label(teacher_dir: str | Path, unlabeled: WaferDataset, labeled: Wafe
     report = {"unlabeled_maps": int(len(unlabeled)), "kept": int(len(idx)), "threshold": threshold,
               "max_per_class_ratio": max_per_class_ratio, "tta_views": len(getattr(predict, "views", [None])),
               "engine": engine, "per_class": per_class,
-              "mean_confidence_kept": float(conf[idx].mean()) if len(idx) else None}
+              "mean_confidence_kept": float(conf[idx].mean()) if len(idx) else None, **off}
     if unlabeled.labeled and tuple(unlabeled.class_names) == tuple(spec.class_names) and len(idx):
         report["pseudo_label_accuracy"] = float((pred[idx] == unlabeled.labels[idx]).mean())
     return pseudo, report
+
+
+def _tta(predict, spec, taxonomy, rotations):
+    """``(TTA predictor, {} or {"rotations_off": why})``: the model's symmetries, and ``rotations`` where rot90 is
+    among them (as the deployed TTA graph: a turn could change a label otherwise)."""
+    from waferflow.predictors import tta_predictor
+    from waferflow.predictors.runtime import rotation_pad
+    from waferflow.train.augment import model_symmetries
+
+    symmetries = model_symmetries(spec, taxonomy)
+    off = {}
+    if rotations and "rot90" not in symmetries:
+        off = {"rotations_off": f"self_training.tta_rotations {list(rotations)} are off: this model's classes keep "
+                                f"their label only under {list(symmetries)}, not under any rotation"}
+        log.warning("%s", off["rotations_off"])
+        rotations = ()
+    pad = rotation_pad(spec) if rotations else None
+    return tta_predictor(predict, symmetries, tuple(rotations), pad), off
 
 
 def _teacher_predictor(model, spec, engine: str, device: str):
@@ -240,11 +279,12 @@ def check_settings(threshold: float, max_per_class_ratio: float, rounds: int = 1
 
 def self_train(cfg, teacher_dir: str | Path, train_ds: WaferDataset, val_ds: WaferDataset, unlabeled: WaferDataset,
                out_dir: str | Path, rounds: int = 1, threshold: float = 0.9, max_per_class_ratio: float = 3.0,
-               tta: bool = True, top_up: SyntheticTopUp | None = None, engine: str = "onnxruntime"):
+               tta: bool = True, top_up: SyntheticTopUp | None = None, engine: str = "onnxruntime",
+               rotations: tuple = ()):
     """``rounds`` of pseudo-label -> train a student from the previous model's weights.
 
     The teacher runs in ``engine`` on the CPU (:func:`pseudo_label`), in PyTorch when ``cfg.device`` is CUDA.
-    ``top_up`` (optional) adds synthetic maps to each student's training set after pseudo-labelling (the caps count
+    ``rotations``: the extra TTA angles of :func:`pseudo_label`. ``top_up`` (optional) adds synthetic maps to each student's training set after pseudo-labelling (the caps count
     labeled maps only); validation stays real.
 
     The student of the last round is written to ``out_dir`` (earlier rounds to ``out_dir/rounds/r{i}``), with
@@ -257,6 +297,7 @@ def self_train(cfg, teacher_dir: str | Path, train_ds: WaferDataset, val_ds: Waf
     from waferflow.train.loop import resolve_device, train
 
     check_settings(threshold, max_per_class_ratio, rounds)
+    _check_pseudo_rotations(rotations, tta)
     if cfg.strategy in ("scratch", "feature_extraction"):
         raise ConfigError(f"self-training fine-tunes the teacher's weights; strategy {cfg.strategy!r} cannot. "
                           "Use full_finetune or gradual_unfreezing")
@@ -265,7 +306,7 @@ def self_train(cfg, teacher_dir: str | Path, train_ds: WaferDataset, val_ds: Waf
     for r in range(rounds):
         t0 = time.perf_counter()
         pseudo, rep = pseudo_label(teacher, unlabeled, train_ds, threshold, max_per_class_ratio, tta,
-                                   cfg.eval_batch_size, engine, device)
+                                   cfg.eval_batch_size, engine, device, rotations)
         if rep["kept"] == 0:
             raise DataError(f"no unlabeled map reached confidence {threshold}; lower the threshold or train a "
                             "stronger teacher")
