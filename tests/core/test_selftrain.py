@@ -344,3 +344,51 @@ def test_students_keep_their_own_budget_and_take_the_other_train_settings(teache
                           run_train, tdir, seed=3, device="cpu")
     assert (cfg.steps, cfg.min_epochs, cfg.epochs, cfg.lr, cfg.strategy, cfg.seed) == (50, 0, 0, 0.001,
                                                                                        "full_finetune", 3)
+
+
+def test_pseudo_labels_may_average_turned_pool_maps_as_the_deployed_graph(tmp_path, teacher, make_lines):
+    """self_training.tta_rotations: the teacher's confidence is the mean over the symmetries of each pool map and
+    of the map turned by each angle (the deployed TTA graph's gather); off, with a note, where rot90 is no
+    symmetry; refused without TTA and before any training."""
+    from waferflow.data.contract import save_dataset
+    from waferflow.models import load_model_dir
+    from waferflow.orchestration.selftrain_step import run_self_training
+    from waferflow.predictors import predict_dataset, softmax, torch_predictor
+    from waferflow.predictors.runtime import rotation_pad
+    from waferflow.train.augment import model_symmetries
+    from waferflow.train.selftrain import SelfTrainConfig
+
+    tr, va = make_lines(48, seed=0), make_lines(16, seed=1)
+    train(_cfg(strategy="scratch", pretrained="none", epochs=2, symmetries="hflip,vflip,rot90"), tr, va,
+          tmp_path / "rot")
+    pool = make_lines(24, seed=4)
+    got, rep = pseudo_label(tmp_path / "rot", pool, tr, threshold=0.5, max_per_class_ratio=10, engine="torch",
+                            rotations=(45,))
+    assert rep["tta_views"] == 16 and "rotations_off" not in rep and rep["kept"] == len(pool)
+    model, spec = load_model_dir(tmp_path / "rot")
+    by_hand = tta_predictor(torch_predictor(model), model_symmetries(spec), (45.0,), rotation_pad(spec))
+    prob = softmax(predict_dataset(by_hand, pool, spec, 64))
+    assert np.array_equal(got.labels, prob.argmax(1))
+    _, rep8 = pseudo_label(tmp_path / "rot", pool, tr, threshold=0.5, max_per_class_ratio=10, engine="torch")
+    assert rep8["tta_views"] == 8 and rep8["mean_confidence_kept"] != rep["mean_confidence_kept"]
+    # lines keep their label under flips only: the turned views are off, and the report says why
+    tdir, tr2, va2 = teacher
+    _, rep_off = pseudo_label(tdir, pool, tr2, threshold=0.5, rotations=(45,))
+    assert rep_off["tta_views"] == 4 and "not under any rotation" in rep_off["rotations_off"]
+    for bad, match in (({"tta_rotations": [45], "tta": False}, "set self_training.tta=true"),
+                       ({"tta_rotations": 45}, "must be a list of angles"), ({"tta_rotations": [0]}, "non-zero")):
+        with pytest.raises(ConfigError, match=match):
+            load_config(SelfTrainConfig, overrides=bad)
+    with pytest.raises(ConfigError, match="tta=true"):
+        self_train(_cfg(strategy="full_finetune", epochs=1), tdir, tr2, va2, pool, tmp_path / "never",
+                   tta=False, rotations=(45,))
+    assert not (tmp_path / "never").exists()
+    # the stage passes the setting on and reports the views
+    for name, ds in (("train", tr2), ("val", va2), ("pool", pool)):
+        save_dataset(ds, tmp_path / f"{name}.npz")
+    settings = {"rounds": 1, "threshold": 0.6, "tta_rotations": [45],
+                "train": {"strategy": "full_finetune", "epochs": 1, "symmetries": "hflip,vflip"}}
+    stage = run_self_training(tdir, {"accuracy": 1.0, "macro_f1": 1.0}, tmp_path / "train.npz",
+                              tmp_path / "val.npz", tmp_path / "pool.npz", settings,
+                              dict(x.split("=") for x in TINY), 0, "cpu", tmp_path / "out")
+    assert stage["per_round"][0]["tta_views"] == 4 and "rotations_off" in stage["per_round"][0]
