@@ -163,8 +163,10 @@ def test_a_killed_run_with_the_term_on_resumes_to_the_uninterrupted_weights(tmp_
         train(_cfg(strategy="full_finetune", epochs=3, patience=0, symmetries="hflip,vflip", unlabeled_weight=1.0,
                    unlabeled_threshold=0.9), tr, va, tmp_path / "cut", weights=r18_file, unlabeled=pool, resume=True)
     train(cfg, tr, va, tmp_path / "cut", weights=r18_file, unlabeled=pool, resume=True)
-    whole, cut = (torch.load(tmp_path / d / "weights.pt", weights_only=True) for d in ("whole", "cut"))
-    assert all(torch.equal(whole[k], cut[k]) for k in whole)
+    for name in ("weights.pt", "checkpoints/last.pt"):  # the best epoch's weights and the last epoch's
+        whole, cut = (torch.load(tmp_path / d / name, weights_only=True) for d in ("whole", "cut"))
+        whole, cut = whole.get("model", whole), cut.get("model", cut)
+        assert all(torch.equal(whole[k], cut[k]) for k in whole), name
     hist = {d: json.loads((tmp_path / d / "history.json").read_text()) for d in ("whole", "cut")}
     strip = lambda h: [{k: v for k, v in row.items() if k != "seconds"} for row in h]  # noqa: E731
     assert strip(hist["whole"]) == strip(hist["cut"]) and len(hist["cut"]) == 3

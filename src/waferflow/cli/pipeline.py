@@ -45,6 +45,9 @@ few labels, many unlabeled maps (--set KEY=VALUE; the real profile's values in p
   self_training.rounds=N      teacher -> pseudo-labels -> student rounds (2; 0 = off)
   self_training.threshold=P   minimum TTA confidence of a pseudo-label (0.9)
   self_training.max_per_class_ratio=R   pseudo-labels per class at most R x its labeled maps (3)
+  self_training.tta_rotations=[D,...]   pseudo-labels also average the pool maps turned by these angles, as
+                              export.tta_rotations do ([] = the 8 symmetries alone, as in every profile: [45]
+                              lost on development maps, README)
   self_training.cpu_engine=E  what runs the teacher over the pool on the CPU: onnxruntime (traced in memory,
                               checked against PyTorch; 2.45x faster) | torch (onnxruntime)
   self_training.synthetic_min_per_class=N   top each student's classes up to N maps with synthetic maps of
