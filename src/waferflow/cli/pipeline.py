@@ -58,6 +58,8 @@ few labels, many unlabeled maps (--set KEY=VALUE; the real profile's values in p
                               map under the full augmentation; 0 = off, as in every profile: it lost on
                               development maps, README; .unlabeled_threshold 0.95, .unlabeled_ratio 1)
   train.class_weights=MODE    none | sqrt | inverse: loss weights that help rare classes train (sqrt)
+  train.mixup_alpha=A         mixup of each labeled batch with itself, lam ~ Beta(A, A), in the candidates and
+                              the students (0 = off, as in every profile)
   undo_class_weights=BOOL     take the prior those weights train in out of the final model's head, so it scores
                               maps under the data's own class prior (true)
   source_weight=W             then average the model's weights with the source model's it was fine-tuned from, W

@@ -399,7 +399,7 @@ def _load_resume_checkpoint(out: Path, cfg: TrainConfig, resume: bool) -> dict |
                                "over") from None
     saved = ck.get("config", {})
     keys = ("backbone", "strategy", "input_size", "in_chans", "epochs", "steps", "min_epochs", "seed", "ema_decay",
-            "unlabeled_weight", "unlabeled_threshold", "unlabeled_ratio")
+            "unlabeled_weight", "unlabeled_threshold", "unlabeled_ratio", "mixup_alpha")
     # a key the killed run's version did not have yet had its default then
     diffs = {k: (saved.get(k, getattr(type(cfg), k)), v) for k, v in to_dict(cfg).items()
              if k in keys and saved.get(k, getattr(type(cfg), k)) != v}
@@ -431,12 +431,18 @@ def _start_phase(run: _Run, st: LoopState, pi: int, mid_phase_ck: dict | None) -
 
 
 def _forward(run: _Run, pr: _PhaseRun, idx: torch.Tensor, aug: Augmenter,
-             extra: torch.Tensor | None = None) -> torch.Tensor:
+             extra: torch.Tensor | None = None, mix: tuple[torch.Tensor, float] | None = None) -> torch.Tensor:
     """Logits of one batch: on cached features, on features of a frozen backbone, or through the whole model
-    (with ``extra`` maps, already augmented, after the batch's in the same forward pass)."""
+    (with ``extra`` maps, already augmented, after the batch's in the same forward pass; with ``mix`` =
+    ``(order, lam)``, the batch's inputs mixed with themselves in that order)."""
     if not (pr.cached or pr.std_head is not None):
         xb = aug(run.x_train[idx]) if run.cfg.augment else run.x_train[idx]
-        return run.model(run.to_input(xb if extra is None else torch.cat([xb, extra])))
+        x = run.to_input(xb if extra is None else torch.cat([xb, extra]))
+        if mix is not None:
+            order, lam = mix
+            n = len(idx)
+            x = torch.cat([lam * x[:n] + (1.0 - lam) * x[:n][order], x[n:]])
+        return run.model(x)
     if pr.cached:
         f = run.feature_cache()["train"][idx]
     else:  # the no-cache baseline: the frozen backbone runs on every step
@@ -467,7 +473,7 @@ def _train_epoch(run: _Run, st: LoopState, pr: _PhaseRun, aug: Augmenter, gen: t
     for idx in bar:
         yb = run.y_train[idx].to(run.device)
         with run.autocast():
-            loss = _step_loss(run, pr, idx, aug, yb, cons)
+            loss = _step_loss(run, pr, idx, aug, yb, cons, gen)
         pr.opt.zero_grad(set_to_none=True)
         loss.backward()
         pr.opt.step()
@@ -491,16 +497,33 @@ def _train_epoch(run: _Run, st: LoopState, pr: _PhaseRun, aug: Augmenter, gen: t
 
 
 def _step_loss(run: _Run, pr: _PhaseRun, idx: torch.Tensor, aug: Augmenter, yb: torch.Tensor,
-               cons: Consistency | None) -> torch.Tensor:
-    """The labeled batch's loss, plus the consistency term on unlabeled maps when ``cons`` is given."""
-    if cons is None:
-        return run.loss_fn(_forward(run, pr, idx, aug).float(), yb)
-    x_u = cons.draw(len(idx))
-    target, mask = cons.targets(run.model, run.to_input, x_u)
-    strong = aug(x_u) if run.cfg.augment else x_u
-    logits = _forward(run, pr, idx, aug, extra=strong).float()
+               cons: Consistency | None, gen: torch.Generator) -> torch.Tensor:
+    """The labeled batch's loss (mixed, with ``train.mixup_alpha``, where the whole model runs), plus the
+    consistency term on unlabeled maps when ``cons`` is given."""
+    head_only = pr.cached or pr.std_head is not None
+    mix = _mixup_draw(run.cfg.mixup_alpha, len(idx), gen) if run.cfg.mixup_alpha and not head_only else None
+    extra = target = mask = None
+    if cons is not None:
+        x_u = cons.draw(len(idx))
+        target, mask = cons.targets(run.model, run.to_input, x_u)
+        extra = aug(x_u) if run.cfg.augment else x_u
+    logits = _forward(run, pr, idx, aug, extra=extra, mix=mix).float()
     n = len(idx)
-    return run.loss_fn(logits[:n], yb) + cons.loss(logits[n:], target.to(run.device), mask.to(run.device))
+    loss = run.loss_fn(logits[:n], yb)
+    if mix is not None:
+        order, lam = mix
+        loss = lam * loss + (1.0 - lam) * run.loss_fn(logits[:n], yb[order.to(yb.device)])
+    if cons is not None:
+        loss = loss + cons.loss(logits[n:], target.to(run.device), mask.to(run.device))
+    return loss
+
+
+def _mixup_draw(alpha: float, n: int, gen: torch.Generator) -> tuple[torch.Tensor, float]:
+    """One batch's mixup: the order its maps are mixed with, and lam ~ Beta(alpha, alpha), both drawn from the
+    run's generator (so a resumed run draws what the killed one would have)."""
+    order = torch.randperm(n, generator=gen)
+    seed = int(torch.randint(2**62, (1,), generator=gen))
+    return order, float(np.random.default_rng(seed).beta(alpha, alpha))
 
 
 def _validate(run: _Run, pr: _PhaseRun, g_epoch: int, train_loss: float, secs: float) -> tuple[dict, dict]:
