@@ -78,3 +78,20 @@ def r18_file(tmp_path):
     f = tmp_path / "r18_source.pt"
     torch.save(m.state_dict(), f)
     return str(f)
+
+
+@pytest.fixture
+def killed_after_first_epoch(monkeypatch):
+    """``train`` under it stops with KeyboardInterrupt right after it writes its first ``last.pt`` (as a kill after
+    the checkpoint); call the returned function to let training run normally again."""
+    import waferflow.train.loop as loop
+
+    save = loop._save
+
+    def kill(path, obj):
+        save(path, obj)
+        if path.name == "last.pt":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "_save", kill)
+    return lambda: monkeypatch.setattr(loop, "_save", save)

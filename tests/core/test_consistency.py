@@ -137,27 +137,18 @@ def test_students_get_the_pool_only_with_unlabeled_weight(tmp_path, monkeypatch,
 
 
 def test_a_killed_run_with_the_term_on_resumes_to_the_uninterrupted_weights(tmp_path, make_lines, r18_file,
-                                                                               monkeypatch):
+                                                                               request):
     """The term's draws and weak views come from the run's checkpointed generator: a run killed after its first
     epoch and resumed ends with the uninterrupted run's weights and history, bit for bit; resuming with other
     unlabeled_* settings is refused."""
-    import waferflow.train.loop as loop
-
     tr, va, pool = make_lines(48, seed=0), make_lines(16, seed=1), make_lines(40, seed=7)
     cfg = _cfg(strategy="full_finetune", epochs=3, patience=0, symmetries="hflip,vflip", unlabeled_weight=1.0,
                unlabeled_threshold=0.5)
     train(cfg, tr, va, tmp_path / "whole", weights=r18_file, unlabeled=pool)
-    save = loop._save
-
-    def killed_after_first_epoch(path, obj):
-        save(path, obj)
-        if path.name == "last.pt":
-            raise KeyboardInterrupt  # as a kill right after the checkpoint
-
-    monkeypatch.setattr(loop, "_save", killed_after_first_epoch)
+    resume_normally = request.getfixturevalue("killed_after_first_epoch")  # after the full run
     with pytest.raises(KeyboardInterrupt):
         train(cfg, tr, va, tmp_path / "cut", weights=r18_file, unlabeled=pool)
-    monkeypatch.setattr(loop, "_save", save)
+    resume_normally()
     assert not (tmp_path / "cut" / "weights.pt").exists()
     with pytest.raises(ConfigError, match="unlabeled_threshold"):
         train(_cfg(strategy="full_finetune", epochs=3, patience=0, symmetries="hflip,vflip", unlabeled_weight=1.0,

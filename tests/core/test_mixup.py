@@ -56,7 +56,7 @@ def test_the_mixed_loss_is_the_two_labels_losses_weighted_by_lam(monkeypatch):
 
 
 def test_mixup_trains_other_weights_leaves_head_only_training_alone_and_resumes(tmp_path, make_lines, r18_file,
-                                                                                 monkeypatch):
+                                                                                 request):
     tr, va = make_lines(48, seed=0), make_lines(16, seed=1)
     for strategy, epochs in (("full_finetune", 3), ("feature_extraction", 1)):
         for alpha in (0, 0.4):
@@ -66,17 +66,10 @@ def test_mixup_trains_other_weights_leaves_head_only_training_alone_and_resumes(
     assert _same(_weights(tmp_path / "feature_extraction0"), _weights(tmp_path / "feature_extraction0.4"))
     # the draws come from the checkpointed generator: killed after epoch 1 and resumed, the same run bit for bit
     cfg = _cfg(strategy="full_finetune", epochs=3, patience=0, mixup_alpha=0.4)
-    save = loop._save
-
-    def killed_after_first_epoch(path, obj):
-        save(path, obj)
-        if path.name == "last.pt":
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(loop, "_save", killed_after_first_epoch)
+    resume_normally = request.getfixturevalue("killed_after_first_epoch")  # after the full run
     with pytest.raises(KeyboardInterrupt):
         train(cfg, tr, va, tmp_path / "cut", weights=r18_file)
-    monkeypatch.setattr(loop, "_save", save)
+    resume_normally()
     with pytest.raises(ConfigError, match="mixup_alpha"):
         train(_cfg(strategy="full_finetune", epochs=3, patience=0, mixup_alpha=0.2), tr, va, tmp_path / "cut",
               weights=r18_file, resume=True)
