@@ -183,16 +183,10 @@ class Profile:
     def _check_tta_rotations(self) -> None:
         """export.tta_rotations: angles the TTA graph turns maps by (checked here, before any training; whether the
         data's classes allow a rotation is checked at export, from the model's symmetries)."""
-        from waferflow.predictors.rotation import check_rotations
+        from waferflow.predictors.rotation import check_rotation_setting
 
-        rotations = self.export.get("tta_rotations") or ()
-        if not isinstance(rotations, (list, tuple)):
-            raise ConfigError(f"export.tta_rotations must be a list of angles in degrees, got {rotations!r}; e.g. "
-                              "export.tta_rotations=[45]")
-        check_rotations(rotations, ("rot90",))
-        if rotations and not self.export.get("tta"):
-            raise ConfigError(f"export.tta_rotations={list(rotations)} turn the maps of the TTA graph, which only "
-                              "export.tta=true writes; set export.tta=true or drop export.tta_rotations")
+        check_rotation_setting("export.tta_rotations", self.export.get("tta_rotations") or (),
+                               bool(self.export.get("tta")), "set export.tta=true (only export.tta=true writes the TTA graph)")
 
     def _check_source_combination(self) -> None:
         """source_weight and source_ensemble_below combine the model with the source model: in range, one at a time,

@@ -80,10 +80,13 @@ def r18_file(tmp_path):
     return str(f)
 
 
+
 @pytest.fixture
 def killed_after_first_epoch(monkeypatch):
-    """``train`` under it stops with KeyboardInterrupt right after it writes its first ``last.pt`` (as a kill after
-    the checkpoint); call the returned function to let training run normally again."""
+    """A context manager: ``train`` inside it stops with KeyboardInterrupt right after it writes its first
+    ``last.pt``, as a kill after the checkpoint would."""
+    from contextlib import contextmanager
+
     import waferflow.train.loop as loop
 
     save = loop._save
@@ -93,5 +96,31 @@ def killed_after_first_epoch(monkeypatch):
         if path.name == "last.pt":
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(loop, "_save", kill)
-    return lambda: monkeypatch.setattr(loop, "_save", save)
+    @contextmanager
+    def killed():
+        monkeypatch.setattr(loop, "_save", kill)
+        try:
+            yield
+        finally:
+            monkeypatch.setattr(loop, "_save", save)
+
+    return killed
+
+
+@pytest.fixture
+def assert_same_run():
+    """Asserts two training dirs hold the same run: best and last weights bit for bit, and the same history
+    (but for the seconds each epoch took)."""
+    import json
+
+    def check(a, b):
+        for name in ("weights.pt", "checkpoints/last.pt"):
+            wa, wb = (torch.load(d / name, weights_only=True) for d in (a, b))
+            wa, wb = wa.get("model", wa), wb.get("model", wb)
+            assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), name
+        ha, hb = ([{k: v for k, v in row.items() if k != "seconds"} for row in json.loads((d / "history.json")
+                                                                                        .read_text())]
+                  for d in (a, b))
+        assert ha == hb
+
+    return check

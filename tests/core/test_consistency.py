@@ -137,27 +137,21 @@ def test_students_get_the_pool_only_with_unlabeled_weight(tmp_path, monkeypatch,
 
 
 def test_a_killed_run_with_the_term_on_resumes_to_the_uninterrupted_weights(tmp_path, make_lines, r18_file,
-                                                                               request):
-    """The term's draws and weak views come from the run's checkpointed generator: a run killed after its first
-    epoch and resumed ends with the uninterrupted run's weights and history, bit for bit; resuming with other
-    unlabeled_* settings is refused."""
+                                                                               killed_after_first_epoch,
+                                                                               assert_same_run):
+    """A run killed after its first epoch and resumed ends with the uninterrupted run's weights and history, bit
+    for bit: the term's draws and views depend on no state that the checkpoint does not restore. Resuming with
+    other unlabeled_* settings is refused."""
     tr, va, pool = make_lines(48, seed=0), make_lines(16, seed=1), make_lines(40, seed=7)
     cfg = _cfg(strategy="full_finetune", epochs=3, patience=0, symmetries="hflip,vflip", unlabeled_weight=1.0,
                unlabeled_threshold=0.5)
     train(cfg, tr, va, tmp_path / "whole", weights=r18_file, unlabeled=pool)
-    resume_normally = request.getfixturevalue("killed_after_first_epoch")  # after the full run
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after_first_epoch(), pytest.raises(KeyboardInterrupt):
         train(cfg, tr, va, tmp_path / "cut", weights=r18_file, unlabeled=pool)
-    resume_normally()
     assert not (tmp_path / "cut" / "weights.pt").exists()
     with pytest.raises(ConfigError, match="unlabeled_threshold"):
         train(_cfg(strategy="full_finetune", epochs=3, patience=0, symmetries="hflip,vflip", unlabeled_weight=1.0,
                    unlabeled_threshold=0.9), tr, va, tmp_path / "cut", weights=r18_file, unlabeled=pool, resume=True)
     train(cfg, tr, va, tmp_path / "cut", weights=r18_file, unlabeled=pool, resume=True)
-    for name in ("weights.pt", "checkpoints/last.pt"):  # the best epoch's weights and the last epoch's
-        whole, cut = (torch.load(tmp_path / d / name, weights_only=True) for d in ("whole", "cut"))
-        whole, cut = whole.get("model", whole), cut.get("model", cut)
-        assert all(torch.equal(whole[k], cut[k]) for k in whole), name
-    hist = {d: json.loads((tmp_path / d / "history.json").read_text()) for d in ("whole", "cut")}
-    strip = lambda h: [{k: v for k, v in row.items() if k != "seconds"} for row in h]  # noqa: E731
-    assert strip(hist["whole"]) == strip(hist["cut"]) and len(hist["cut"]) == 3
+    assert_same_run(tmp_path / "whole", tmp_path / "cut")
+    assert len(json.loads((tmp_path / "cut" / "history.json").read_text())) == 3

@@ -355,6 +355,7 @@ def test_pseudo_labels_may_average_turned_pool_maps_as_the_deployed_graph(tmp_pa
     from waferflow.orchestration.selftrain_step import run_self_training
     from waferflow.predictors import predict_dataset, softmax, torch_predictor
     from waferflow.predictors.runtime import rotation_pad
+    from waferflow.profiles import get_profile
     from waferflow.train.augment import model_symmetries
     from waferflow.train.selftrain import SelfTrainConfig
 
@@ -362,23 +363,28 @@ def test_pseudo_labels_may_average_turned_pool_maps_as_the_deployed_graph(tmp_pa
     train(_cfg(strategy="scratch", pretrained="none", epochs=2, symmetries="hflip,vflip,rot90"), tr, va,
           tmp_path / "rot")
     pool = make_lines(24, seed=4)
-    got, rep = pseudo_label(tmp_path / "rot", pool, tr, threshold=0.5, max_per_class_ratio=10, engine="torch",
-                            rotations=(45,))
-    assert rep["tta_views"] == 16 and "rotations_off" not in rep and rep["kept"] == len(pool)
     model, spec = load_model_dir(tmp_path / "rot")
     by_hand = tta_predictor(torch_predictor(model), model_symmetries(spec), (45.0,), rotation_pad(spec))
     prob = softmax(predict_dataset(by_hand, pool, spec, 64))
-    assert np.array_equal(got.labels, prob.argmax(1))
+    for engine in ("torch", "onnxruntime"):
+        got, rep = pseudo_label(tmp_path / "rot", pool, tr, threshold=0.5, max_per_class_ratio=10, engine=engine,
+                                rotations=(45,))
+        assert rep["tta_views"] == 16 and "rotations_off" not in rep and rep["kept"] == len(pool)
+        assert np.array_equal(got.labels, prob.argmax(1))
+        assert rep["mean_confidence_kept"] == pytest.approx(prob.max(1).mean(), abs=1e-5)
     _, rep8 = pseudo_label(tmp_path / "rot", pool, tr, threshold=0.5, max_per_class_ratio=10, engine="torch")
-    assert rep8["tta_views"] == 8 and rep8["mean_confidence_kept"] != rep["mean_confidence_kept"]
+    assert rep8["tta_views"] == 8 and rep8["mean_confidence_kept"] != pytest.approx(rep["mean_confidence_kept"],
+                                                                                   abs=1e-5)
     # lines keep their label under flips only: the turned views are off, and the report says why
     tdir, tr2, va2 = teacher
     _, rep_off = pseudo_label(tdir, pool, tr2, threshold=0.5, rotations=(45,))
     assert rep_off["tta_views"] == 4 and "not under any rotation" in rep_off["rotations_off"]
     for bad, match in (({"tta_rotations": [45], "tta": False}, "set self_training.tta=true"),
-                       ({"tta_rotations": 45}, "must be a list of angles"), ({"tta_rotations": [0]}, "non-zero")):
+                       ({"tta_rotations": 45}, "must be a list"), ({"tta_rotations": [0]}, "non-zero")):
         with pytest.raises(ConfigError, match=match):
             load_config(SelfTrainConfig, overrides=bad)
+    with pytest.raises(ConfigError, match="self_training: config key 'tta_rotations' must be a list"):
+        get_profile("real", ["self_training.tta_rotations=45"])
     with pytest.raises(ConfigError, match="tta=true"):
         self_train(_cfg(strategy="full_finetune", epochs=1), tdir, tr2, va2, pool, tmp_path / "never",
                    tta=False, rotations=(45,))

@@ -204,9 +204,15 @@ def test_run_help_names_the_few_label_settings_with_the_real_profiles_values(cap
                  f"train.rotation=D [^;]*\\({real.train['rotation']}; 0 = off\\)",
                  f"undo_class_weights=BOOL [^(]*\\({str(real.undo_class_weights).lower()}\\)",
                  r"export.tta_rotations=\[D,\.\.\.\] [^(]*\(" + re.escape(str(real.export["tta_rotations"])) + ":",
-                 "labels_per_class=N", r"train.ema_decay=D [^;]*; 0 = off, as in every profile"):
+                 "labels_per_class=N", r"train.ema_decay=D [^;]*; 0 = off, as in every profile",
+                 r"train.mixup_alpha=A [^=]*\(0 = off, as in every profile",
+                 r"self_training.tta_rotations=\[D,\.\.\.\] [^=]*\[\] = the model's symmetries alone,"
+                 r" as in every profile"):
         assert re.search(line, text), line
-    assert all(not get_profile(n).train.get("ema_decay") for n in PROFILE_NAMES)
+    for name in PROFILE_NAMES:  # what the help says is off everywhere is off everywhere
+        p = get_profile(name)
+        assert not p.train.get("ema_decay") and not p.train.get("mixup_alpha")
+        assert not p.self_training.get("tta_rotations")
 
 
 def test_run_summary_says_the_selection_was_on_validation_and_the_test_split_read_once(tmp_path):

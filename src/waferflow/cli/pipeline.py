@@ -46,8 +46,8 @@ few labels, many unlabeled maps (--set KEY=VALUE; the real profile's values in p
   self_training.threshold=P   minimum TTA confidence of a pseudo-label (0.9)
   self_training.max_per_class_ratio=R   pseudo-labels per class at most R x its labeled maps (3)
   self_training.tta_rotations=[D,...]   pseudo-labels also average the pool maps turned by these angles, as
-                              export.tta_rotations do ([] = the 8 symmetries alone, as in every profile: [45]
-                              lost on development maps, README)
+                              export.tta_rotations do ([] = the model's symmetries alone, as in every profile:
+                              [45] lost on development maps, README)
   self_training.cpu_engine=E  what runs the teacher over the pool on the CPU: onnxruntime (traced in memory,
                               checked against PyTorch; 2.45x faster) | torch (onnxruntime)
   self_training.synthetic_min_per_class=N   top each student's classes up to N maps with synthetic maps of
@@ -58,8 +58,8 @@ few labels, many unlabeled maps (--set KEY=VALUE; the real profile's values in p
                               map under the full augmentation; 0 = off, as in every profile: it lost on
                               development maps, README; .unlabeled_threshold 0.95, .unlabeled_ratio 1)
   train.class_weights=MODE    none | sqrt | inverse: loss weights that help rare classes train (sqrt)
-  train.mixup_alpha=A         mixup of each labeled batch with itself, lam ~ Beta(A, A), in the candidates and
-                              the students (0 = off, as in every profile)
+  train.mixup_alpha=A         mixup of each labeled batch with itself, lam ~ Beta(A, A), in the whole-model steps
+                              of the candidates and the students (0 = off, as in every profile: README)
   undo_class_weights=BOOL     take the prior those weights train in out of the final model's head, so it scores
                               maps under the data's own class prior (true)
   source_weight=W             then average the model's weights with the source model's it was fine-tuned from, W

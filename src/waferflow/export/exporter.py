@@ -48,6 +48,7 @@ from waferflow.predictors import (
     tta_predictor,
 )
 from waferflow.predictors.int8_host import host_int8_choice, requires_for
+from waferflow.predictors.rotation import effective_rotations
 
 log = logging.getLogger(__name__)
 
@@ -216,12 +217,7 @@ def _write_tta(tmp: Path, files: dict[str, Path], spec: Any, parity_ds: WaferDat
     from waferflow.train.augment import model_symmetries
 
     symmetries = model_symmetries(spec)
-    off = {}
-    if rotations and "rot90" not in symmetries:  # as train.rotation: off where a turn could change a label
-        off = {"rotations_off": f"tta_rotations {list(rotations)} are off: this model's classes keep their label only "
-                                f"under {list(symmetries)}, not under any rotation"}
-        log.warning("%s", off["rotations_off"])
-        rotations = ()
+    rotations, off = effective_rotations("tta_rotations", rotations, symmetries)
     pad = rotation_pad(spec) if rotations else None
     forms, metrics = {}, {}
     for base, tta_form in TTA_OF.items():

@@ -77,7 +77,7 @@ def run_self_training(teacher_dir: str | Path, teacher_val: Mapping[str, float],
     with tempfile.TemporaryDirectory(prefix="waferflow-student-", dir=out.parent) as tmp:
         result = self_train(student_cfg, teacher, train_ds, val_ds, pool, Path(tmp) / "student", rounds=cfg.rounds,
                             threshold=cfg.threshold, max_per_class_ratio=cfg.max_per_class_ratio, tta=cfg.tta,
-                            top_up=top_up, engine=cfg.cpu_engine, rotations=tuple(cfg.tta_rotations))
+                            top_up=top_up, engine=cfg.cpu_engine, rotations=cfg.tta_rotations)
         student_val = {k: float(result.best_val[k]) for k in ("accuracy", "macro_f1")}
         report["would_keep"] = "student" if student_val["macro_f1"] > float(teacher_val["macro_f1"]) else "teacher"
         won = report["would_keep"] == "student" or cfg.keep == "student"
@@ -87,7 +87,7 @@ def run_self_training(teacher_dir: str | Path, teacher_val: Mapping[str, float],
                "synthetic_per_class": r.get("synthetic_per_class", {}),
                "student_val_macro_f1": float(r["student_best_val"]["macro_f1"]), "seconds": r["seconds"],
                "engine": r["engine"], "tta_views": r["tta_views"],
-               **{k: r[k] for k in ("rotations_off",) if k in r}}
+               **({"rotations_off": r["rotations_off"]} if "rotations_off" in r else {})}
               for r in result.extra["self_training"]]
     report.update(status="student" if won else "teacher", chosen="student" if won else "teacher",
                   student_val=student_val, pool=len(pool), per_round=rounds,

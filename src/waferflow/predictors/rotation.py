@@ -42,6 +42,40 @@ def check_rotations(rotations: Sequence[float], symmetries: Sequence[str]) -> tu
     return out
 
 
+def check_rotation_setting(key: str, rotations, tta: bool, needs: str) -> tuple[float, ...]:
+    """A config's extra TTA angles (``key``, e.g. ``export.tta_rotations``), checked before any training: a list,
+    angles as :func:`check_rotations` wants them (whether the model's classes allow rot90 is checked where the
+    model is known, :func:`effective_rotations`), and only with ``tta`` on; ``needs`` says what turns them on.
+
+    Raises:
+        ConfigError: what is wrong and how to fix it.
+    """
+    if not isinstance(rotations, (list, tuple)):
+        raise ConfigError(f"{key} must be a list of angles in degrees, got {rotations!r}; e.g. {key}=[45]")
+    out = check_rotations(rotations, ("rot90",))
+    if out and not tta:
+        raise ConfigError(f"{key}={list(out)} turn maps for test-time augmentation, which is off: {needs}, "
+                          f"or drop {key}")
+    return out
+
+
+def effective_rotations(key: str, rotations: Sequence[float],
+                        symmetries: Sequence[str]) -> tuple[tuple[float, ...], dict]:
+    """``(rotations, {})`` where rot90 is among the model's ``symmetries``; else ``((), {"rotations_off": why})``,
+    logged: classes that keep their label only under flips could change label when turned (as ``train.rotation``
+    is off for them)."""
+    import logging
+
+    given = list(rotations)
+    rotations = tuple(float(r) for r in rotations)
+    if not rotations or "rot90" in symmetries:
+        return rotations, {}
+    why = (f"{key} {given} are off: this model's classes keep their label only under {list(symmetries)}, "
+           "not under any rotation")
+    logging.getLogger(__name__).warning("%s", why)
+    return (), {"rotations_off": why}
+
+
 @lru_cache(maxsize=32)
 def gather_index(size: int, degrees: float) -> np.ndarray:
     """int64 [size * size]: for each output pixel (row-major) the input pixel the training warp reads when it turns

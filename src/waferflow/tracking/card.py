@@ -91,6 +91,8 @@ def _recipe_lines(spec: Mapping[str, Any], config: Mapping[str, Any] | None,
     cfg = config or {}
     keys = ("epochs", "lr", "batch_size", "class_weights", "label_smoothing", "augment", "input_size")
     shown = {k: cfg[k] for k in keys if k in cfg}
+    if cfg.get("mixup_alpha"):  # shown only where it is on
+        shown["mixup_alpha"] = cfg["mixup_alpha"]
     if shown.get("lr") == 0:  # 0 in the config means the strategy's own default peak learning rate
         shown["lr"] = "the strategy's default"
     knobs = ", ".join(f"{k}={v}" for k, v in shown.items())

@@ -7,6 +7,7 @@ default (see :mod:`waferflow.train.strategies`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from waferflow.errors import ConfigError
@@ -55,7 +56,7 @@ class TrainConfig:
             itself in another order, lam * x_i + (1 - lam) * x_j with one lam ~ Beta(alpha, alpha) per batch, and
             the loss is lam * loss(y_i) + (1 - lam) * loss(y_j) with the run's own loss and class weights; the
             draws come from the run's generator. Epochs that train only the head (cached or frozen features) do
-            not mix. 0 = off; e.g. 0.2.
+            not mix (the log says so). The history's ``train_loss`` is then the mixed loss. 0 = off; e.g. 0.2.
         balanced_sampler: Sample training maps with probability inverse to their class frequency.
         drop_rate: Dropout before the classifier.
         augment: Batched, label-preserving augmentation on/off.
@@ -169,7 +170,8 @@ class TrainConfig:
             (self.lr >= 0, f"lr must be >= 0, got {self.lr}"),
             (0 < self.lr_decay <= 1, f"lr_decay must be in (0, 1], got {self.lr_decay}"),
             (0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}"),
-            (self.mixup_alpha >= 0, f"mixup_alpha must be >= 0 (0 = off; e.g. 0.2), got {self.mixup_alpha}"),
+            (math.isfinite(self.mixup_alpha) and self.mixup_alpha >= 0,
+             f"mixup_alpha must be a finite number >= 0 (0 = off; e.g. 0.2), got {self.mixup_alpha}"),
             (0 <= self.die_noise < 0.5, f"die_noise must be in [0, 0.5), got {self.die_noise}"),
             (0 <= self.scale_jitter < 0.5, f"scale_jitter must be in [0, 0.5), got {self.scale_jitter}"),
             (0 <= self.rotation <= 180, f"rotation must be in [0, 180] degrees, got {self.rotation}"),

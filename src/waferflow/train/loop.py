@@ -298,6 +298,12 @@ class _PhaseRun:
     std_head: _StandardizedHead | None
     cached: bool
 
+    @property
+    def head_only(self) -> bool:
+        """Steps train only the head, on cached or frozen features (its weights live outside the model until the
+        phase folds them in)."""
+        return self.cached or self.std_head is not None
+
 
 def train(cfg: TrainConfig, train_ds: WaferDataset, val_ds: WaferDataset, out_dir, weights: str | None = None,
           resume: bool = False, tracking_uri: str | None = None,
@@ -375,6 +381,8 @@ def _run_epochs(run: _Run, st: LoopState, ck: dict | None, aug: Augmenter, gen: 
             # only the first phase this process starts can be one the checkpoint left half-done
             mid_phase = pr is None and ck is not None and e_in > 0 and int(ck["phase"]) == pi
             pr = _start_phase(run, st, pi, ck if mid_phase else None)
+            if run.cfg.mixup_alpha and pr.head_only:
+                log.info("phase %s trains only the head: no mixup in its epochs", pr.phase.name)
         secs, loss = _train_epoch(run, st, pr, aug, gen, g_epoch)
         row, overall = _validate(run, pr, g_epoch, loss, secs)
         if run.consistency is not None:
@@ -434,15 +442,18 @@ def _forward(run: _Run, pr: _PhaseRun, idx: torch.Tensor, aug: Augmenter,
              extra: torch.Tensor | None = None, mix: tuple[torch.Tensor, float] | None = None) -> torch.Tensor:
     """Logits of one batch: on cached features, on features of a frozen backbone, or through the whole model
     (with ``extra`` maps, already augmented, after the batch's in the same forward pass; with ``mix`` =
-    ``(order, lam)``, the batch's inputs mixed with themselves in that order)."""
-    if not (pr.cached or pr.std_head is not None):
+    ``(order, lam)``, the batch's own inputs mixed with themselves in that order, in place, so the memory
+    format ``to_input`` chose stays)."""
+    if not pr.head_only:
         xb = aug(run.x_train[idx]) if run.cfg.augment else run.x_train[idx]
         x = run.to_input(xb if extra is None else torch.cat([xb, extra]))
         if mix is not None:
             order, lam = mix
             n = len(idx)
-            x = torch.cat([lam * x[:n] + (1.0 - lam) * x[:n][order], x[n:]])
+            x[:n] = lam * x[:n] + (1.0 - lam) * x[:n][order.to(x.device)]
         return run.model(x)
+    if mix is not None:
+        raise ValueError("mixup applies to whole-model steps only")
     if pr.cached:
         f = run.feature_cache()["train"][idx]
     else:  # the no-cache baseline: the frozen backbone runs on every step
@@ -466,7 +477,7 @@ def _train_epoch(run: _Run, st: LoopState, pr: _PhaseRun, aug: Augmenter, gen: t
     if pr.phase.depth == 0 and not pr.cached:
         run.model.eval()  # frozen backbone: every BN in eval mode (head has none)
     tot_loss, n_seen = 0.0, 0
-    head_only = pr.cached or pr.std_head is not None  # the head's weights live outside the model until the fold
+    head_only = pr.head_only
     cons = None if head_only else run.consistency
     bar = tqdm(list(run.batches(gen)), desc=f"{run.cfg.strategy} e{g_epoch + 1}/{len(run.plan)} {pr.phase.name}",
                disable=not progress_enabled(), leave=False)
@@ -500,8 +511,7 @@ def _step_loss(run: _Run, pr: _PhaseRun, idx: torch.Tensor, aug: Augmenter, yb: 
                cons: Consistency | None, gen: torch.Generator) -> torch.Tensor:
     """The labeled batch's loss (mixed, with ``train.mixup_alpha``, where the whole model runs), plus the
     consistency term on unlabeled maps when ``cons`` is given."""
-    head_only = pr.cached or pr.std_head is not None
-    mix = _mixup_draw(run.cfg.mixup_alpha, len(idx), gen) if run.cfg.mixup_alpha and not head_only else None
+    mix = _mixup_draw(run.cfg.mixup_alpha, len(idx), gen) if run.cfg.mixup_alpha and not pr.head_only else None
     extra = target = mask = None
     if cons is not None:
         x_u = cons.draw(len(idx))
@@ -519,8 +529,9 @@ def _step_loss(run: _Run, pr: _PhaseRun, idx: torch.Tensor, aug: Augmenter, yb: 
 
 
 def _mixup_draw(alpha: float, n: int, gen: torch.Generator) -> tuple[torch.Tensor, float]:
-    """One batch's mixup: the order its maps are mixed with, and lam ~ Beta(alpha, alpha), both drawn from the
-    run's generator (so a resumed run draws what the killed one would have)."""
+    """One batch's mixup: the order its maps are mixed with, and lam ~ Beta(alpha, alpha). Both come from the
+    run's generator (so a resumed run draws what the killed one would have): torch's Beta takes no generator, so
+    lam comes from a numpy generator seeded by a draw from it."""
     order = torch.randperm(n, generator=gen)
     seed = int(torch.randint(2**62, (1,), generator=gen))
     return order, float(np.random.default_rng(seed).beta(alpha, alpha))

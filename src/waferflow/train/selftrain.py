@@ -61,7 +61,7 @@ class SelfTrainConfig:
     threshold: float = 0.9
     max_per_class_ratio: float = 3.0
     tta: bool = True
-    tta_rotations: tuple = ()
+    tta_rotations: tuple[float, ...] = ()
     synthetic_min_per_class: int = 0
     synthetic_classes_below: int = 0
     synthetic_map_size: int = 64
@@ -89,17 +89,12 @@ class SelfTrainConfig:
 
 
 def _check_pseudo_rotations(rotations, tta: bool) -> None:
-    """self_training.tta_rotations: a list of angles, and only with TTA on (the model's symmetries are checked when
-    it pseudo-labels)."""
-    from waferflow.predictors.rotation import check_rotations
+    """self_training.tta_rotations: a list of angles, and only with TTA on (whether the model's classes allow a
+    turn is decided when it pseudo-labels)."""
+    from waferflow.predictors.rotation import check_rotation_setting
 
-    if not isinstance(rotations, (list, tuple)):
-        raise ConfigError(f"self_training.tta_rotations must be a list of angles in degrees, got {rotations!r}; "
-                          "e.g. self_training.tta_rotations=[45]")
-    check_rotations(rotations, ("rot90",))
-    if rotations and not tta:
-        raise ConfigError(f"self_training.tta_rotations={list(rotations)} turn the pool maps of TTA pseudo-labels; "
-                          "set self_training.tta=true or drop self_training.tta_rotations")
+    check_rotation_setting("self_training.tta_rotations", rotations, tta,
+                           "set self_training.tta=true (pseudo-labels use TTA only then)")
 
 
 @dataclass(frozen=True)
@@ -179,8 +174,8 @@ def pseudo_label(teacher_dir: str | Path, unlabeled: WaferDataset, labeled: Wafe
         ``unlabeled`` carries hidden labels (a benchmark), the report adds the pseudo-labels' accuracy.
 
     Raises:
-        ConfigError: threshold outside (0, 1] or a non-positive cap. DataError: no unlabeled maps, or the
-        teacher's classes differ from the labeled data's.
+        ConfigError: threshold outside (0, 1], a non-positive cap, or bad ``rotations`` (or rotations without
+        ``tta``). DataError: no unlabeled maps, or the teacher's classes differ from the labeled data's.
     """
     from waferflow.evaluation import check_classes
     from waferflow.predictors import predict_dataset, softmax
@@ -217,18 +212,13 @@ def _tta(predict, spec, taxonomy, rotations):
     """``(TTA predictor, {} or {"rotations_off": why})``: the model's symmetries, and ``rotations`` where rot90 is
     among them (as the deployed TTA graph: a turn could change a label otherwise)."""
     from waferflow.predictors import tta_predictor
+    from waferflow.predictors.rotation import effective_rotations
     from waferflow.predictors.runtime import rotation_pad
     from waferflow.train.augment import model_symmetries
 
     symmetries = model_symmetries(spec, taxonomy)
-    off = {}
-    if rotations and "rot90" not in symmetries:
-        off = {"rotations_off": f"self_training.tta_rotations {list(rotations)} are off: this model's classes keep "
-                                f"their label only under {list(symmetries)}, not under any rotation"}
-        log.warning("%s", off["rotations_off"])
-        rotations = ()
-    pad = rotation_pad(spec) if rotations else None
-    return tta_predictor(predict, symmetries, tuple(rotations), pad), off
+    rotations, off = effective_rotations("self_training.tta_rotations", rotations, symmetries)
+    return tta_predictor(predict, symmetries, rotations, rotation_pad(spec) if rotations else None), off
 
 
 def _teacher_predictor(model, spec, engine: str, device: str):
@@ -284,7 +274,8 @@ def self_train(cfg, teacher_dir: str | Path, train_ds: WaferDataset, val_ds: Waf
     """``rounds`` of pseudo-label -> train a student from the previous model's weights.
 
     The teacher runs in ``engine`` on the CPU (:func:`pseudo_label`), in PyTorch when ``cfg.device`` is CUDA.
-    ``rotations``: the extra TTA angles of :func:`pseudo_label`. ``top_up`` (optional) adds synthetic maps to each student's training set after pseudo-labelling (the caps count
+    ``rotations``: the extra TTA angles of :func:`pseudo_label`.
+    ``top_up`` (optional) adds synthetic maps to each student's training set after pseudo-labelling (the caps count
     labeled maps only); validation stays real.
 
     The student of the last round is written to ``out_dir`` (earlier rounds to ``out_dir/rounds/r{i}``), with
