@@ -186,7 +186,8 @@ class Profile:
         from waferflow.predictors.rotation import check_rotation_setting
 
         check_rotation_setting("export.tta_rotations", self.export.get("tta_rotations") or (),
-                               bool(self.export.get("tta")), "set export.tta=true (only export.tta=true writes the TTA graph)")
+                               bool(self.export.get("tta")),
+                               "set export.tta=true (only export.tta=true writes the TTA graph)")
 
     def _check_source_combination(self) -> None:
         """source_weight and source_ensemble_below combine the model with the source model: in range, one at a time,

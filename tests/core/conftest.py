@@ -80,10 +80,9 @@ def r18_file(tmp_path):
     return str(f)
 
 
-
 @pytest.fixture
 def killed_after_first_epoch(monkeypatch):
-    """A context manager: ``train`` inside it stops with KeyboardInterrupt right after it writes its first
+    """Call it for a context manager: ``train`` inside it stops with KeyboardInterrupt right after it writes its first
     ``last.pt``, as a kill after the checkpoint would."""
     from contextlib import contextmanager
 

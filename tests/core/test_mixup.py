@@ -58,7 +58,8 @@ def _fake_run(alpha):
     torch.manual_seed(0)
     return SimpleNamespace(cfg=SimpleNamespace(mixup_alpha=alpha, augment=False), model=_Recorder(),
                            device=torch.device("cpu"),
-                           to_input=lambda x: x.float().unsqueeze(1).repeat(1, 3, 1, 1) / 2 - 0.5,
+                           to_input=lambda x: (x.float().unsqueeze(1).repeat(1, 3, 1, 1) / 2 - 0.5).contiguous(
+                               memory_format=torch.channels_last),
                            x_train=torch.randint(0, 3, (6, 4, 4), dtype=torch.uint8),
                            loss_fn=torch.nn.CrossEntropyLoss(weight=torch.tensor([1.0, 2.0, 0.5])))
 
@@ -79,6 +80,7 @@ def test_the_mixed_loss_is_the_two_labels_losses_weighted_by_lam(monkeypatch):
     logits = run.model.fc(LAM * x + (1 - LAM) * x[ORDER])
     want = LAM * F.cross_entropy(logits, YB, weight=w) + (1 - LAM) * F.cross_entropy(logits, YB[ORDER], weight=w)
     assert torch.allclose(got, want, atol=1e-6)
+    assert run.model.seen.is_contiguous(memory_format=torch.channels_last)  # mixed in place: the layout stays
     pool = torch.randint(0, 3, (3, 4, 4), dtype=torch.uint8)
     got = loop._step_loss(run, WHOLE, IDX, None, YB, _Pool(pool), torch.Generator())
     assert torch.equal(run.model.seen[4:], run.to_input(pool))  # the unlabeled rows are not mixed
@@ -99,12 +101,16 @@ def test_no_mixup_draw_at_alpha_0_or_in_head_only_steps(monkeypatch):
                     torch.Generator())
 
 
-def test_mixup_trains_other_weights_and_leaves_head_only_training_alone(tmp_path, make_lines, r18_file):
+def test_mixup_trains_other_weights_and_leaves_head_only_training_alone(tmp_path, make_lines, r18_file, caplog):
     tr, va = make_lines(48, seed=0), make_lines(16, seed=1)
+    caplog.set_level("INFO", logger="waferflow.train.loop")
     for strategy, epochs in (("full_finetune", 2), ("feature_extraction", 1)):
         for alpha in (0, 0.4):
+            caplog.clear()
             train(_cfg(strategy=strategy, epochs=epochs, patience=0, mixup_alpha=alpha), tr, va,
                   tmp_path / f"{strategy}{alpha}", weights=r18_file)
+            said = "trains only the head: no mixup in its epochs" in caplog.text
+            assert said == (strategy == "feature_extraction" and alpha > 0)
     assert not _same(_weights(tmp_path / "full_finetune0"), _weights(tmp_path / "full_finetune0.4"))
     assert _same(_weights(tmp_path / "feature_extraction0"), _weights(tmp_path / "feature_extraction0.4"))
     for bad in (-0.1, float("inf")):

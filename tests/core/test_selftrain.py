@@ -370,7 +370,8 @@ def test_pseudo_labels_may_average_turned_pool_maps_as_the_deployed_graph(tmp_pa
         got, rep = pseudo_label(tmp_path / "rot", pool, tr, threshold=0.5, max_per_class_ratio=10, engine=engine,
                                 rotations=(45,))
         assert rep["tta_views"] == 16 and "rotations_off" not in rep and rep["kept"] == len(pool)
-        assert np.array_equal(got.labels, prob.argmax(1))
+        clear = np.abs(prob[:, 0] - prob[:, 1]) > 1e-4  # onnxruntime's float error cannot flip these
+        assert clear.sum() > len(pool) // 2 and np.array_equal(got.labels[clear], prob.argmax(1)[clear])
         assert rep["mean_confidence_kept"] == pytest.approx(prob.max(1).mean(), abs=1e-5)
     _, rep8 = pseudo_label(tmp_path / "rot", pool, tr, threshold=0.5, max_per_class_ratio=10, engine="torch")
     assert rep8["tta_views"] == 8 and rep8["mean_confidence_kept"] != pytest.approx(rep["mean_confidence_kept"],

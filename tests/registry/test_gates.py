@@ -154,6 +154,7 @@ def test_model_card_says_whose_class_prior_the_scores_follow():
     kept = card(spec, {"class_weights": "sqrt"})
     assert "- Class prior: as trained (class_weights=sqrt, balanced_sampler=False): scores lean towards" in kept
     assert "Class prior" not in card(spec, {"class_weights": "none"})
+    assert "mixup_alpha=0.2" in card(spec, {"mixup_alpha": 0.2}) and "mixup" not in card(spec, {"mixup_alpha": 0.0})
     trained = {**spec, "train": {"host": {"cpu": "Intel(R) Xeon(R) Processor", "machine": "x86_64", "cores": 2,
                                           "simd": ["avx2", "avx512f"], "torch_threads": 2, "device": "cpu"}}}
     assert ("- Trained on: Intel(R) Xeon(R) Processor (x86_64, 2 cores; avx2 avx512f), 2 torch threads; seeded, so a "

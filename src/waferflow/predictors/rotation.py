@@ -10,6 +10,7 @@ off-wafer value. The index is computed with the training warp itself, so the thr
 
 from __future__ import annotations
 
+import logging
 import math
 from functools import lru_cache
 from typing import Sequence
@@ -17,6 +18,8 @@ from typing import Sequence
 import numpy as np
 
 from waferflow.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def check_rotations(rotations: Sequence[float], symmetries: Sequence[str]) -> tuple[float, ...]:
@@ -54,7 +57,7 @@ def check_rotation_setting(key: str, rotations, tta: bool, needs: str) -> tuple[
         raise ConfigError(f"{key} must be a list of angles in degrees, got {rotations!r}; e.g. {key}=[45]")
     out = check_rotations(rotations, ("rot90",))
     if out and not tta:
-        raise ConfigError(f"{key}={list(out)} turn maps for test-time augmentation, which is off: {needs}, "
+        raise ConfigError(f"{key}={list(rotations)} turn maps for test-time augmentation, which is off: {needs}, "
                           f"or drop {key}")
     return out
 
@@ -63,16 +66,17 @@ def effective_rotations(key: str, rotations: Sequence[float],
                         symmetries: Sequence[str]) -> tuple[tuple[float, ...], dict]:
     """``(rotations, {})`` where rot90 is among the model's ``symmetries``; else ``((), {"rotations_off": why})``,
     logged: classes that keep their label only under flips could change label when turned (as ``train.rotation``
-    is off for them)."""
-    import logging
+    is off for them).
 
-    given = list(rotations)
-    rotations = tuple(float(r) for r in rotations)
-    if not rotations or "rot90" in symmetries:
-        return rotations, {}
-    why = (f"{key} {given} are off: this model's classes keep their label only under {list(symmetries)}, "
+    Raises:
+        ConfigError: angles :func:`check_rotations` refuses.
+    """
+    out = check_rotations(rotations, ("rot90",))
+    if not out or "rot90" in symmetries:
+        return out, {}
+    why = (f"{key} {list(rotations)} are off: this model's classes keep their label only under {list(symmetries)}, "
            "not under any rotation")
-    logging.getLogger(__name__).warning("%s", why)
+    log.warning("%s", why)
     return (), {"rotations_off": why}
 
 

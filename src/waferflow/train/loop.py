@@ -300,8 +300,8 @@ class _PhaseRun:
 
     @property
     def head_only(self) -> bool:
-        """Steps train only the head, on cached or frozen features (its weights live outside the model until the
-        phase folds them in)."""
+        """Steps train only the head, on cached or frozen features (with a standardized head, its weights live
+        outside the model until the phase folds them in)."""
         return self.cached or self.std_head is not None
 
 

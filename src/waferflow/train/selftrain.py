@@ -77,7 +77,7 @@ class SelfTrainConfig:
         if self.rounds < 0:
             raise ConfigError(f"self_training.rounds must be >= 0, got {self.rounds}")
         check_settings(self.threshold, self.max_per_class_ratio, max(1, self.rounds))
-        _check_pseudo_rotations(self.tta_rotations, self.tta)
+        object.__setattr__(self, "tta_rotations", _check_pseudo_rotations(self.tta_rotations, self.tta))
         if self.synthetic_min_per_class < 0:
             raise ConfigError(f"self_training.synthetic_min_per_class must be >= 0 (0 = off), got "
                               f"{self.synthetic_min_per_class}")
@@ -88,12 +88,12 @@ class SelfTrainConfig:
             raise ConfigError(f"self_training.synthetic_map_size must be >= 16, got {self.synthetic_map_size}")
 
 
-def _check_pseudo_rotations(rotations, tta: bool) -> None:
+def _check_pseudo_rotations(rotations, tta: bool) -> tuple[float, ...]:
     """self_training.tta_rotations: a list of angles, and only with TTA on (whether the model's classes allow a
     turn is decided when it pseudo-labels)."""
     from waferflow.predictors.rotation import check_rotation_setting
 
-    check_rotation_setting("self_training.tta_rotations", rotations, tta,
+    return check_rotation_setting("self_training.tta_rotations", rotations, tta,
                            "set self_training.tta=true (pseudo-labels use TTA only then)")
 
 
