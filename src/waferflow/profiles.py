@@ -236,8 +236,8 @@ class Profile:
             load_config(TrainConfig, overrides=student_overrides(self.train, dict(self.self_training).get("train")))
         except ConfigError as e:
             raise ConfigError(f"profile {self.name!r}: self_training.train: {e}") from None
-        if dict(self.train).get("unlabeled_weight") or dict(dict(self.source or {}).get("train") or {}).get(
-                "unlabeled_weight"):
+        source_train = dict(dict(self.source or {}).get("train") or {})
+        if dict(self.train).get("unlabeled_weight") or source_train.get("unlabeled_weight"):
             raise ConfigError(f"profile {self.name!r}: train.unlabeled_weight (or source.train's) trains on unlabeled "
                               "maps, and only self-training's students are given the pool; set "
                               "self_training.train.unlabeled_weight instead (and the other to 0)")

@@ -452,8 +452,6 @@ def _forward(run: _Run, pr: _PhaseRun, idx: torch.Tensor, aug: Augmenter,
             n = len(idx)
             x[:n] = lam * x[:n] + (1.0 - lam) * x[:n][order.to(x.device)]
         return run.model(x)
-    if mix is not None:
-        raise ValueError("mixup applies to whole-model steps only")
     if pr.cached:
         f = run.feature_cache()["train"][idx]
     else:  # the no-cache baseline: the frozen backbone runs on every step
@@ -477,8 +475,7 @@ def _train_epoch(run: _Run, st: LoopState, pr: _PhaseRun, aug: Augmenter, gen: t
     if pr.phase.depth == 0 and not pr.cached:
         run.model.eval()  # frozen backbone: every BN in eval mode (head has none)
     tot_loss, n_seen = 0.0, 0
-    head_only = pr.head_only
-    cons = None if head_only else run.consistency
+    cons = None if pr.head_only else run.consistency
     bar = tqdm(list(run.batches(gen)), desc=f"{run.cfg.strategy} e{g_epoch + 1}/{len(run.plan)} {pr.phase.name}",
                disable=not progress_enabled(), leave=False)
     for idx in bar:
@@ -490,7 +487,7 @@ def _train_epoch(run: _Run, st: LoopState, pr: _PhaseRun, aug: Augmenter, gen: t
         pr.opt.step()
         st.step_in_phase += 1
         st.steps += 1
-        if run.ema is not None and not head_only:
+        if run.ema is not None and not pr.head_only:
             run.ema.update(run.model, step=st.steps)
         pr.sched.step_update(st.step_in_phase)
         tot_loss += float(loss.detach()) * len(idx)
@@ -499,7 +496,7 @@ def _train_epoch(run: _Run, st: LoopState, pr: _PhaseRun, aug: Augmenter, gen: t
     bar.close()
     if pr.std_head is not None:
         pr.std_head.fold_into_classifier()
-    if run.ema is not None and head_only:
+    if run.ema is not None and pr.head_only:
         run.ema.set(run.model)
     secs = time.perf_counter() - t0
     st.train_seconds += secs
