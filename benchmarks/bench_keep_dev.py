@@ -5,15 +5,17 @@ selected candidate (the self-training teacher) through the same stages the run's
 self-training: the prior correction (``undo_class_prior``, when the profile undoes class weights) and the source
 stage (``run_source_stage``: the ensemble with the source model when the train split is small enough). Then it
 scores both chains, the run's deployed model and the teacher's, on the dev maps and on the run's validation split
-with the deployed TTA (in torch). Run the development run with ``--set self_training.keep=student`` so that its
+with the deployed TTA (in torch), and the mean probability of the two chains (``both_chains``: what deploying
+teacher and student together, each through those stages, would score). Run the development run with ``--set self_training.keep=student`` so that its
 deployed model is the student's chain whatever validation said::
 
     python -m benchmarks.bench_real_pipeline --draw-labels 6 --dev 2000 --set self_training.keep=student \\
         --workdir /tmp/slice6 --out slice6.json
     python -m benchmarks.bench_keep_dev --workdir /tmp/slice6 --out keep_slice6.json
 
-Prints JSON: for each chain, dev and validation accuracy / macro-F1 / per-class recall; the self-training report
-(what validation would keep, both validation scores); the change student - teacher on the dev maps. Nothing here
+Prints JSON: for each chain and their mean, dev and validation accuracy / macro-F1 / per-class recall; the
+self-training report (what validation would keep, both validation scores); the changes student - teacher and
+both - each chain on the dev maps. Nothing here
 reads ``wm811k_val_data.npz``.
 """
 
@@ -29,14 +31,15 @@ from typing import Any
 import numpy as np
 
 
-def _scored(model_dir: Path, sets: dict) -> dict:
-    """Accuracy, macro-F1 (as ``waferflow evaluate`` computes them) and per-class recall of each set, deployed TTA."""
+def _scored(probs: dict, sets: dict) -> dict:
+    """Accuracy, macro-F1 (as ``waferflow evaluate`` computes them) and per-class recall of each set's
+    probabilities."""
     from waferflow.evaluation import metrics_from_logits
 
-    from benchmarks.bench_ensemble_dev import _scores, _tta_probs
+    from benchmarks.bench_ensemble_dev import _scores
 
     out = {}
-    for name, prob in _tta_probs(model_dir, sets).items():
+    for name, prob in probs.items():
         per_class = metrics_from_logits(sets[name].labels, prob, sets[name].class_names)["per_class"]
         out[name] = {**_scores(sets[name].labels, prob),
                      "recall": {c: round(m["recall"], 3) for c, m in per_class.items() if m["support"]}}
@@ -102,19 +105,26 @@ def read_dev_run(doc: str, argv: list[str] | None) -> DevRun:
 
 def main(argv: list[str] | None = None) -> int:
     from benchmarks._report import emit
-    from benchmarks.bench_ensemble_dev import deployed_model
+    from benchmarks.bench_ensemble_dev import _tta_probs, deployed_model
 
     r = read_dev_run(__doc__, argv)
     outs, sets, report = r.outs, r.sets, r.report
     with tempfile.TemporaryDirectory(prefix="keep-dev-") as tmp:
         teacher, steps = after_self_training(outs / "select-best" / "best", outs, r.prof, r.tracking_uri, Path(tmp))
-        chains = {"deployed": _scored(deployed_model(outs), sets), "teacher_chain": _scored(teacher, sets)}
-    d, t = chains["deployed"]["dev"], chains["teacher_chain"]["dev"]
+        probs = {"deployed": _tta_probs(deployed_model(outs), sets), "teacher_chain": _tta_probs(teacher, sets)}
+    probs["both_chains"] = {k: (probs["deployed"][k] + probs["teacher_chain"][k]) / 2 for k in sets}
+    chains = {name: _scored(p, sets) for name, p in probs.items()}
+
+    def change(a: str, b: str) -> dict:
+        return {k: round(float(np.subtract(chains[a]["dev"][k], chains[b]["dev"][k])), 4)
+                for k in ("accuracy", "macro_f1")}
+
     res = {"workdir": str(r.workdir), "self_training": {k: report.get(k) for k in
                                                         ("status", "would_keep", "teacher_val", "student_val")},
            "teacher_chain_steps": steps, **chains,
-           "dev_change_deployed_minus_teacher": {k: round(float(np.subtract(d[k], t[k])), 4)
-                                                 for k in ("accuracy", "macro_f1")}}
+           "dev_change_deployed_minus_teacher": change("deployed", "teacher_chain"),
+           "dev_change_both_minus_teacher": change("both_chains", "teacher_chain"),
+           "dev_change_both_minus_deployed": change("both_chains", "deployed")}
     emit(res, r.out)
     return 0
 

@@ -144,8 +144,13 @@ def _keep_benchmark_scores_the_teacher_chain(tmp_path):
     res = json.loads((bench / "keep.json").read_text())
     assert res["teacher_chain_steps"] == {"prior_correction": "undone", "source_stage": "ensembled"}
     assert res["self_training"]["would_keep"] in ("student", "teacher")
-    for chain in ("deployed", "teacher_chain"):
+    for chain in ("deployed", "teacher_chain", "both_chains"):
         assert set(res[chain]) == {"dev", "val"} and 0 <= res[chain]["dev"]["macro_f1"] <= 1
+    for key, a, b in (("deployed_minus_teacher", "deployed", "teacher_chain"),
+                      ("both_minus_teacher", "both_chains", "teacher_chain"),
+                      ("both_minus_deployed", "both_chains", "deployed")):
+        change = res[f"dev_change_{key}"]
+        assert change["macro_f1"] == pytest.approx(res[a]["dev"]["macro_f1"] - res[b]["dev"]["macro_f1"], abs=2e-4)
     outs = run_outputs(bench / "run")
     rebuilt, _ = bench_keep_dev.after_self_training(
         outs / "self-train-model" / "model", outs, get_profile("real", ["source_ensemble_below=100000"]),
