@@ -7,7 +7,7 @@ as it is). Here the start point is the synthetic source model with its batch nor
 (``adapt-batchnorm/adapted/<backbone>@source``, what the ``+source`` candidates fine-tune from), and the final model is
 the one the run sent on after the prior correction (before the ``source_weight`` stage, which does this in the
 pipeline). The post-hoc ensemble of these two in probability space
-gained on one 623-label dev slice and lost on a 4,225-label one (the README's "What do the real labels add?").
+gained on one 623-label dev slice and lost on a 4,225-label one (docs/MEASUREMENTS.md, "What do the real labels add?").
 
 Each ``alpha`` is scored twice: with the interpolated batch-norm statistics, and with them re-estimated on the run's
 train and pool maps (``waferflow.train.adapt.adapt_bn``; maps only, no label), on the run's validation and test

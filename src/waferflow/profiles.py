@@ -267,16 +267,16 @@ SYNTHETIC_GATES: dict[str, Any] = {
     "max_p99_latency_ms": 50.0, "deployment_form": "onnx_int8", "judge": "point", "confidence": 0.95,
     "champion_alpha": 0.05,
 }
-# Real maps with few labels (WM-811K train_1: 623 labels, a 62-map test split). A working transfer recipe reaches
-# 87-92% accuracy and macro-F1 0.68-0.81 on 12,450 held-out maps; a failed one (scratch at 64 px, or weights that
-# silently fell back to random) 70% / 0.52 (README, "Real maps, few labels"). The thresholds sit between the two,
-# and on 62 maps a gate is judged on its 95% interval: it fails only when the whole interval is below, so a working
-# recipe is not refused for the noise of a small split and a failed one (its interval ends near 0.78 / 0.60) is.
-# INT8 costs about 4 accuracy points on real maps at 64 px, so the deployed form is FP32; the INT8 gate still
-# catches a broken quantization. It is deployed with test-time augmentation inside the ONNX graph (8 dihedral
-# views, a single-map p99 of about 12 ms at 80 px on 2 cores): on a 2,000-map development slice of train_10 that
-# added 2.2 accuracy points and 4.3 macro-F1 points to the same champion at 64 px (benchmarks/bench_tta_dev.py).
-# The champion comparison is the same paired test as everywhere.
+# Real maps with few labels (WM-811K train_1: 623 labels, a 62-map test split). A working transfer recipe reaches 87-92%
+# accuracy and macro-F1 0.68-0.81 on 12,450 held-out maps; a failed one (scratch at 64 px, or weights that silently fell
+# back to random) 70% / 0.52 (docs/MEASUREMENTS.md, "Real maps, few labels"). The thresholds sit between the two, and on
+# 62 maps a gate is judged on its 95% interval: it fails only when the whole interval is below, so a working recipe is
+# not refused for the noise of a small split and a failed one (its interval ends near 0.78 / 0.60) is. INT8 costs about
+# 4 accuracy points on real maps at 64 px, so the deployed form is FP32; the INT8 gate still catches a broken
+# quantization. It is deployed with test-time augmentation inside the ONNX graph (8 dihedral views, a single-map p99 of
+# about 12 ms at 80 px on 2 cores): on a 2,000-map development slice of train_10 that added 2.2 accuracy points and 4.3
+# macro-F1 points to the same champion at 64 px (benchmarks/bench_tta_dev.py). The champion comparison is the same
+# paired test as everywhere.
 REAL_GATES: dict[str, Any] = {
     "min_accuracy": 0.85, "min_macro_f1": 0.65, "min_class_recall": 0.5, "max_int8_accuracy_drop": 0.05,
     "max_p99_latency_ms": 50.0, "deployment_form": "onnx_fp32_tta", "judge": "interval", "confidence": 0.95,
@@ -294,41 +294,42 @@ _PROFILES: dict[str, dict[str, Any]] = {
     # ImageNet-only candidates stay in the tournament, so the source model's gain is visible. Budgets are optimizer
     # steps, so a few hundred training maps get as many updates as 100,000 would; early stopping on validation macro-F1.
     # 80 px and 10% / 10% holdouts (instead of 64 px and 15% / 15%) were chosen on a 2,000-map development slice of
-    # train_10 (accuracy 0.878 -> 0.904, macro-F1 0.755 -> 0.778; README, "Bigger inputs, smaller holdouts"); the
-    # whole run on all of train_10's pool took 28:37 on two cores, inside the 30-minute budget, but with little to
-    # spare (the development runs of 80 px took 30:15 and 30:47).
+    # train_10 (accuracy 0.878 -> 0.904, macro-F1 0.755 -> 0.778; docs/MEASUREMENTS.md, "Bigger inputs, smaller
+    # holdouts"); the whole run on all of train_10's pool took 28:37 on two cores, inside the 30-minute budget, but with
+    # little to spare (the development runs of 80 px took 30:15 and 30:47).
     "real": {
         "input_size": 80,
         "val_fraction": 0.1,
         "test_fraction": 0.1,
         "strategies": ["feature_extraction", "gradual_unfreezing"],
         "source_strategies": ["full_finetune"],
-        # 12 source epochs, not 6: at 6 the source model's best epoch was its last (synthetic validation macro-F1
-        # 0.898; 0.926 at 12). Chosen on three 623-label development slices under a rule written before the runs:
-        # dev macro-F1 +0.018 / +0.022 / +0.026, accuracy +0.016 / +0.010 / +0.0095 (README, "A longer-trained
-        # source model"); it costs about 230 s once per source recipe (registered and reused by later runs)
+        # 12 source epochs, not 6: at 6 the source model's best epoch was its last (synthetic validation macro-F1 0.898;
+        # 0.926 at 12). Chosen on three 623-label development slices under a rule written before the runs: dev macro-F1
+        # +0.018 / +0.022 / +0.026, accuracy +0.016 / +0.010 / +0.0095 (docs/MEASUREMENTS.md, "A longer-trained source
+        # model"); it costs about 230 s once per source recipe (registered and reused by later runs)
         "source": {"n_maps": 8000, "map_size": 64, "train": {"strategy": "full_finetune", "epochs": 12}},
         # rotation 45: a free rotation of half the training maps on top of the 8 symmetries (candidates and students;
         # not the source model). Chosen on three 623-label development slices under a rule written before the runs:
-        # dev macro-F1 +0.014 / +0.039 / +0.057, accuracy 0 / +0.011 / +0.0045 (README, "Free rotation")
+        # dev macro-F1 +0.014 / +0.039 / +0.057, accuracy 0 / +0.011 / +0.0045 (docs/MEASUREMENTS.md, "Free rotation")
         "train": {"steps": 600, "patience_steps": 200, "class_weights": "sqrt", "rotation": 45},
         "epochs": {},
         "self_training": {"rounds": 2, "threshold": 0.9, "max_per_class_ratio": 3.0,
                           "train": {"strategy": "full_finetune", "steps": 600, "patience_steps": 200}},
-        # sqrt class weights help the rare classes train, but tilt the deployed model towards them: taking that tilt
-        # out of the final model's head gained on both development slices (2,000 train_10 maps; 623 labels: 0.904 /
-        # 0.778 -> 0.913 / 0.804, 4,225 labels: 0.948 / 0.863 -> 0.957 / 0.884; README, "Undoing the class weights")
+        # sqrt class weights help the rare classes train, but tilt the deployed model towards them: taking that tilt out
+        # of the final model's head gained on both development slices (2,000 train_10 maps; 623 labels: 0.904 / 0.778 ->
+        # 0.913 / 0.804, 4,225 labels: 0.948 / 0.863 -> 0.957 / 0.884; docs/MEASUREMENTS.md, "Undoing the class
+        # weights")
         "undo_class_weights": True,
         # with few labels, deploy the model and its synthetic source model as one mean-probability ensemble: on three
         # 623-label development slices (498 training maps) it gained 0.041 to 0.088 dev macro-F1 over the model alone,
-        # and on one 4,225-label slice (3,380 training maps) it lost 0.015 (README, "The model and its source model,
-        # as one ensemble"); 1,000 lies between the two measured regimes, it is not tuned
+        # and on one 4,225-label slice (3,380 training maps) it lost 0.015 (docs/MEASUREMENTS.md, "The model and its
+        # source model, as one ensemble"); 1,000 lies between the two measured regimes, it is not tuned
         "source_ensemble_below": 1000,
         "pool_size": 20000,
         # tta_rotations 45: the TTA graph also averages the 8 views of each map turned by 45 degrees (16 views), as
         # the training rotation turns maps. Chosen post hoc on four development runs under a rule written first:
         # dev macro-F1 +0.010 / -0.003 (623 labels), +0.022 / +0.015 (4,225 labels), accuracy +0.004 on average;
-        # +-22.5 (24 views) lost on both 623-label slices (README, "Turned maps at test time")
+        # +-22.5 (24 views) lost on both 623-label slices (docs/MEASUREMENTS.md, "Turned maps at test time")
         "export": {"tta": True, "tta_rotations": [45]},
         "gates": REAL_GATES,
     },

@@ -4,8 +4,8 @@ With a few hundred real labels, the fine-tuned model forgets much of what the so
 maps of the same taxonomy, never a real label) knew about the classes those labels barely show. The mean
 probability of the two (:class:`~waferflow.models.ensemble.MeanProbabilityEnsemble`) keeps both: on three
 623-label development slices it gained 0.041-0.088 macro-F1 over the model alone, and on one slice with 4,225
-labels it lost 0.015 (README, "The model and its source model, as one ensemble"). So the stage builds it only when the
-train split holds fewer than ``source_ensemble_below`` labeled maps, and passes the model on unchanged otherwise. Unlike
+labels it lost 0.015 (docs/MEASUREMENTS.md, "The model and its source model, as one ensemble"). So the stage
+builds it only when the train split holds fewer than ``source_ensemble_below`` labeled maps, and passes the model on unchanged otherwise. Unlike
 weight averaging, an ensemble does not need the model to descend from the source (an ImageNet-only winner is
 ensembled too), only the same backbone, classes and input.
 
