@@ -5,9 +5,10 @@ selected candidate (the self-training teacher) through the same stages the run's
 self-training: the prior correction (``undo_class_prior``, when the profile undoes class weights) and the source
 stage (``run_source_stage``: the ensemble with the source model when the train split is small enough). Then it
 scores both chains, the run's deployed model and the teacher's, on the dev maps and on the run's validation split
-with the deployed TTA (in torch), and the mean probability of the two chains (``both_chains``: what deploying
-teacher and student together, each through those stages, would score). Run the development run with ``--set self_training.keep=student`` so that its
-deployed model is the student's chain whatever validation said::
+with the model's symmetry views (the deployed TTA without its turned views: 8 views for WM-811K, in torch), and the
+mean probability of the two chains (``both_chains``: what deploying teacher and student together, each through
+those stages, would score). Run the development run with ``--set self_training.keep=student`` so that its deployed
+model is the student's chain whatever validation said::
 
     python -m benchmarks.bench_real_pipeline --draw-labels 6 --dev 2000 --set self_training.keep=student \\
         --workdir /tmp/slice6 --out slice6.json

@@ -38,6 +38,7 @@ def pytest_collection_modifyitems(config, items):
     The two longest tests (end-to-end pipeline runs, 4-6 minutes on two cores) start at once, one per worker, instead
     of last with one core idle. Only two are moved: a worker starts with two files, so a third long test moved up
     would queue behind the longest on the same worker; where it is, the first worker to free up takes it. Measured on
-    two cores, the order changed nothing beyond noise (717.8 s against 721.3 s with xdist's own order; docs/MEASUREMENTS.md).
+    two cores, the order changed nothing beyond noise (717.8 s against 721.3 s with xdist's own order;
+    docs/MEASUREMENTS.md).
     """
     items.sort(key=lambda item: item.get_closest_marker("run_first") is None)  # stable

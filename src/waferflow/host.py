@@ -4,7 +4,8 @@ Training here is seeded and repeats digit for digit on one machine, but not acro
 (oneDNN, MKL) take another SIMD path on AVX2, AVX-512 or AMX and sum in another order, so the first steps differ
 in the last bits and a run ends in another model. The same 623-label real-data run gave 0.924 / macro-F1 0.806 on
 val_data on an AMD AVX2 host and 0.909 / 0.777 on an Intel AVX-512 host (docs/MEASUREMENTS.md, "The same run on
-another CPU"). So every trained ``model.json`` (``train.host``), the run record (``run.json``) and the model card name the CPU.
+another CPU"). So every trained ``model.json`` (``train.host``), the run record (``run.json``) and the model card
+name the CPU.
 """
 
 from __future__ import annotations

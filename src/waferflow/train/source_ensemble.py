@@ -5,9 +5,9 @@ maps of the same taxonomy, never a real label) knew about the classes those labe
 probability of the two (:class:`~waferflow.models.ensemble.MeanProbabilityEnsemble`) keeps both: on three
 623-label development slices it gained 0.041-0.088 macro-F1 over the model alone, and on one slice with 4,225
 labels it lost 0.015 (docs/MEASUREMENTS.md, "The model and its source model, as one ensemble"). So the stage
-builds it only when the train split holds fewer than ``source_ensemble_below`` labeled maps, and passes the model on unchanged otherwise. Unlike
-weight averaging, an ensemble does not need the model to descend from the source (an ImageNet-only winner is
-ensembled too), only the same backbone, classes and input.
+builds it only when the train split holds fewer than ``source_ensemble_below`` labeled maps, and passes the model on
+unchanged otherwise. Unlike weight averaging, an ensemble does not need the model to descend from the source (an
+ImageNet-only winner is ensembled too), only the same backbone, classes and input.
 
 The source member is the source model as registered (its batch norm as the synthetic maps left it: the measured
 recipe), downloaded by the URI the adaptive-BN stage's ``<backbone>@source`` start point was loaded from. The
