@@ -163,6 +163,43 @@ def _keep_benchmark_scores_the_teacher_chain(tmp_path):
         bench_rounds_dev.main(["--workdir", str(bench), "--set", "source_ensemble_below=100000"])
 
 
+def _second_source_benchmark_is_a_three_member_ensemble(tmp_path):
+    """benchmarks/bench_second_source_dev: given the run's own registered source model as the "new" one, adding it
+    equals counting the registered member twice; and its mean-probability arithmetic is what a three-member
+    MeanProbabilityEnsemble scores under the same TTA."""
+    import numpy as np
+
+    from benchmarks import bench_second_source_dev
+    from benchmarks.bench_ensemble_dev import _source_model, deployed_probs, run_outputs
+    from benchmarks.bench_rot_tta_dev import angle_probs
+    from waferflow.models.ensemble import ENSEMBLE_KEY, MeanProbabilityEnsemble, ensemble_record
+    from waferflow.models.spec import load_model_dir, save_model_dir
+
+    bench = tmp_path / "bench"
+    source = _source_model(bench / "run", run_outputs(bench / "run"))
+    out = bench / "second.json"
+    assert bench_second_source_dev.main(["--workdir", str(bench), "--source-dir", str(source), "--out", str(out)]) == 0
+    (run,) = json.loads(out.read_text())["runs"]
+    assert run["second_source"] == run["source_twice"] and run["new_source_alone"] == run["registered_source_alone"]
+    assert run["second_source"]["paired_change"]["n"] == len(load_dataset(bench / "dev.npz"))
+    # the arithmetic against a real three-member ensemble
+    ds, angles = load_dataset(bench / "dev.npz", require_labels=True), [0.0, 45.0]
+    model_dir, deployed = deployed_probs(bench, ds, angles)
+    model, spec = load_model_dir(model_dir)
+    third, _ = load_model_dir(source)
+    three = MeanProbabilityEnsemble([*model.members, third]).eval()
+    record = ensemble_record([*spec.extra[ENSEMBLE_KEY]["member_sources"], str(source)])
+    save_model_dir(three, spec.replace(extra={**spec.extra, ENSEMBLE_KEY: record}, weights_sha256=None),
+                   tmp_path / "three")
+    direct = np.mean(list(angle_probs(tmp_path / "three", ds, angles).values()), axis=0)
+    new = np.mean(list(angle_probs(source, ds, angles).values()), axis=0)
+    np.testing.assert_allclose(direct, (2 * deployed + new) / 3, atol=1e-5)
+    # model_alone: the deployed ensemble's first member is 2 P_deployed - P_source
+    members = [np.mean(list(angle_probs(model_dir, ds, angles, member=i).values()), axis=0) for i in (0, 1)]
+    np.testing.assert_allclose(members[0], 2 * deployed - members[1], atol=1e-5)
+    assert {"source_third", "model_alone"} <= set(run) and "paired_change" in run["model_alone"]
+
+
 def _stage(result, name):
     return [s for s in result.stages if s["stage"] == name and not s.get("cached")]
 
@@ -212,6 +249,7 @@ def test_source_model_registered_once_then_reused_and_self_training_reports(tmp_
     _wise_benchmark_interpolates_final_and_source(tmp_path)
     _selftrain_benchmark_tops_up_the_student(tmp_path)
     _keep_benchmark_scores_the_teacher_chain(tmp_path)
+    _second_source_benchmark_is_a_three_member_ensemble(tmp_path)
 
     # a second run: the source stage is never cached (the registry is its cache); it finds the model by its recipe
     r2 = run_local(profile, workdir=tmp_path / "wd")
@@ -307,7 +345,8 @@ def test_data_without_a_synthetic_taxonomy_keeps_imagenet_candidates_and_says_so
 
 
 def test_dev_benchmarks_refuse_a_folder_that_holds_no_finished_run(tmp_path):
-    from benchmarks import bench_ensemble_dev, bench_keep_dev, bench_rounds_dev, bench_selftrain_dev
+    from benchmarks import (bench_ensemble_dev, bench_keep_dev, bench_rounds_dev, bench_second_source_dev,
+                            bench_selftrain_dev)
 
     (tmp_path / "run").mkdir()
     with pytest.raises(SystemExit, match="holds no pipeline run"):
@@ -318,4 +357,6 @@ def test_dev_benchmarks_refuse_a_folder_that_holds_no_finished_run(tmp_path):
         bench_ensemble_dev.main(["--workdir", str(tmp_path)])
     with pytest.raises(SystemExit, match="holds no pipeline run"):
         bench_selftrain_dev.main(["--workdir", str(tmp_path), "--out-dir", str(tmp_path / "st")])
+    with pytest.raises(SystemExit, match="holds no pipeline run"):
+        bench_second_source_dev.main(["--workdir", str(tmp_path), "--source-dir", str(tmp_path)])
     assert not (tmp_path / "st").exists()  # refused before anything was written
