@@ -164,41 +164,43 @@ def _keep_benchmark_scores_the_teacher_chain(tmp_path):
 
 
 def _second_source_benchmark_is_a_three_member_ensemble(tmp_path):
-    """benchmarks/bench_second_source_dev: given the run's own registered source model as the "new" one, adding it
-    equals counting the registered member twice; and its mean-probability arithmetic is what a three-member
-    MeanProbabilityEnsemble scores under the same TTA."""
+    """benchmarks/bench_second_source_dev: its options are what real ensembles score under the same TTA (a third
+    member; the first member alone), with member 1 of the deployed ensemble as the registered source model. The
+    "new" model here is the run's feature-extraction candidate, so a swap of the two source roles shows."""
     import numpy as np
 
-    from benchmarks import bench_second_source_dev
-    from benchmarks.bench_ensemble_dev import _source_model, deployed_probs, run_outputs
+    from benchmarks import bench_second_source_dev as bench2
+    from benchmarks.bench_ensemble_dev import _models, _scores, _source_model, deployed_probs, run_outputs
     from benchmarks.bench_rot_tta_dev import angle_probs
     from waferflow.models.ensemble import ENSEMBLE_KEY, MeanProbabilityEnsemble, ensemble_record
     from waferflow.models.spec import load_model_dir, save_model_dir
 
     bench = tmp_path / "bench"
-    source = _source_model(bench / "run", run_outputs(bench / "run"))
+    new_dir = next(d for n, d in _models(bench / "run")[0].items() if n.startswith("feature_extraction"))
     out = bench / "second.json"
-    assert bench_second_source_dev.main(["--workdir", str(bench), "--source-dir", str(source), "--out", str(out)]) == 0
+    assert bench2.main(["--workdir", str(bench), "--source-dir", str(new_dir), "--out", str(out)]) == 0
     (run,) = json.loads(out.read_text())["runs"]
-    assert run["second_source"] == run["source_twice"] and run["new_source_alone"] == run["registered_source_alone"]
-    assert run["second_source"]["paired_change"]["n"] == len(load_dataset(bench / "dev.npz"))
-    # the arithmetic against a real three-member ensemble
     ds, angles = load_dataset(bench / "dev.npz", require_labels=True), [0.0, 45.0]
+    assert run["second_source"]["paired_change"]["n"] == len(ds)
+
+    def tta(model_dir, member=None):
+        return np.mean(list(angle_probs(model_dir, ds, angles, member=member).values()), axis=0)
+
     model_dir, deployed = deployed_probs(bench, ds, angles)
+    members, new = [tta(model_dir, i) for i in (0, 1)], tta(new_dir)
+    np.testing.assert_allclose(members[1], tta(_source_model(bench / "run", run_outputs(bench / "run"))), atol=1e-6)
+    assert run["registered_source_alone"] == _scores(ds.labels, members[1])
     model, spec = load_model_dir(model_dir)
-    third, _ = load_model_dir(source)
-    three = MeanProbabilityEnsemble([*model.members, third]).eval()
-    record = ensemble_record([*spec.extra[ENSEMBLE_KEY]["member_sources"], str(source)])
+    three = MeanProbabilityEnsemble([*model.members, load_model_dir(new_dir)[0]]).eval()
+    record = ensemble_record([*spec.extra[ENSEMBLE_KEY]["member_sources"], str(new_dir)])
     save_model_dir(three, spec.replace(extra={**spec.extra, ENSEMBLE_KEY: record}, weights_sha256=None),
                    tmp_path / "three")
-    direct = np.mean(list(angle_probs(tmp_path / "three", ds, angles).values()), axis=0)
-    new = np.mean(list(angle_probs(source, ds, angles).values()), axis=0)
-    np.testing.assert_allclose(direct, (2 * deployed + new) / 3, atol=1e-5)
-    # model_alone: the deployed ensemble's first member is 2 P_deployed - P_source
-    members = [np.mean(list(angle_probs(model_dir, ds, angles, member=i).values()), axis=0) for i in (0, 1)]
-    np.testing.assert_allclose(members[0], 2 * deployed - members[1], atol=1e-5)
-    assert {"source_third", "model_alone"} <= set(run) and "paired_change" in run["model_alone"]
-
+    opts = bench2.options(deployed, members[1], new)
+    np.testing.assert_allclose(opts["second_source"], tta(tmp_path / "three"), atol=1e-5)
+    np.testing.assert_allclose(opts["model_alone"], members[0], atol=1e-5)
+    np.testing.assert_allclose(opts["source_third"], (2 * members[0] + members[1]) / 3, atol=1e-5)
+    for name in ("second_source", "model_alone", "source_third", "new_source_alone"):
+        assert {k: run[name][k] for k in ("accuracy", "macro_f1")} == _scores(ds.labels, opts[name])
 
 def _stage(result, name):
     return [s for s in result.stages if s["stage"] == name and not s.get("cached")]
