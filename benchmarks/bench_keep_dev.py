@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 
 def _scored(probs: dict, sets: dict) -> dict:
@@ -117,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     chains = {name: _scored(p, sets) for name, p in probs.items()}
 
     def change(a: str, b: str) -> dict:
-        return {k: round(float(np.subtract(chains[a]["dev"][k], chains[b]["dev"][k])), 4)
+        return {k: round(chains[a]["dev"][k] - chains[b]["dev"][k], 4)
                 for k in ("accuracy", "macro_f1")}
 
     res = {"workdir": str(r.workdir), "self_training": {k: report.get(k) for k in

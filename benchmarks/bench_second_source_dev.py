@@ -65,11 +65,10 @@ def deployed_ensemble_spec(workdir: Path):
 def check_same_input(new_dir: Path, spec) -> None:
     """Refuse a new source model whose backbone, classes, input or normalization differ from the deployed model's
     (its probability columns or views would not line up)."""
+    from waferflow.models.ensemble import member_mismatch
     from waferflow.models.spec import read_spec
-    from waferflow.train.source_ensemble import _MATCH
 
-    new = read_spec(new_dir)
-    differ = [k for k in _MATCH if getattr(new, k) != getattr(spec, k)]
+    differ = member_mismatch(read_spec(new_dir), spec)
     if differ:
         raise SystemExit(f"{new_dir} differs from the deployed model in {differ}; it cannot be a member")
 
@@ -122,14 +121,14 @@ def scored_options(y: np.ndarray, probs: dict[str, np.ndarray], class_names: lis
     return out
 
 
-def score_run(workdir: Path, new_dir: Path, angles: list[float]) -> dict:
-    """One finished run: its deployed ensemble, its registered source member and the new model on its dev maps."""
+def score_run(workdir: Path, spec, new_dir: Path, angles: list[float]) -> dict:
+    """One finished run (``spec``: its deployed ensemble's, from :func:`deployed_ensemble_spec`): the deployed
+    ensemble, its registered source member and the new model on its dev maps."""
     from waferflow.data.contract import load_dataset
 
     from benchmarks.bench_ensemble_dev import deployed_probs
     from benchmarks.bench_rot_tta_dev import angle_probs
 
-    spec = deployed_ensemble_spec(workdir)
     ds = load_dataset(workdir / "dev.npz", require_labels=True)
     model, deployed = deployed_probs(workdir, ds, angles)
 
@@ -162,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         a.source_seed, a.source_out or a.workdir[0] / f"source_seed{a.source_seed}", specs[0], a.set)
     for spec in specs:
         check_same_input(new_dir, spec)
-    runs = [score_run(w, new_dir, [0.0, *a.tta_rotations]) for w in a.workdir]
+    runs = [score_run(w, spec, new_dir, [0.0, *a.tta_rotations]) for w, spec in zip(a.workdir, specs)]
     res = {"new_source": str(new_dir), "source_seed": None if a.source_dir else a.source_seed, "runs": runs,
            "mean_change": {name: {k: round(float(np.mean([r[name][k] - r["deployed"][k] for r in runs])), 4)
                                   for k in ("accuracy", "macro_f1")} for name in COMPARED}}

@@ -20,6 +20,8 @@ import torch
 from torch import nn
 
 ENSEMBLE_KEY = "ensemble"
+#: what members of one ensemble share (``ModelSpec`` fields): same architecture, classes, input and normalization
+MEMBER_KEYS = ("backbone", "class_names", "input_size", "in_chans", "mean", "std")
 
 
 def _log_mean_softmax(member_logits: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -70,6 +72,11 @@ class MeanProbabilityEnsemble(nn.Module):
 def is_ensemble(spec) -> bool:
     """Whether a :class:`~waferflow.models.spec.ModelSpec` describes an ensemble (its ``model.json`` has the record)."""
     return spec.extra.get(ENSEMBLE_KEY) is not None
+
+
+def member_mismatch(spec, other) -> list[str]:
+    """The :data:`MEMBER_KEYS` in which two specs differ (empty: the models can be members of one ensemble)."""
+    return [k for k in MEMBER_KEYS if getattr(spec, k) != getattr(other, k)]
 
 
 def ensemble_record(member_sources: Sequence[str]) -> dict:

@@ -450,7 +450,7 @@ def _forward(run: _Run, pr: _PhaseRun, idx: torch.Tensor, aug: Augmenter,
         if mix is not None:
             order, lam = mix
             n = len(idx)
-            x[:n] = lam * x[:n] + (1.0 - lam) * x[:n][order.to(x.device)]
+            x[:n] = lam * x[:n] + (1.0 - lam) * x[:n][order]
         return run.model(x)
     if pr.cached:
         f = run.feature_cache()["train"][idx]
@@ -508,7 +508,10 @@ def _step_loss(run: _Run, pr: _PhaseRun, idx: torch.Tensor, aug: Augmenter, yb: 
                cons: Consistency | None, gen: torch.Generator) -> torch.Tensor:
     """The labeled batch's loss (mixed, with ``train.mixup_alpha``, where the whole model runs), plus the
     consistency term on unlabeled maps when ``cons`` is given."""
-    mix = _mixup_draw(run.cfg.mixup_alpha, len(idx), gen) if run.cfg.mixup_alpha and not pr.head_only else None
+    mix = None
+    if run.cfg.mixup_alpha and not pr.head_only:
+        order, lam = _mixup_draw(run.cfg.mixup_alpha, len(idx), gen)
+        mix = (order.to(run.device), lam)  # the generator is the CPU's; the batch is on run.device
     extra = target = mask = None
     if cons is not None:
         x_u = cons.draw(len(idx))
@@ -519,7 +522,7 @@ def _step_loss(run: _Run, pr: _PhaseRun, idx: torch.Tensor, aug: Augmenter, yb: 
     loss = run.loss_fn(logits[:n], yb)
     if mix is not None:
         order, lam = mix
-        loss = lam * loss + (1.0 - lam) * run.loss_fn(logits[:n], yb[order.to(yb.device)])
+        loss = lam * loss + (1.0 - lam) * run.loss_fn(logits[:n], yb[order])
     if cons is not None:
         loss = loss + cons.loss(logits[n:], target.to(run.device), mask.to(run.device))
     return loss

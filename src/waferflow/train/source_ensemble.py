@@ -25,7 +25,6 @@ from waferflow.errors import ConfigError, ModelFormatError
 from waferflow.train.wise import val_scores, run_source_interpolation
 from waferflow.train.wise import describe as describe_interpolation
 
-_MATCH = ("backbone", "class_names", "input_size", "in_chans", "mean", "std")
 
 
 def run_source_stage(model_dir: str | Path, adapted_dir: str | Path, maps: list[str | Path], val_file: str | Path,
@@ -103,12 +102,13 @@ def _ensemble(model_dir: Path, weights_source: str, val_file, out: Path, found: 
               tracking_uri: str | None) -> dict[str, Any]:
     from waferflow.data.contract import load_dataset
     from waferflow.evaluation import check_classes
-    from waferflow.models.ensemble import ENSEMBLE_KEY, MeanProbabilityEnsemble, ensemble_record, is_ensemble
+    from waferflow.models.ensemble import (ENSEMBLE_KEY, MeanProbabilityEnsemble, ensemble_record, is_ensemble,
+                                           member_mismatch)
     from waferflow.models.spec import copy_model_extras, load_model_dir, save_model_dir
 
     model, spec = load_model_dir(model_dir)
     uri, source, source_spec = _load_source(weights_source, tracking_uri)
-    differ = [k for k in _MATCH if getattr(source_spec, k) != getattr(spec, k)]
+    differ = member_mismatch(source_spec, spec)
     if differ:
         raise ModelFormatError(f"the source model {uri} differs from the model in {differ} "
                                f"({[getattr(source_spec, k) for k in differ]} against "
