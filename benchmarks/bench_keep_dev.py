@@ -14,9 +14,10 @@ model is the student's chain whatever validation said::
         --workdir /tmp/slice6 --out slice6.json
     python -m benchmarks.bench_keep_dev --workdir /tmp/slice6 --out keep_slice6.json
 
-Prints JSON: for each chain and their mean, dev and validation accuracy / macro-F1 / per-class recall; the
-self-training report (what validation would keep, both validation scores); the changes student - teacher and
-both - each chain on the dev maps. Nothing here
+Prints JSON: for each chain and their mean, dev and validation accuracy / macro-F1 / log-loss (``nll``) / per-class
+recall; the self-training report (what validation would keep, both validation scores); the validation log-loss of
+the raw teacher and student (before the later stages, the same 8 views: ``raw_val_nll``) and which of the two it
+would keep (``nll_would_keep``); the changes student - teacher and both - each chain on the dev maps. Nothing here
 reads ``wm811k_val_data.npz``.
 """
 
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 
 
 def _scored(probs: dict, sets: dict) -> dict:
@@ -41,9 +43,14 @@ def _scored(probs: dict, sets: dict) -> dict:
     out = {}
     for name, prob in probs.items():
         per_class = metrics_from_logits(sets[name].labels, prob, sets[name].class_names)["per_class"]
-        out[name] = {**_scores(sets[name].labels, prob),
+        out[name] = {**_scores(sets[name].labels, prob), "nll": round(nll(sets[name].labels, prob), 4),
                      "recall": {c: round(m["recall"], 3) for c, m in per_class.items() if m["support"]}}
     return out
+
+
+def nll(labels: np.ndarray, prob: np.ndarray) -> float:
+    """Mean negative log-likelihood of the true classes (probabilities clipped at 1e-12)."""
+    return float(-np.log(np.clip(prob[np.arange(len(labels)), labels], 1e-12, None)).mean())
 
 
 def after_self_training(model: Path, outs: Path, prof, tracking_uri: str, work: Path,
@@ -112,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="keep-dev-") as tmp:
         teacher, steps = after_self_training(outs / "select-best" / "best", outs, r.prof, r.tracking_uri, Path(tmp))
         probs = {"deployed": _tta_probs(deployed_model(outs), sets), "teacher_chain": _tta_probs(teacher, sets)}
+    val = {"val": sets["val"]}
+    raw = {name: nll(sets["val"].labels, _tta_probs(d, val)["val"]) for name, d in
+           (("teacher", outs / "select-best" / "best"), ("student", outs / "self-train-model" / "model"))}
     probs["both_chains"] = {k: (probs["deployed"][k] + probs["teacher_chain"][k]) / 2 for k in sets}
     chains = {name: _scored(p, sets) for name, p in probs.items()}
 
@@ -122,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     res = {"workdir": str(r.workdir), "self_training": {k: report.get(k) for k in
                                                         ("status", "would_keep", "teacher_val", "student_val")},
            "teacher_chain_steps": steps, **chains,
+           "raw_val_nll": {k: round(v, 4) for k, v in raw.items()},
+           "nll_would_keep": "student" if raw["student"] < raw["teacher"] else "teacher",
            "dev_change_deployed_minus_teacher": change("deployed", "teacher_chain"),
            "dev_change_both_minus_teacher": change("both_chains", "teacher_chain"),
            "dev_change_both_minus_deployed": change("both_chains", "deployed")}

@@ -240,3 +240,15 @@ def test_deployed_probabilities_are_kept_per_run_and_recomputed_when_the_model_c
     (model / "weights.pt").write_bytes(b"second")  # another model in the same workdir: scored again
     assert (deployed_probs(tmp_path, ds, [0.0])[1] == 3).all() and len(calls) == 3
     assert sorted(f.name for f in tmp_path.iterdir()) == ["dev_probs.npz", "run"]  # no temporary file left
+
+
+def test_keep_benchmark_log_loss_is_sklearns_and_survives_a_zero_probability():
+    from sklearn.metrics import log_loss
+
+    from benchmarks.bench_keep_dev import nll
+
+    y = np.array([0, 2, 1, 2])
+    prob = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8], [0.3, 0.4, 0.3], [0.25, 0.25, 0.5]])
+    assert nll(y, prob) == pytest.approx(log_loss(y, prob, labels=[0, 1, 2]))
+    worst = nll(np.array([1]), np.array([[1.0, 0.0, 0.0]]))
+    assert np.isfinite(worst) and worst == pytest.approx(-np.log(1e-12))

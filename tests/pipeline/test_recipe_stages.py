@@ -146,6 +146,10 @@ def _keep_benchmark_scores_the_teacher_chain(tmp_path):
     assert res["self_training"]["would_keep"] in ("student", "teacher")
     for chain in ("deployed", "teacher_chain", "both_chains"):
         assert set(res[chain]) == {"dev", "val"} and 0 <= res[chain]["dev"]["macro_f1"] <= 1
+        assert res[chain]["val"]["nll"] > 0
+    nll = res["raw_val_nll"]
+    assert set(nll) == {"teacher", "student"} and min(nll.values()) > 0
+    assert res["nll_would_keep"] == min(nll, key=nll.get)
     for key, a, b in (("deployed_minus_teacher", "deployed", "teacher_chain"),
                       ("both_minus_teacher", "both_chains", "teacher_chain"),
                       ("both_minus_deployed", "both_chains", "deployed")):
