@@ -84,7 +84,10 @@ class Profile:
     Attributes:
         name: Profile name.
         n_maps: Synthetic maps to generate (ignored with ``data``).
-        map_size: Synthetic map size in pixels.
+        map_size: Synthetic map size in pixels; with ``data``, the size its maps are resized to at ingest
+            (nearest-neighbour; 0 keeps their own sizes). Models then resize to ``input_size``, while a deployed
+            model resizes a raw map to ``input_size`` once: where the two sizes differ (``real``: 64 and 80), training
+            and serving see differently resized maps (docs/MEASUREMENTS.md, "Ingest size").
         taxonomy: Synthetic taxonomy (``seed20`` or ``wm811k``).
         seed: Seed of generation, split and training.
         data: Path of the user's own maps (``.npz``, ``LSWMD.pkl``, PNG folder); "" = synthetic.

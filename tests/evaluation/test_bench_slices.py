@@ -252,3 +252,41 @@ def test_keep_benchmark_log_loss_is_sklearns_and_survives_a_zero_probability():
     assert nll(y, prob) == pytest.approx(log_loss(y, prob, labels=[0, 1, 2]))
     worst = nll(np.array([1]), np.array([[1.0, 0.0, 0.0]]))
     assert np.isfinite(worst) and worst == pytest.approx(-np.log(1e-12))
+
+
+def test_pool_benchmark_counts_the_rule_the_uncapped_thresholds_and_alignment():
+    from benchmarks.bench_pseudo_pool_dev import aligned, per_class
+
+    prob = np.array([[0.95, 0.05], [0.92, 0.08], [0.91, 0.09], [0.75, 0.25], [0.3, 0.7], [0.05, 0.95]])
+    truth = np.array([0, 0, 1, 0, 1, 0])
+    rows = per_class(prob, truth, np.array([1, 2]), threshold=0.9, ratio=2.0, thresholds=(0.7, 0.9))
+    # class 0: cap 2 of the 3 maps >= 0.9, the two most confident (both right); class 1: one map >= 0.9, wrong
+    assert rows[0] == {"true": 4, "labeled": 1, "cap": 2, "rule": [2, 2], "uncapped": {"0.7": [4, 3], "0.9": [3, 2]}}
+    assert rows[1] == {"true": 2, "labeled": 2, "cap": 4, "rule": [1, 0], "uncapped": {"0.7": [2, 1], "0.9": [1, 0]}}
+    prior = np.array([0.5, 0.5])
+    al = aligned(prob, prior)
+    assert np.allclose(al.sum(1), 1) and (al[:, 1] > prob[:, 1]).all()  # the under-predicted class gains everywhere
+    assert abs(al.mean(0)[1] - 0.5) < abs(prob.mean(0)[1] - 0.5)
+    assert np.allclose(aligned(prob, prob.mean(0)), prob)  # a pool already at the prior is left as it is
+
+
+def test_pool_benchmark_labels_the_runs_own_pool_by_content():
+    from benchmarks.bench_pseudo_pool_dev import labeled_run_pool
+    from waferflow.data.contract import resize_nearest
+    from waferflow.data.ingest import _pack
+
+    rng = np.random.default_rng(0)
+    raw = [rng.integers(0, 3, size=(int(h), int(w)), dtype=np.uint8) for h, w in rng.integers(20, 50, size=(12, 2))]
+    raw.append(raw[3].copy())  # the same map twice, under another label: counted, the first label wins
+    labels = np.array([0, 1, 2] * 4 + [1])
+    hidden = _pack(raw, ("a", "b", "c"), labels, None, None, "test")
+    order = rng.permutation(12)
+    for size in (16, None):  # a run that resized its maps at ingest, and one that kept their own sizes
+        run_pool = _pack([raw[i] for i in order], (), None, None, size, "run")
+        pool, clashes = labeled_run_pool(run_pool, hidden)
+        assert pool.labels.tolist() == labels[order].tolist() and pool.class_names == ("a", "b", "c")
+        assert clashes == 1 and len(pool) == 12 and pool.get(0).shape == (resize_nearest(raw[order[0]], 16).shape
+                                                                         if size else raw[order[0]].shape)
+    other = _pack([np.zeros((30, 30), dtype=np.uint8)], (), None, None, None, "run")
+    with pytest.raises(SystemExit, match="map 0 of the run's pool is not in the pool file"):
+        labeled_run_pool(other, hidden)

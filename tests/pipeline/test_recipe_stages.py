@@ -167,6 +167,30 @@ def _keep_benchmark_scores_the_teacher_chain(tmp_path):
         bench_rounds_dev.main(["--workdir", str(bench), "--set", "source_ensemble_below=100000"])
 
 
+def _pool_benchmark_counts_what_self_training_keeps(tmp_path):
+    """benchmarks/bench_pseudo_pool_dev scores the run's own pool (its maps as the data stage stored them), each map
+    labeled from the file the run's unlabeled maps came from; the rule keeps no more than its cap or its threshold."""
+    import numpy as np
+
+    from benchmarks import bench_pseudo_pool_dev
+
+    bench, hidden = tmp_path / "bench", load_dataset(tmp_path / "unl.npz")
+    assert bench_pseudo_pool_dev.main(["--workdir", str(bench), "--pool", str(tmp_path / "unl.npz"),
+                                       "--out", str(bench / "pool.json")]) == 0
+    res = json.loads((bench / "pool.json").read_text())
+    rows = [res["per_class"][c]["teacher"] for c in hidden.class_names]
+    # the run's pool holds 60 of the file's 100 maps (its n_unlabeled), at the tiny profile's map_size
+    assert res["pool"] == 60 and res["pool_map_shape"] == [32, 32] and sum(r["true"] for r in rows) == 60
+    assert all(r["true"] <= n for r, n in zip(rows, np.bincount(hidden.labels, minlength=len(rows))))
+    assert res["kept"]["teacher"] == [sum(r["rule"][0] for r in rows), sum(r["rule"][1] for r in rows)]
+    for r in rows:
+        assert r["rule"][1] <= r["rule"][0] <= min(r["cap"], r["uncapped"]["0.9"][0])
+        counts = [r["uncapped"][t][0] for t in ("0.5", "0.6", "0.7", "0.8", "0.9")]
+        assert counts == sorted(counts, reverse=True)
+    with pytest.raises(SystemExit, match="is not in the pool file"):  # maps the run never had
+        bench_pseudo_pool_dev.main(["--workdir", str(bench), "--pool", str(bench / "dev.npz")])
+
+
 def _second_source_benchmark_is_a_three_member_ensemble(tmp_path):
     """benchmarks/bench_second_source_dev: its options are what real ensembles score under the same TTA (a third
     member; the first member alone), with member 1 of the deployed ensemble as the registered source model. The
@@ -255,6 +279,7 @@ def test_source_model_registered_once_then_reused_and_self_training_reports(tmp_
     _wise_benchmark_interpolates_final_and_source(tmp_path)
     _selftrain_benchmark_tops_up_the_student(tmp_path)
     _keep_benchmark_scores_the_teacher_chain(tmp_path)
+    _pool_benchmark_counts_what_self_training_keeps(tmp_path)
     _second_source_benchmark_is_a_three_member_ensemble(tmp_path)
 
     # a second run: the source stage is never cached (the registry is its cache); it finds the model by its recipe
