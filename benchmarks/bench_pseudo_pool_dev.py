@@ -9,10 +9,10 @@ raw maps with their labels, which no stage of the run read), found by its conten
 
 - ``true``: the pool's maps of the class;
 - ``rule``: kept and right under the run's own rule (``self_training.threshold`` and the per-class cap
-  ``max_per_class_ratio`` times the class's labeled maps, the most confident first): what round 1 trained on;
+  ``max_per_class_ratio`` times the class's labeled maps, the most confident first): the pseudo-labels of round 1;
 - ``uncapped``: maps predicted as the class at each of ``--thresholds``, and how many of them are right, with no cap
   (whether the threshold or the cap limits a class);
-- ``aligned``: the rule again after distribution alignment (ReMixMatch): the teacher's probabilities multiplied by the
+- ``aligned_rule``: the rule again after distribution alignment (ReMixMatch): the teacher's probabilities multiplied by the
   labeled prior over their mean on the pool, renormalized, so the pool's predicted mix matches the labeled one::
 
     python -m benchmarks.bench_real_pipeline --draw-labels 11 --dev 2000 --workdir /tmp/s11 --out s11.json

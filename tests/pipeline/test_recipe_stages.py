@@ -376,8 +376,8 @@ def test_data_without_a_synthetic_taxonomy_keeps_imagenet_candidates_and_says_so
 
 
 def test_dev_benchmarks_refuse_a_folder_that_holds_no_finished_run(tmp_path):
-    from benchmarks import (bench_ensemble_dev, bench_keep_dev, bench_rounds_dev, bench_second_source_dev,
-                            bench_selftrain_dev)
+    from benchmarks import (bench_ensemble_dev, bench_keep_dev, bench_pseudo_pool_dev, bench_rounds_dev,
+                            bench_second_source_dev, bench_selftrain_dev)
 
     (tmp_path / "run").mkdir()
     with pytest.raises(SystemExit, match="holds no pipeline run"):
@@ -386,6 +386,8 @@ def test_dev_benchmarks_refuse_a_folder_that_holds_no_finished_run(tmp_path):
         bench_keep_dev.main(["--workdir", str(tmp_path)])
     with pytest.raises(SystemExit, match="holds no pipeline run"):
         bench_ensemble_dev.main(["--workdir", str(tmp_path)])
+    with pytest.raises(SystemExit, match="holds no pipeline run"):
+        bench_pseudo_pool_dev.main(["--workdir", str(tmp_path)])
     with pytest.raises(SystemExit, match="holds no pipeline run"):
         bench_selftrain_dev.main(["--workdir", str(tmp_path), "--out-dir", str(tmp_path / "st")])
     with pytest.raises(SystemExit, match="holds no pipeline run"):
