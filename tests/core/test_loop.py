@@ -244,3 +244,26 @@ def test_weight_average_follows_head_only_epochs_and_resumes(tmp_path, make_line
               tmp_path / "g", weights=r18_file, resume=True)
     with pytest.raises(ConfigError, match="ema_decay must be in"):
         _cfg(ema_decay=1.0)
+
+
+def test_checkpoint_setting_decides_the_kept_epoch_and_early_stopping(tmp_path, make_lines):
+    """``last`` keeps the last epoch and never stops early; ``loss`` keeps the lowest validation cross-entropy."""
+    from waferflow.train.loop import LoopState, checkpoint_score
+
+    tr, va = make_lines(48, seed=0), make_lines(16, seed=1)
+    kw = dict(strategy="scratch", backbone="resnet18", epochs=5, patience=1, pretrained="none", lr=0.05)
+    r = train(_cfg(checkpoint="last", **kw), tr, va, tmp_path / "last")
+    assert len(r.history) == 5 and r.best_epoch == 5  # patience 1 would have stopped a run that ever stalled
+    assert r.best_val["macro_f1"] == r.history[-1]["val_macro_f1"]
+    kept = torch.load(tmp_path / "last/weights.pt", weights_only=True)
+    last = torch.load(tmp_path / "last/checkpoints/last.pt", weights_only=True)["model"]
+    assert all(torch.equal(kept[k], last[k]) for k in last)
+    r = train(_cfg(checkpoint="loss", **{**kw, "patience": 0}), tr, va, tmp_path / "loss")
+    losses = [h["val_loss"] for h in r.history]
+    assert r.best_epoch == losses.index(min(losses)) + 1
+    assert r.best_val["accuracy"] == r.history[r.best_epoch - 1]["val_accuracy"]
+    assert checkpoint_score("loss", {}, {"val_loss": 0.5}) > checkpoint_score("loss", {}, {"val_loss": 0.7})
+    with pytest.raises(ConfigError, match="checkpoint must be one of"):
+        _cfg(checkpoint="best")
+    # a checkpoint written before the setting carried the best macro-F1 as ``best_f1``: a resumed run keeps it
+    assert LoopState.from_checkpoint({"best_f1": 0.42, "best_epoch": 3}).best_score == 0.42

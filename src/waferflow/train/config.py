@@ -15,6 +15,8 @@ from waferflow.predictors.runtime import SYMMETRIES  # one list: TTA checks its 
 
 LOSSES = ("ce", "focal")
 CLASS_WEIGHTS = ("none", "sqrt", "inverse")
+#: what decides the checkpoint a training keeps (``TrainConfig.checkpoint``)
+CHECKPOINTS = ("macro_f1", "loss", "last")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -78,7 +80,11 @@ class TrainConfig:
         unlabeled_threshold: Confidence the model's prediction on a weak view of an unlabeled map must reach to be
             that map's target.
         unlabeled_ratio: Unlabeled maps per labeled map in each step.
-        patience: Epochs without val macro-F1 gain before a phase ends early (0 = never).
+        checkpoint: Which epoch's weights a training keeps, and what early stopping waits on: ``macro_f1`` (the
+            highest validation macro-F1), ``loss`` (the lowest validation cross-entropy) or ``last`` (the last
+            epoch's: no early stopping, the whole budget and its learning-rate decay run). With a few dozen
+            validation maps macro-F1 moves by tenths between neighbouring epochs, and its maximum is partly noise.
+        patience: Epochs without a gain of the ``checkpoint`` criterion before a phase ends early (0 = never).
         patience_steps: The same window in optimizer steps (0 = use ``patience``): ceil(patience_steps / steps
             per epoch) epochs, so early stopping waits as many updates on small data as on large.
         feature_cache: Feature extraction computes backbone features once and trains the head on them.
@@ -132,6 +138,7 @@ class TrainConfig:
     unlabeled_weight: float = 0.0
     unlabeled_threshold: float = 0.95
     unlabeled_ratio: int = 1
+    checkpoint: str = "macro_f1"
     patience: int = 4
     patience_steps: int = 0
     feature_cache: bool = True
@@ -155,6 +162,7 @@ class TrainConfig:
             raise ConfigError(f"unknown strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}")
         checks = [
             (self.loss in LOSSES, f"loss must be one of {LOSSES}, got {self.loss!r}"),
+            (self.checkpoint in CHECKPOINTS, f"checkpoint must be one of {CHECKPOINTS}, got {self.checkpoint!r}"),
             (self.class_weights in CLASS_WEIGHTS, f"class_weights must be one of {CLASS_WEIGHTS}, got {self.class_weights!r}"),
             (self.device in DEVICES, f"device must be one of {DEVICES}, got {self.device!r}"),
             (self.in_chans in (1, 3), f"in_chans must be 1 or 3, got {self.in_chans}"),

@@ -104,10 +104,10 @@ class LoopState:
     phase: int = -1  # the phase the last finished epoch belonged to
     step_in_phase: int = 0
     steps: int = 0  # optimizer steps of the whole run (the weight average's warm-up counts them)
-    best_f1: float = -1.0
+    best_score: float = float("-inf")  # of the kept checkpoint, by ``TrainConfig.checkpoint`` (higher is better)
     best_epoch: int = -1
     best_val: dict = field(default_factory=dict)
-    stale: int = 0  # epochs without a val macro-F1 gain
+    stale: int = 0  # epochs without a gain of the checkpoint criterion
     skip_phase: int = -1  # a phase ended early by patience
     history: list = field(default_factory=list)
     train_seconds: float = 0.0
@@ -121,6 +121,8 @@ class LoopState:
     def from_checkpoint(cls, ck: dict) -> "LoopState":
         fields = cls.__dataclass_fields__
         st = cls(**{k: ck[k] for k in fields if k in ck})
+        if "best_score" not in ck and "best_f1" in ck:  # a checkpoint written before ``TrainConfig.checkpoint``
+            st.best_score = float(ck["best_f1"])
         st.history, st.best_val = list(st.history), dict(st.best_val)
         return st
 
@@ -559,13 +561,15 @@ def _end_epoch(run: _Run, st: LoopState, pr: _PhaseRun, g_epoch: int, e_in: int,
     st.history.append(row)
     log.info("epoch %d (%s): loss %.4f val acc %.4f f1 %.4f (%.1fs)", g_epoch + 1, pr.phase.name, row["train_loss"],
              row["val_accuracy"], row["val_macro_f1"], row["seconds"])
-    if overall["macro_f1"] > st.best_f1:
-        st.best_f1, st.best_epoch, st.best_val, st.stale = overall["macro_f1"], g_epoch + 1, overall, 0
+    score = checkpoint_score(run.cfg.checkpoint, overall, row)
+    if score > st.best_score:
+        st.best_score, st.best_epoch, st.best_val, st.stale = score, g_epoch + 1, overall, 0
         _save(out / "checkpoints" / "best.pt", _cpu_state(run.net))
     else:
         st.stale += 1
     if run.patience and st.stale >= run.patience and e_in < run.per_phase[pr.index] - 1:
-        log.info("early stop of phase %s after %d epochs without val macro-F1 gain", pr.phase.name, st.stale)
+        log.info("early stop of phase %s after %d epochs without a val %s gain", pr.phase.name, st.stale,
+                 run.cfg.checkpoint)
         st.skip_phase = pr.index
     st.epoch, st.phase = g_epoch + 1, pr.index
     _save(out / "checkpoints" / "last.pt", {
@@ -576,6 +580,18 @@ def _end_epoch(run: _Run, st: LoopState, pr: _PhaseRun, g_epoch: int, e_in: int,
         **st.to_checkpoint(), "config": to_dict(run.cfg), "spec": run.spec.to_dict(),
     })
     atomic_write_json(out / "history.json", st.history)
+
+
+def checkpoint_score(mode: str, overall: dict, row: dict) -> float:
+    """How ``TrainConfig.checkpoint`` ranks an epoch (higher is kept): its validation macro-F1, its negated validation
+    cross-entropy, or for ``last`` its epoch number (every epoch beats the one before, so none is ever stale)."""
+    if mode == "macro_f1":
+        return float(overall["macro_f1"])
+    if mode == "loss":
+        return -float(row["val_loss"])
+    if mode == "last":
+        return float(row["epoch"])
+    raise ConfigError(f"checkpoint must be one of macro_f1, loss, last; got {mode!r}")
 
 
 def _finalise(run: _Run, st: LoopState, out: Path, epoch_times: dict[str, list]) -> TrainResult:
