@@ -83,7 +83,9 @@ class TrainConfig:
         checkpoint: Which epoch's weights a training keeps, and what early stopping waits on: ``macro_f1`` (the
             highest validation macro-F1), ``loss`` (the lowest validation cross-entropy) or ``last`` (the last
             epoch's: no early stopping, the whole budget and its learning-rate decay run). With a few dozen
-            validation maps macro-F1 moves by tenths between neighbouring epochs, and its maximum is partly noise.
+            validation maps macro-F1 moves by tenths between neighbouring epochs, and its maximum is partly noise;
+            still, ``loss`` and ``last`` lost on 623-label development maps (docs/MEASUREMENTS.md, "Which checkpoint
+            a training keeps").
         patience: Epochs without a gain of the ``checkpoint`` criterion before a phase ends early (0 = never).
         patience_steps: The same window in optimizer steps (0 = use ``patience``): ceil(patience_steps / steps
             per epoch) epochs, so early stopping waits as many updates on small data as on large.
