@@ -315,7 +315,7 @@ def train(cfg: TrainConfig, train_ds: WaferDataset, val_ds: WaferDataset, out_di
     Args:
         cfg: The resolved training config.
         train_ds: Labeled training maps.
-        val_ds: Labeled validation maps (early stopping on macro-F1, best checkpoint).
+        val_ds: Labeled validation maps (early stopping and the kept checkpoint, by ``cfg.checkpoint``).
         out_dir: The model dir to write (``model.json``, ``weights.pt``, ``config.yaml``, ``history.json``,
             ``checkpoints/last.pt``, ``checkpoints/best.pt``).
         weights: A weights source overriding ``cfg.pretrained`` (file, model dir, URL, MLflow URI).
