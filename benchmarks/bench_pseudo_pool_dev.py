@@ -73,14 +73,14 @@ def per_class(prob: np.ndarray, truth: np.ndarray, counts: np.ndarray, threshold
     from waferflow.train.selftrain import select_confident
 
     pred, conf = prob.argmax(1), prob.max(1)
-    idx, _ = select_confident(prob, counts, threshold, ratio)
+    idx, info = select_confident(prob, counts, threshold, ratio)
     rows = []
     for c in range(prob.shape[1]):
         kept = idx[pred[idx] == c]
         at = {str(t): [int(((pred == c) & (conf >= t)).sum()), int(((pred == c) & (conf >= t) & (truth == c)).sum())]
               for t in thresholds}
         rows.append({"true": int((truth == c).sum()), "labeled": int(counts[c]),
-                     "cap": int(np.ceil(ratio * counts[c])),
+                     "cap": info[c]["cap"],
                      "rule": [int(len(kept)), int((truth[kept] == c).sum())], "uncapped": at})
     return rows
 

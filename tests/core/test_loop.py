@@ -265,5 +265,7 @@ def test_checkpoint_setting_decides_the_kept_epoch_and_early_stopping(tmp_path, 
     assert checkpoint_score("loss", {}, {"val_loss": 0.5}) > checkpoint_score("loss", {}, {"val_loss": 0.7})
     with pytest.raises(ConfigError, match="checkpoint must be one of"):
         _cfg(checkpoint="best")
+    with pytest.raises(ConfigError, match="checkpoint must be one of"):
+        checkpoint_score("best", {"macro_f1": 1.0}, {"epoch": 1, "val_loss": 0.1})
     # a checkpoint written before the setting carried the best macro-F1 as ``best_f1``: a resumed run keeps it
     assert LoopState.from_checkpoint({"best_f1": 0.42, "best_epoch": 3}).best_score == 0.42

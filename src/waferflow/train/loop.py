@@ -26,7 +26,7 @@ from waferflow.models.dwgrad import fast_depthwise_grad
 from waferflow.predictors import penultimate_features, predict_batches
 from waferflow.train.adapt import adapt_bn
 from waferflow.train.augment import Augmenter, resolve_symmetries
-from waferflow.train.config import TrainConfig
+from waferflow.train.config import CHECKPOINTS, TrainConfig
 from waferflow.train.consistency import Consistency, check_pool, build as build_consistency
 from waferflow.train.losses import balanced_sample_weights, build_loss, class_weights, training_logit_shift
 from waferflow.train.malloc import keep_freed_memory
@@ -591,7 +591,7 @@ def checkpoint_score(mode: str, overall: dict, row: dict) -> float:
         return -float(row["val_loss"])
     if mode == "last":
         return float(row["epoch"])
-    raise ConfigError(f"checkpoint must be one of macro_f1, loss, last; got {mode!r}")
+    raise ConfigError(f"checkpoint must be one of {CHECKPOINTS}, got {mode!r}")
 
 
 def _finalise(run: _Run, st: LoopState, out: Path, epoch_times: dict[str, list]) -> TrainResult:
