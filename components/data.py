@@ -17,6 +17,8 @@ def prepare_data(
     dataset: Output[Dataset],
     unlabeled: Output[Dataset],
     pool_size: int = 0,
+    unlabeled_source: str = "",
+    unlabeled_fingerprint: str = "",
 ):
     """Write the labeled maps (and any unlabeled ones) as Dataset folders holding ``data.npz`` + manifest.
 
@@ -30,6 +32,9 @@ def prepare_data(
         taxonomy: Synthetic taxonomy.
         seed: Generation seed (and the pool sample's).
         pool_size: The unlabeled maps are sampled to at most this many, evenly over their lots (0 = all).
+        unlabeled_source: "" or more unlabeled maps, read as ``source`` is (any labels in them are dropped): with
+            ``source``'s own unlabeled maps they form the pool (``waferflow.data.pool``).
+        unlabeled_fingerprint: Content hash of ``unlabeled_source`` (the cache key follows it).
     """
     import os
 
@@ -42,12 +47,22 @@ def prepare_data(
             import tempfile
 
             from waferflow.data.ingest import ingest
+            from waferflow.data.pool import join_pools, read_pool
             from waferflow.orchestration.sources import fetch_source
 
             with tempfile.TemporaryDirectory(prefix="waferflow-source-") as tmp:  # a download lives only here
-                result = ingest(str(fetch_source(source, tmp)), size=map_size or None)
-            labeled_ds, unlabeled_ds = result.dataset, result.unlabeled
+                result = ingest(str(fetch_source(source, os.path.join(tmp, "data"))), size=map_size or None)
+                labeled_ds, more = result.dataset, None
+                if unlabeled_source:
+                    more = read_pool(str(fetch_source(unlabeled_source, os.path.join(tmp, "pool"))),
+                                     labeled_ds.class_names, size=map_size or None)
+            unlabeled_ds = join_pools(labeled_ds.class_names, result.unlabeled, more)
             src = f"ingest:{source}"
+        elif unlabeled_source:
+            from waferflow.errors import ConfigError
+
+            raise ConfigError(f"unlabeled maps ({unlabeled_source}) need your own labeled maps as the data source; "
+                              "synthetic runs have no pool")
         else:
             from waferflow.data.synth import generate
 
@@ -76,4 +91,6 @@ def prepare_data(
                 "versions": versions(),
             }
         )
-        unlabeled.metadata.update({"source": src, "n": n_unlabeled, "pool": pool_report})
+        unlabeled.metadata.update({"source": src, "unlabeled_source": unlabeled_source,
+                                   "unlabeled_fingerprint": unlabeled_fingerprint, "n": n_unlabeled,
+                                   "pool": pool_report})

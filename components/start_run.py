@@ -25,6 +25,7 @@ def start_run(
     pretrained: str,
     device: str,
     tracking_uri: str,
+    unlabeled_source: str = "",
 ) -> str:
     """Create the MLflow parent run of this pipeline run; returns its id.
 
@@ -33,7 +34,7 @@ def start_run(
         pipeline_run: The KFP run name (tag and run name).
         data: The data stage's dataset (its manifest is logged; its hash becomes the ``data_hash`` tag).
         candidates, train_config, epochs, gates: Pipeline arguments, logged as params + config artifact.
-        data_source ... device: The remaining pipeline arguments (logged as params).
+        data_source ... device, unlabeled_source: The remaining pipeline arguments (logged as params).
         tracking_uri: "" = ``$MLFLOW_TRACKING_URI`` (a Secret on the cluster; ``waferflow run`` sets it locally).
     """
     from waferflow.orchestration.runtime import stage, tracking_uri as resolve_uri
@@ -43,9 +44,9 @@ def start_run(
         import os
 
         config = {"candidates": list(candidates), "train": dict(train_config), "epochs": dict(epochs),
-                  "gates": dict(gates), "data_source": data_source, "n_maps": n_maps, "map_size": map_size,
-                  "taxonomy": taxonomy, "seed": seed, "input_size": input_size, "pretrained": pretrained,
-                  "device": device}
+                  "gates": dict(gates), "data_source": data_source, "unlabeled_source": unlabeled_source,
+                  "n_maps": n_maps, "map_size": map_size, "taxonomy": taxonomy, "seed": seed,
+                  "input_size": input_size, "pretrained": pretrained, "device": device}
         rid = start_pipeline_run(resolve_uri(tracking_uri), experiment=experiment, run_name=pipeline_run,
                                  config=config, data_manifest=os.path.join(data.path, "data.json"),
                                  tags={"kfp_run": pipeline_run})

@@ -152,6 +152,8 @@ def build_pipeline(profile: Profile | None = None):
     def training_pipeline(
         data_source: str = p.data,
         data_fingerprint: str = "",
+        unlabeled_source: str = p.unlabeled,
+        unlabeled_fingerprint: str = "",
         n_maps: int = p.n_maps,
         map_size: int = p.map_size,
         taxonomy: str = p.taxonomy,
@@ -189,13 +191,15 @@ def build_pipeline(profile: Profile | None = None):
         with dsl.ExitHandler(on_exit, name="waferflow-training-run"):
             data = place(prepare_data(
                 source=data_source, source_fingerprint=data_fingerprint, n_maps=n_maps, map_size=map_size,
-                taxonomy=taxonomy, seed=seed, pool_size=pool_size,
+                taxonomy=taxonomy, seed=seed, pool_size=pool_size, unlabeled_source=unlabeled_source,
+                unlabeled_fingerprint=unlabeled_fingerprint,
             ).set_display_name("data"), c)
             started = place(start_run(
                 experiment=experiment, pipeline_run=dsl.PIPELINE_JOB_ID_PLACEHOLDER, data=data.outputs["dataset"],
                 candidates=candidates, train_config=train_config, epochs=epochs, gates=gates,
-                data_source=data_source, n_maps=n_maps, map_size=map_size, taxonomy=taxonomy, seed=seed,
-                input_size=input_size, pretrained=pretrained, device=device, tracking_uri=tracking_uri,
+                data_source=data_source, unlabeled_source=unlabeled_source, n_maps=n_maps, map_size=map_size,
+                taxonomy=taxonomy, seed=seed, input_size=input_size, pretrained=pretrained, device=device,
+                tracking_uri=tracking_uri,
             ).set_display_name("start-mlflow-run"), c)
             split = place(split_data(
                 dataset=data.outputs["dataset"], labels_per_class=labels_per_class, seed=seed,

@@ -91,6 +91,8 @@ class Profile:
         taxonomy: Synthetic taxonomy (``seed20`` or ``wm811k``).
         seed: Seed of generation, split and training.
         data: Path of the user's own maps (``.npz``, ``LSWMD.pkl``, PNG folder); "" = synthetic.
+        unlabeled: Path of more unlabeled maps for the pool (``.npz``, ``LSWMD.pkl``, PNG folder; labels in it are
+            dropped, ``waferflow.data.pool``), joined with ``data``'s own unlabeled maps; needs ``data``.
         labels_per_class: Keep only N labeled training maps per class (0 = all).
         val_fraction: Share of the labeled maps (of the lots, where lots exist) held out for validation: early
             stopping, the candidates' ranking and the teacher-or-student choice read it.
@@ -134,6 +136,7 @@ class Profile:
     taxonomy: str = "seed20"
     seed: int = 0
     data: str = ""
+    unlabeled: str = ""
     labels_per_class: int = 0
     val_fraction: float = 0.15
     test_fraction: float = 0.15
@@ -164,6 +167,9 @@ class Profile:
     def __post_init__(self) -> None:
         if self.n_maps < 10 and not self.data:
             raise ConfigError(f"n_maps must be at least 10, got {self.n_maps}; set n_maps=1000 or more")
+        if self.unlabeled and not self.data:
+            raise ConfigError(f"unlabeled maps ({self.unlabeled}) form the pool of a run on your own labeled maps; "
+                              "give those with --data (a synthetic run has no pool)")
         if not self.backbones:
             raise ConfigError("backbones is empty; name at least one timm backbone, e.g. backbones=[tf_efficientnet_lite0]")
         if self.device not in ("cpu", "cuda"):

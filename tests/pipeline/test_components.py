@@ -57,6 +57,37 @@ def test_data_component_ingests_an_npz_and_fails_cleanly_on_a_bad_path(tmp_path)
     assert not os.path.exists(bad.path)  # nothing half-written
 
 
+def test_data_component_joins_the_unlabeled_source_to_the_pool_without_its_labels(tmp_path):
+    from waferflow.components.data import prepare_data
+    from waferflow.data.synth import generate
+
+    src, more = tmp_path / "mine.npz", tmp_path / "more.npz"
+    save_dataset(generate(30, size=24, seed=1), src)
+    save_dataset(generate(50, size=20, seed=2), more)  # labeled, other size: labels dropped, maps resized
+    out, unl = art(dsl.Dataset, tmp_path, "dataset"), art(dsl.Dataset, tmp_path, "unlabeled")
+    prepare_data.python_func(source=str(src), source_fingerprint="abc", n_maps=0, map_size=24, taxonomy="seed20",
+                             seed=0, dataset=out, unlabeled=unl, pool_size=40, unlabeled_source=str(more),
+                             unlabeled_fingerprint="def")
+    labeled = load_dataset(os.path.join(out.path, "data.npz"), require_labels=True)
+    pool = load_dataset(os.path.join(unl.path, "data.npz"))
+    assert len(labeled) == 30 and len(pool) == 40 and not pool.labeled  # sampled to pool_size
+    assert pool.class_names == labeled.class_names and pool.resized(24).shape == (40, 24, 24)
+    assert unl.metadata["unlabeled_source"] == str(more) and unl.metadata["unlabeled_fingerprint"] == "def"
+    assert unl.metadata["n"] == 40 and unl.metadata["pool"]["pool"] == 50
+
+    # an unreadable pool, or a pool without labeled maps of one's own: a clear error, nothing written
+    (tmp_path / "notes.txt").write_text("not maps")
+    for source, unlabeled_source, err in ((str(src), str(tmp_path / "notes.txt"), DataError),
+                                          (str(src), str(tmp_path / "missing.npz"), DataError),
+                                          ("", str(more), WaferflowError)):
+        bad, bad_u = art(dsl.Dataset, tmp_path, "bad"), art(dsl.Dataset, tmp_path, "bad_u")
+        with pytest.raises(err, match="not maps|unknown input format|does not exist|no pool"):
+            prepare_data.python_func(source=source, source_fingerprint="", n_maps=40, map_size=24,
+                                     taxonomy="seed20", seed=0, dataset=bad, unlabeled=bad_u,
+                                     unlabeled_source=unlabeled_source)
+        assert not os.path.exists(bad.path) and not os.path.exists(bad_u.path)
+
+
 def test_split_component_writes_three_splits(tmp_path):
     from waferflow.components.split import split_data
     from waferflow.data.synth import generate

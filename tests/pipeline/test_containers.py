@@ -38,6 +38,9 @@ def test_data_outside_the_workdir_is_copied_in_once(tmp_path):
     p2 = stage_data(get_profile("tiny", [f"data={tmp_path / 'pngs'}"]), wd)
     assert (wd / "inputs") in Path(p2.data).parents
     assert open(os.path.join(p2.data, "center", "a.png"), "rb").read() == b"png"
+    # --unlabeled is staged the same way, beside the data
+    p3 = stage_data(get_profile("tiny", [f"data={src}", f"unlabeled={tmp_path / 'pngs'}"]), wd)
+    assert p3.data == staged and p3.unlabeled == p2.data
 
 
 def test_runner_uses_host_network_and_passes_the_launchers_settings(tmp_path, monkeypatch):

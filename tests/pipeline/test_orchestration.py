@@ -88,6 +88,15 @@ def test_profiles_validate_and_pipeline_arguments(tmp_path):
                      {"strategy": "full_finetune", "backbone": "tf_efficientnet_lite0"}]
     args = pipeline_arguments(p, cands)
     assert args["data_source"] == str(src.resolve()) and len(args["data_fingerprint"]) == 64
+    assert args["unlabeled_source"] == args["unlabeled_fingerprint"] == ""
+    pool = tmp_path / "pool.npz"
+    pool.write_bytes(b"456")
+    with_pool = pipeline_arguments(get_profile("tiny", [f"data={src}", f"unlabeled={pool}"]), cands)
+    assert with_pool["unlabeled_source"] == str(pool.resolve()) and with_pool["unlabeled_fingerprint"] == fingerprint(pool)
+    with pytest.raises(DataError, match="--unlabeled .* does not exist"):
+        pipeline_arguments(get_profile("tiny", [f"data={src}", f"unlabeled={tmp_path / 'gone.npz'}"]), cands)
+    with pytest.raises(ConfigError, match="give those with --data"):
+        get_profile("tiny", [f"unlabeled={pool}"])
     assert args["gates"]["min_accuracy"] == 0.5
     from waferflow.train.strategies import STRATEGIES
 

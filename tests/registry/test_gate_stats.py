@@ -180,3 +180,17 @@ def test_run_with_data_uses_the_real_profile(monkeypatch, tmp_path, capsys):
     assert seen["profile"].name == "real" and seen["profile"].gate_config().judge == "interval"
     main(["run", "--data", str(data), "--profile", "local", "--workdir", str(tmp_path)])
     assert seen["profile"].name == "local"
+    pool = tmp_path / "pool.npz"
+    pool.write_bytes(b"")
+    main(["run", "--data", str(data), "--unlabeled", str(pool), "--workdir", str(tmp_path)])
+    assert seen["profile"].unlabeled == str(pool) and seen["profile"].name == "real"
+    # --unlabeled is a pool for one's own labeled maps; a missing file is named before anything runs
+    capsys.readouterr()
+    seen.clear()
+    assert main(["run", "--unlabeled", str(pool), "--workdir", str(tmp_path)]) == 2
+    assert "give those with --data" in capsys.readouterr().err
+    assert main(["run", "--data", str(data), "--unlabeled", str(tmp_path / "nope.npz"),
+                 "--workdir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "--unlabeled" in err and "nope.npz does not exist" in err
+    assert seen == {}

@@ -13,6 +13,8 @@ _RUN_EPILOG = """examples:
   waferflow run --data LSWMD.pkl                  # your own maps (.npz, LSWMD.pkl, PNG folders); --data implies
                                                   # --profile real: source model, candidates, self-training, gates
                                                   # for a small real test set
+  waferflow run --data labeled.npz --unlabeled pool.npz   # labeled maps, and unlabeled ones as the pool (a PNG
+                                                  # folder's unlabeled/ subfolder is its pool too)
   waferflow run --data labeled.npz --set 'source={}' --set 'source_strategies=[]'   # ImageNet-only candidates
   waferflow run --profile tiny                    # seconds-long smoke run
   waferflow run --profile tiny --runner docker    # each task in the CPU image (images/build.sh builds it)
@@ -106,6 +108,9 @@ def register(subparsers) -> None:
     _add_profile_args(p, None, "local; real with --data")
     p.add_argument("--data", default=None, help="your own maps (.npz, LSWMD.pkl or a folder of PNGs per class) "
                    "instead of synthetic ones")
+    p.add_argument("--unlabeled", default=None,
+                   help="more unlabeled maps for the pool (.npz, LSWMD.pkl or a PNG folder; labels in it are "
+                   "ignored), joined with the unlabeled maps of --data; needs --data")
     p.add_argument("--workdir", default="waferflow_runs", help="outputs, kfp cache and MLflow store (default "
                    "./waferflow_runs)")
     p.add_argument("--no-cache", action="store_true", help="run every task even when its cached output is valid")
@@ -204,6 +209,14 @@ def cmd_run(args) -> int:
         if not os.path.exists(args.data):
             raise ConfigError(f"--data {args.data} does not exist; give a .npz, an LSWMD.pkl or a folder of PNGs")
         extra["data"] = os.path.abspath(args.data)
+    if args.unlabeled:
+        if not args.data:
+            raise ConfigError("--unlabeled adds maps to the pool of a run on your own labeled maps; give those "
+                              "with --data (the synthetic main job has no pool)")
+        if not os.path.exists(args.unlabeled):
+            raise ConfigError(f"--unlabeled {args.unlabeled} does not exist; give a .npz, an LSWMD.pkl or a "
+                              "folder of PNGs")
+        extra["unlabeled"] = os.path.abspath(args.unlabeled)
     if args.profile is None:
         args.profile = "real" if args.data else "local"
     profile = _profile(args, extra)

@@ -17,8 +17,9 @@ Every input is read within :class:`DecodeLimits`; whatever a bad file makes
 the readers raise becomes a :class:`~waferflow.errors.DataError` naming the
 file and the problem.
 
-Unlabeled rows of an LSWMD table become a separate, unlabeled dataset
-(adaptive BN and drift use it).
+Unlabeled rows of an LSWMD table, and the maps of a PNG folder's
+``unlabeled/`` subfolder, become a separate, unlabeled dataset (a pipeline
+run's pool; adaptive BN and drift use it).
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ WM811K_CLASSES = ("Center", "Donut", "Edge-Loc", "Edge-Ring", "Loc", "Near-full"
 
 LSWMD_COLUMNS = ("waferMap", "failureType")
 PNG_SUFFIXES = (".png",)
+#: the subfolder of a PNG folder that holds unlabeled maps (the pool), not a class
+UNLABELED_FOLDER = "unlabeled"
 
 # PNG grey levels -> die codes. A folder uses ONE of these codings for all its images:
 #   "raw":    0 off-wafer, 1 pass, 2 fail (the values themselves)
@@ -596,7 +599,12 @@ def _class_dirs(root: Path, limits: DecodeLimits) -> list[Path]:
 
 def ingest_png_folder(path: str | Path, size: int | None = None, limits: DecodeLimits | None = None
                       ) -> IngestResult:
-    """Read ``path/<class name>/*.png`` greyscale images.
+    """Read ``path/<class name>/*.png`` greyscale images; ``path/unlabeled/*.png`` are unlabeled maps.
+
+    The ``unlabeled`` subfolder (:data:`UNLABELED_FOLDER`) is not a class: its maps become the result's
+    ``unlabeled`` set (the pool of a pipeline run), as an LSWMD table's unlabeled rows do. A folder with no class
+    subfolders holds unlabeled maps only: those of ``unlabeled/``, or its own top-level PNGs, become the main output
+    (as an LSWMD table without labeled rows), with the placeholder class list ``['unlabeled']``.
 
     Grey levels are mapped back to die codes with ONE coding for the whole
     folder: ``raw`` (0/1/2 are the codes themselves) or ``scaled`` (0
@@ -606,29 +614,51 @@ def ingest_png_folder(path: str | Path, size: int | None = None, limits: DecodeL
     ``limits.allow_symlinks``, and then only to targets inside ``path``.
 
     Raises:
-        DataError: no class folders, no images, symlinks, a limit passed, unreadable or ambiguous images.
+        DataError: no class folders and no unlabeled maps, no images, symlinks, a limit passed, unreadable or
+            ambiguous images.
     """
     limits = limits or DecodeLimits()
     root = Path(path)
-    class_dirs = _class_dirs(root, limits)
-    if not class_dirs:
-        raise DataError(f"{root} has no class subfolders; lay it out as {root}/<class name>/<map>.png")
+    dirs = _class_dirs(root, limits)
+    class_dirs = [d for d in dirs if d.name != UNLABELED_FOLDER]
+    pool_dirs = [d for d in dirs if d.name == UNLABELED_FOLDER] or ([] if class_dirs else [root])
     budget = limits.budget(str(root))
-    raw_maps: list[np.ndarray] = []
-    labels: list[int] = []
-    files: list[Path] = []
-    for k, d in enumerate(class_dirs):
-        for f in sorted(x for x in d.iterdir() if x.suffix.lower() in PNG_SUFFIXES):
-            if not _checked_entry(f, root, limits.allow_symlinks).is_file():
-                continue
-            img = _read_png(f, limits, budget)
-            if img.ndim != 2 or 0 in img.shape:
-                raise DataError(f"{f}: expected a 2-D greyscale image, got shape {img.shape}")
-            raw_maps.append(img)
-            labels.append(k)
-            files.append(f)
-    if not raw_maps:
-        raise DataError(f"{root}: no .png files in the class subfolders {[d.name for d in class_dirs]}")
+    groups = [_png_files(d, root, limits) for d in class_dirs]
+    pool_files = [f for d in pool_dirs for f in _png_files(d, root, limits)]
+    files = [f for g in groups for f in g] + pool_files
+    if not files:
+        if not dirs:
+            raise DataError(f"{root} has no class subfolders; lay it out as {root}/<class name>/<map>.png "
+                            f"(unlabeled maps in {root}/{UNLABELED_FOLDER}/)")
+        raise DataError(f"{root}: no .png files in the subfolders {[d.name for d in dirs]}")
+    raw_maps = []
+    for f in files:
+        img = _read_png(f, limits, budget)
+        if img.ndim != 2 or 0 in img.shape:
+            raise DataError(f"{f}: expected a 2-D greyscale image, got shape {img.shape}")
+        raw_maps.append(img)
+    coding, maps = _decode_levels(root, files, raw_maps)
+    class_names = tuple(d.name for d in class_dirs)
+    n_lab = len(files) - len(pool_files)
+    labels = np.repeat(np.arange(len(groups), dtype=np.int64), [len(g) for g in groups])
+    report = {"source": str(root), "format": "png", "coding": coding, "n_maps": n_lab, "classes": list(class_names),
+              "unlabeled": len(pool_files)}
+    if not n_lab:  # a dataset names at least one class: the maps' only one is the placeholder 'unlabeled'
+        report["note"] = "no class folders: the main output is unlabeled"
+        return IngestResult(dataset=_pack(maps, (UNLABELED_FOLDER,), None, None, size, str(root)), report=report)
+    pool = _pack(maps[n_lab:], class_names, None, None, size, str(root)) if pool_files else None
+    return IngestResult(dataset=_pack(maps[:n_lab], class_names, labels, None, size, str(root)), unlabeled=pool,
+                        report=report)
+
+
+def _png_files(folder: Path, root: Path, limits: DecodeLimits) -> list[Path]:
+    """The PNG files directly in ``folder`` (sorted; symlinks checked as :func:`_checked_entry` does)."""
+    return [f for f in sorted(x for x in folder.iterdir() if x.suffix.lower() in PNG_SUFFIXES)
+            if _checked_entry(f, root, limits.allow_symlinks).is_file()]
+
+
+def _decode_levels(root: Path, files: list[Path], raw_maps: list[np.ndarray]) -> tuple[str, list[np.ndarray]]:
+    """``(coding, die-code maps)``: the one grey-level coding every image of the folder uses, applied."""
     levels = set()
     for m in raw_maps:
         levels.update(int(v) for v in np.unique(m))
@@ -644,11 +674,7 @@ def ingest_png_folder(path: str | Path, size: int | None = None, limits: DecodeL
     for v, code in PNG_CODINGS[coding].items():
         if v < len(lut):
             lut[v] = code
-    maps = [lut[m.astype(np.int64)] for m in raw_maps]
-    class_names = tuple(d.name for d in class_dirs)
-    ds = _pack(maps, class_names, np.asarray(labels, dtype=np.int64), None, size, str(root))
-    return IngestResult(dataset=ds, report={"source": str(root), "format": "png", "coding": coding,
-                                            "n_maps": len(maps), "classes": list(class_names)})
+    return coding, [lut[m.astype(np.int64)] for m in raw_maps]
 
 
 # --------------------------------------------------------------------------- dispatch + write

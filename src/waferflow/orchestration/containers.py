@@ -56,12 +56,17 @@ def check_image(image: str) -> Any:
 
 
 def stage_data(profile: Profile, wd: Path) -> Profile:
-    """Copy ``profile.data`` under ``wd/inputs`` (the containers see only the workdir); returns the new profile."""
-    if not profile.data:
-        return profile
-    src = Path(profile.data).expanduser().resolve()
+    """Copy ``profile.data`` and ``profile.unlabeled`` under ``wd/inputs`` (the containers see only the workdir);
+    returns the new profile."""
+    staged = {k: _stage_input(getattr(profile, k), wd) for k in ("data", "unlabeled") if getattr(profile, k)}
+    return dataclasses.replace(profile, **staged) if staged else profile
+
+
+def _stage_input(path: str, wd: Path) -> str:
+    """``path`` copied under ``wd/inputs/<hash of the path>/`` (once; a partial copy never takes its place)."""
+    src = Path(path).expanduser().resolve()
     if wd in src.parents:
-        return profile
+        return path
     key = hashlib.sha256(str(src).encode()).hexdigest()[:12]
     dst = wd / "inputs" / key / src.name
     if not dst.exists():
@@ -73,7 +78,7 @@ def stage_data(profile: Profile, wd: Path) -> Profile:
         else:
             shutil.copyfile(src, tmp)
         os.replace(tmp, dst)
-    return dataclasses.replace(profile, data=str(dst))
+    return str(dst)
 
 
 def make_runner(env: dict[str, str], wd: Path) -> Any:

@@ -56,15 +56,15 @@ class RunResult:
     tracking_uri: str = ""
 
 
-def fingerprint(path: str | os.PathLike) -> str:
+def fingerprint(path: str | os.PathLike, flag: str = "--data") -> str:
     """sha256 of a file's bytes, or of a folder's relative paths and file bytes (sorted), for cache keys.
 
     Raises:
-        DataError: The path does not exist.
+        DataError: The path does not exist (the message names ``flag``).
     """
     p = Path(path)
     if not p.exists():
-        raise DataError(f"--data {p} does not exist; give a .npz, an LSWMD.pkl or a folder of PNGs per class")
+        raise DataError(f"{flag} {p} does not exist; give a .npz, an LSWMD.pkl or a folder of PNGs per class")
     h = hashlib.sha256()
     files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
     for f in files:
@@ -140,16 +140,23 @@ class _CacheHitRecorder(logging.Handler):
             self.hits.append(msg.split()[1])
 
 
+def _source_and_fingerprint(path: str, flag: str) -> tuple[str, str]:
+    """``(absolute path, content hash)`` of a local input, or ``("", "")`` for none."""
+    if not path:
+        return "", ""
+    source = str(Path(path).expanduser().resolve())
+    return source, fingerprint(source, flag)
+
+
 def pipeline_arguments(profile: Profile, candidates: list[dict]) -> dict[str, Any]:
     """The training pipeline's arguments for ``profile`` (the data path made absolute and fingerprinted)."""
-    data = ""
-    fp = ""
-    if profile.data:
-        data = str(Path(profile.data).expanduser().resolve())
-        fp = fingerprint(data)
+    data, fp = _source_and_fingerprint(profile.data, "--data")
+    unlabeled, unlabeled_fp = _source_and_fingerprint(profile.unlabeled, "--unlabeled")
     return {
         "data_source": data,
         "data_fingerprint": fp,
+        "unlabeled_source": unlabeled,
+        "unlabeled_fingerprint": unlabeled_fp,
         "n_maps": profile.n_maps,
         "map_size": profile.map_size,
         "taxonomy": profile.taxonomy,

@@ -1,0 +1,44 @@
+"""The unlabeled pool of a run: the maps self-training pseudo-labels and adaptive BN reads.
+
+A run's pool is the unlabeled part of its ``--data`` (an LSWMD table's unlabeled rows, a PNG folder's
+``unlabeled/`` subfolder) joined with every map of ``--unlabeled`` (a ``.npz`` in either layout, an ``LSWMD.pkl``,
+a PNG folder: class subfolders, ``unlabeled/`` or PNGs at its top level). Labels a pool file carries are dropped as
+it is read, so nothing downstream can read them; its class names become the labeled data's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from waferflow.data.contract import WaferDataset, concat_datasets
+from waferflow.errors import DataError
+
+
+def as_pool(ds: WaferDataset, class_names: tuple[str, ...]) -> WaferDataset:
+    """``ds``'s maps (and lots) as unlabeled maps named with ``class_names``: its labels are gone."""
+    return replace(ds, labels=None, class_names=tuple(class_names), meta={"source": ds.meta.get("source", "")})
+
+
+def read_pool(src: str | Path, class_names: tuple[str, ...], size: int | None = None, limits=None) -> WaferDataset:
+    """Every map of ``src`` as pool maps (see the module docstring), resized to ``size`` (None keeps their sizes).
+
+    Raises:
+        DataError: ``src`` cannot be read as maps (with the reader's reason), or holds none.
+    """
+    from waferflow.data.ingest import ingest
+
+    res = ingest(src, size=size, limits=limits)
+    parts = [as_pool(d, class_names) for d in (res.dataset, res.unlabeled) if d is not None and len(d)]
+    if not parts:
+        raise DataError(f"--unlabeled {src} holds no maps; give a .npz, an LSWMD.pkl or a PNG folder with maps in it")
+    return parts[0] if len(parts) == 1 else concat_datasets(parts)
+
+
+def join_pools(class_names: tuple[str, ...], *pools: WaferDataset | None) -> WaferDataset | None:
+    """The given pools as one unlabeled dataset (None when none has a map); lots are kept where every part has
+    them."""
+    parts = [as_pool(p, class_names) for p in pools if p is not None and len(p)]
+    if not parts:
+        return None
+    return parts[0] if len(parts) == 1 else concat_datasets(parts)
