@@ -32,8 +32,9 @@ def prepare_data(
         taxonomy: Synthetic taxonomy.
         seed: Generation seed (and the pool sample's).
         pool_size: The unlabeled maps are sampled to at most this many, evenly over their lots (0 = all).
-        unlabeled_source: "" or more unlabeled maps, read as ``source`` is (any labels in them are dropped): with
-            ``source``'s own unlabeled maps they form the pool (``waferflow.data.pool``).
+        unlabeled_source: "" or more unlabeled maps, read as ``source`` is (any labels in them are dropped, and
+            maps identical to one of ``source`` too): with ``source``'s own unlabeled maps they form the pool
+            (``waferflow.data.pool``).
         unlabeled_fingerprint: Content hash of ``unlabeled_source`` (the cache key follows it).
     """
     import os
@@ -47,7 +48,7 @@ def prepare_data(
             import tempfile
 
             from waferflow.data.ingest import ingest
-            from waferflow.data.pool import join_pools, read_pool
+            from waferflow.data.pool import drop_known, join_pools, read_pool
             from waferflow.orchestration.sources import fetch_source
 
             with tempfile.TemporaryDirectory(prefix="waferflow-source-") as tmp:  # a download lives only here
@@ -56,6 +57,11 @@ def prepare_data(
                 if unlabeled_source:
                     more = read_pool(str(fetch_source(unlabeled_source, os.path.join(tmp, "pool"))),
                                      labeled_ds.class_names, size=map_size or None)
+            if more is not None:  # maps also in --data (its test maps too) stay out of the pool
+                n_more = len(more)
+                more, (as_labeled, in_pool) = drop_known(more, labeled_ds, result.unlabeled)
+                rec.update(unlabeled_source={"maps": n_more, "kept": len(more), "dropped_as_labeled": as_labeled,
+                                             "dropped_already_in_pool": in_pool})
             unlabeled_ds = join_pools(labeled_ds.class_names, result.unlabeled, more)
             src = f"ingest:{source}"
         elif unlabeled_source:

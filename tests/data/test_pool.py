@@ -9,7 +9,7 @@ from PIL import Image
 
 from waferflow.data.contract import load_dataset, save_dataset
 from waferflow.data.ingest import UNLABELED_FOLDER, WM811K_CLASSES, ingest, write_ingest
-from waferflow.data.pool import join_pools, read_pool
+from waferflow.data.pool import drop_known, join_pools, read_pool
 from waferflow.data.synth import generate
 from waferflow.errors import DataError
 
@@ -49,17 +49,34 @@ def test_png_folder_one_coding_across_classes_and_pool(tmp_path):
         ingest(root)
 
 
-def test_flat_png_folder_and_unlabeled_only_folder_are_unlabeled_maps(tmp_path):
+def test_flat_and_unlabeled_only_folders_are_a_pool_but_not_data(tmp_path):
     flat = _pngs(tmp_path / "flat", 3, 0)
-    res = ingest(tmp_path / "flat")
+    # as --data, a folder without class subfolders is refused for its layout, as before
+    with pytest.raises(DataError, match="no class subfolders"):
+        ingest(tmp_path / "flat")
+    res = ingest(tmp_path / "flat", unlabeled_ok=True)
     assert not res.dataset.labeled and len(res.dataset) == 3 and res.unlabeled is None
     assert res.dataset.class_names == (UNLABELED_FOLDER,) and "unlabeled" in res.report["note"]
     assert all(np.array_equal(res.dataset.get(i), m) for i, m in enumerate(flat))
     _pngs(tmp_path / "only" / UNLABELED_FOLDER, 2, 1)
-    assert len(ingest(tmp_path / "only").dataset) == 2
+    with pytest.raises(DataError, match="no class subfolders"):
+        ingest(tmp_path / "only")
+    assert len(read_pool(tmp_path / "only", ("a", "b"), size=16)) == 2
     (tmp_path / "empty" / UNLABELED_FOLDER).mkdir(parents=True)
     with pytest.raises(DataError, match="no .png files"):
-        ingest(tmp_path / "empty")
+        read_pool(tmp_path / "empty", ("a",), size=16)
+
+
+def test_drop_known_takes_out_maps_of_the_labeled_data_and_of_the_pool(lswmd_small):
+    res = ingest(lswmd_small, size=16)
+    labeled, own = res.dataset, res.unlabeled
+    extra = generate(7, size=16, seed=5)
+    extra = extra.__class__(class_names=labeled.class_names, labels=None, maps=extra.maps)
+    pool = join_pools(labeled.class_names, labeled.subset([0, 1, 2]), own.subset([4, 5]), extra)
+    kept, dropped = drop_known(pool, labeled, own)
+    assert dropped == [3, 2] and len(kept) == 7 and np.array_equal(kept.maps, extra.maps)
+    same, none = drop_known(extra, labeled, None)
+    assert same is extra and none == [0, 0]
 
 
 def test_read_pool_drops_labels_and_takes_the_labeled_data_class_names(tmp_path, lswmd_small):
@@ -83,7 +100,7 @@ def test_read_pool_drops_labels_and_takes_the_labeled_data_class_names(tmp_path,
 
 def test_read_pool_refuses_what_holds_no_maps_or_is_not_maps(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="no class subfolders"):
+    with pytest.raises(DataError, match="no .png files in it"):
         read_pool(tmp_path / "empty", ("a",), size=16)
     (tmp_path / "notes.txt").write_text("not maps")
     with pytest.raises(DataError, match="unknown input format"):

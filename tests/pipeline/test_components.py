@@ -57,13 +57,23 @@ def test_data_component_ingests_an_npz_and_fails_cleanly_on_a_bad_path(tmp_path)
     assert not os.path.exists(bad.path)  # nothing half-written
 
 
+def _resized(ds, size):
+    from waferflow.data.contract import WaferDataset
+
+    return WaferDataset(class_names=ds.class_names, labels=ds.labels, maps=ds.resized(size))
+
+
 def test_data_component_joins_the_unlabeled_source_to_the_pool_without_its_labels(tmp_path):
     from waferflow.components.data import prepare_data
+    from waferflow.data.contract import concat_datasets
     from waferflow.data.synth import generate
 
     src, more = tmp_path / "mine.npz", tmp_path / "more.npz"
-    save_dataset(generate(30, size=24, seed=1), src)
-    save_dataset(generate(50, size=20, seed=2), more)  # labeled, other size: labels dropped, maps resized
+    mine = generate(30, size=24, seed=1)
+    save_dataset(mine, src)
+    # labeled, of another size (labels dropped, maps resized), and 10 of the labeled maps (dropped: no labeled map,
+    # test maps included, may be pseudo-labelled)
+    save_dataset(concat_datasets([_resized(generate(50, size=20, seed=2), 24), mine.subset(range(10))]), more)
     out, unl = art(dsl.Dataset, tmp_path, "dataset"), art(dsl.Dataset, tmp_path, "unlabeled")
     prepare_data.python_func(source=str(src), source_fingerprint="abc", n_maps=0, map_size=24, taxonomy="seed20",
                              seed=0, dataset=out, unlabeled=unl, pool_size=40, unlabeled_source=str(more),
@@ -73,7 +83,7 @@ def test_data_component_joins_the_unlabeled_source_to_the_pool_without_its_label
     assert len(labeled) == 30 and len(pool) == 40 and not pool.labeled  # sampled to pool_size
     assert pool.class_names == labeled.class_names and pool.resized(24).shape == (40, 24, 24)
     assert unl.metadata["unlabeled_source"] == str(more) and unl.metadata["unlabeled_fingerprint"] == "def"
-    assert unl.metadata["n"] == 40 and unl.metadata["pool"]["pool"] == 50
+    assert unl.metadata["n"] == 40 and unl.metadata["pool"]["pool"] == 50  # 60 maps, 10 of them labeled ones
 
     # an unreadable pool, or a pool without labeled maps of one's own: a clear error, nothing written
     (tmp_path / "notes.txt").write_text("not maps")

@@ -41,6 +41,10 @@ def test_data_outside_the_workdir_is_copied_in_once(tmp_path):
     # --unlabeled is staged the same way, beside the data
     p3 = stage_data(get_profile("tiny", [f"data={src}", f"unlabeled={tmp_path / 'pngs'}"]), wd)
     assert p3.data == staged and p3.unlabeled == p2.data
+    # a file changed under the same path is copied again, never served stale
+    src.write_bytes(b"y" * 10)
+    p4 = stage_data(get_profile("tiny", [f"data={src}"]), wd)
+    assert p4.data != staged and open(p4.data, "rb").read() == b"y" * 10
 
 
 def test_runner_uses_host_network_and_passes_the_launchers_settings(tmp_path, monkeypatch):

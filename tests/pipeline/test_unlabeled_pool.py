@@ -26,7 +26,6 @@ def _png_folder(root: Path, ds, labeled_idx, pool_idx) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.run_first
 @pytest.mark.timeout(1800)
 def test_run_with_a_png_folder_and_a_separate_unlabeled_file(tmp_path, capsys):
     from mlflow import MlflowClient

@@ -85,7 +85,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             "                      anything but numpy/pandas data; labeled rows go to --out, unlabeled rows\n"
             "                      to --unlabeled-out (default NAME.unlabeled.npz next to --out); lotName -> lots\n"
             "  a folder of PNGs    SRC/<class name>/*.png greyscale, one coding for all images:\n"
-            "                      raw 0/1/2, or scaled 0 off-wafer / 127 or 128 pass / 255 fail\n\n"
+            "                      raw 0/1/2, or scaled 0 off-wafer / 127 or 128 pass / 255 fail;\n"
+            "                      SRC/unlabeled/*.png are unlabeled maps and go to --unlabeled-out\n\n"
             "Without --size every map keeps its own size (variable layout); --size S resizes to SxS with\n"
             "nearest-neighbour only. Decoding is bounded (--max-decoded-mib, --max-map-pixels); PNGs must be\n"
             "real PNG files and symlinks are refused unless --allow-symlinks. All outputs are written\n"
@@ -97,7 +98,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("src", help="input .npz, .pkl or folder")
     p.add_argument("--out", required=True, help="output .npz")
     p.add_argument("--size", type=_positive_int, default=None, help="resize to SIZE x SIZE (nearest-neighbour)")
-    p.add_argument("--unlabeled-out", default=None, help="where unlabeled LSWMD rows go (default NAME.unlabeled.npz)")
+    p.add_argument("--unlabeled-out", default=None, help="where unlabeled LSWMD rows or unlabeled/ PNGs go (default NAME.unlabeled.npz)")
     p.add_argument("--max-decoded-mib", type=_positive_float, default=2048.0,
                    help="refuse inputs that decode to more than this many MiB of arrays and maps (default 2048, "
                         "enough for the whole WM-811K LSWMD.pkl)")

@@ -343,9 +343,10 @@ class IngestResult:
     """What :func:`ingest` produced.
 
     Attributes:
-        dataset: The main dataset (the labeled rows of an LSWMD table; the whole
-            input for ``.npz`` and PNG sources).
-        unlabeled: Unlabeled LSWMD rows as an unlabeled dataset, or None.
+        dataset: The main dataset (the labeled rows of an LSWMD table, the class
+            subfolders of a PNG folder; the whole input for ``.npz``).
+        unlabeled: Unlabeled LSWMD rows, or a PNG folder's ``unlabeled/`` maps, as an
+            unlabeled dataset, or None.
         report: Counts and notes about the conversion (JSON-serializable).
     """
 
@@ -597,14 +598,14 @@ def _class_dirs(root: Path, limits: DecodeLimits) -> list[Path]:
     return dirs
 
 
-def ingest_png_folder(path: str | Path, size: int | None = None, limits: DecodeLimits | None = None
-                      ) -> IngestResult:
+def ingest_png_folder(path: str | Path, size: int | None = None, limits: DecodeLimits | None = None,
+                      unlabeled_only: bool = False) -> IngestResult:
     """Read ``path/<class name>/*.png`` greyscale images; ``path/unlabeled/*.png`` are unlabeled maps.
 
     The ``unlabeled`` subfolder (:data:`UNLABELED_FOLDER`) is not a class: its maps become the result's
     ``unlabeled`` set (the pool of a pipeline run), as an LSWMD table's unlabeled rows do. A folder with no class
-    subfolders holds unlabeled maps only: those of ``unlabeled/``, or its own top-level PNGs, become the main output
-    (as an LSWMD table without labeled rows), with the placeholder class list ``['unlabeled']``.
+    subfolders is refused for its layout, unless ``unlabeled_only`` (a pool is read): then the maps of ``unlabeled/``,
+    or its own top-level PNGs, become the main output, unlabeled, with the placeholder class list ``['unlabeled']``.
 
     Grey levels are mapped back to die codes with ONE coding for the whole
     folder: ``raw`` (0/1/2 are the codes themselves) or ``scaled`` (0
@@ -621,16 +622,17 @@ def ingest_png_folder(path: str | Path, size: int | None = None, limits: DecodeL
     root = Path(path)
     dirs = _class_dirs(root, limits)
     class_dirs = [d for d in dirs if d.name != UNLABELED_FOLDER]
+    if not class_dirs and not unlabeled_only:
+        raise DataError(f"{root} has no class subfolders; lay it out as {root}/<class name>/<map>.png "
+                        f"(unlabeled maps in {root}/{UNLABELED_FOLDER}/)")
     pool_dirs = [d for d in dirs if d.name == UNLABELED_FOLDER] or ([] if class_dirs else [root])
     budget = limits.budget(str(root))
     groups = [_png_files(d, root, limits) for d in class_dirs]
     pool_files = [f for d in pool_dirs for f in _png_files(d, root, limits)]
     files = [f for g in groups for f in g] + pool_files
     if not files:
-        if not dirs:
-            raise DataError(f"{root} has no class subfolders; lay it out as {root}/<class name>/<map>.png "
-                            f"(unlabeled maps in {root}/{UNLABELED_FOLDER}/)")
-        raise DataError(f"{root}: no .png files in the subfolders {[d.name for d in dirs]}")
+        where = f"the subfolders {[d.name for d in dirs]}" if dirs else "it"
+        raise DataError(f"{root}: no .png files in {where}")
     raw_maps = []
     for f in files:
         img = _read_png(f, limits, budget)
@@ -695,7 +697,8 @@ def detect_format(src: str | Path) -> str:
     raise DataError(f"{p}: unknown input format; expected a .npz, an LSWMD .pkl or a folder of PNGs per class")
 
 
-def ingest(src: str | Path, size: int | None = None, limits: DecodeLimits | None = None) -> IngestResult:
+def ingest(src: str | Path, size: int | None = None, limits: DecodeLimits | None = None,
+           unlabeled_ok: bool = False) -> IngestResult:
     """Convert ``src`` (a dataset .npz, an LSWMD.pkl or a PNG folder) to the data contract.
 
     Args:
@@ -703,6 +706,8 @@ def ingest(src: str | Path, size: int | None = None, limits: DecodeLimits | None
         size: Resize every map to ``size`` x ``size`` with nearest-neighbour;
             None keeps each map's own size (variable layout).
         limits: Decoding bounds (:class:`DecodeLimits`); the defaults admit the whole WM-811K table.
+        unlabeled_ok: A PNG folder without class subfolders is read as unlabeled maps (a pool) instead of
+            being refused for its layout.
 
     Returns:
         An :class:`IngestResult`; nothing is written.
@@ -714,8 +719,9 @@ def ingest(src: str | Path, size: int | None = None, limits: DecodeLimits | None
     limits = limits or DecodeLimits()
     fmt = detect_format(src)
     reader = {"npz": ingest_npz, "lswmd": ingest_lswmd, "png": ingest_png_folder}[fmt]
+    options = {"unlabeled_only": True} if unlabeled_ok and fmt == "png" else {}
     try:
-        result = reader(src, size=size, limits=limits)
+        result = reader(src, size=size, limits=limits, **options)
         result.dataset.validate()
         if result.unlabeled is not None:
             result.unlabeled.validate()

@@ -3,16 +3,20 @@
 A run's pool is the unlabeled part of its ``--data`` (an LSWMD table's unlabeled rows, a PNG folder's
 ``unlabeled/`` subfolder) joined with every map of ``--unlabeled`` (a ``.npz`` in either layout, an ``LSWMD.pkl``,
 a PNG folder: class subfolders, ``unlabeled/`` or PNGs at its top level). Labels a pool file carries are dropped as
-it is read, so nothing downstream can read them; its class names become the labeled data's.
+it is read, so nothing downstream can read them; its class names become the labeled data's. Maps of
+``--unlabeled`` identical to a labeled map (its validation and test maps too) or to a map already in the pool are
+dropped (:func:`drop_known`), so passing a file that overlaps ``--data`` cannot put held-out maps into the pool.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
 from waferflow.data.contract import WaferDataset, concat_datasets
-from waferflow.errors import DataError
 
 
 def as_pool(ds: WaferDataset, class_names: tuple[str, ...]) -> WaferDataset:
@@ -28,11 +32,30 @@ def read_pool(src: str | Path, class_names: tuple[str, ...], size: int | None = 
     """
     from waferflow.data.ingest import ingest
 
-    res = ingest(src, size=size, limits=limits)
+    res = ingest(src, size=size, limits=limits, unlabeled_ok=True)  # ingest refuses an input without maps
     parts = [as_pool(d, class_names) for d in (res.dataset, res.unlabeled) if d is not None and len(d)]
-    if not parts:
-        raise DataError(f"--unlabeled {src} holds no maps; give a .npz, an LSWMD.pkl or a PNG folder with maps in it")
     return parts[0] if len(parts) == 1 else concat_datasets(parts)
+
+
+def drop_known(pool: WaferDataset, *known: WaferDataset | None) -> tuple[WaferDataset, list[int]]:
+    """``pool`` without the maps identical (shape and every die) to a map of ``known`` (e.g. the labeled data,
+    whose validation and test maps must not be pseudo-labelled, and the data's own pool), and how many maps each of
+    ``known`` took out (a map found in several counts for the first)."""
+    seen = [{_map_key(m) for m in k} if k is not None else set() for k in known]
+    dropped = [0] * len(known)
+    keep = []
+    for i, m in enumerate(pool):
+        key = _map_key(m)
+        hit = next((j for j, s in enumerate(seen) if key in s), None)
+        if hit is None:
+            keep.append(i)
+        else:
+            dropped[hit] += 1
+    return (pool if len(keep) == len(pool) else pool.subset(keep)), dropped
+
+
+def _map_key(m: np.ndarray) -> bytes:
+    return hashlib.sha256(repr(m.shape).encode() + np.ascontiguousarray(m, dtype=np.uint8).tobytes()).digest()
 
 
 def join_pools(class_names: tuple[str, ...], *pools: WaferDataset | None) -> WaferDataset | None:

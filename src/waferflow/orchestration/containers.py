@@ -63,11 +63,14 @@ def stage_data(profile: Profile, wd: Path) -> Profile:
 
 
 def _stage_input(path: str, wd: Path) -> str:
-    """``path`` copied under ``wd/inputs/<hash of the path>/`` (once; a partial copy never takes its place)."""
+    """``path`` copied under ``wd/inputs/<hash of the path and its content>/`` (once per content: a file changed
+    under the same path is copied again; a partial copy never takes its place)."""
+    from waferflow.orchestration.sources import fingerprint
+
     src = Path(path).expanduser().resolve()
     if wd in src.parents:
         return path
-    key = hashlib.sha256(str(src).encode()).hexdigest()[:12]
+    key = hashlib.sha256(f"{src}\n{fingerprint(src)}".encode()).hexdigest()[:12]
     dst = wd / "inputs" / key / src.name
     if not dst.exists():
         tmp = dst.with_name(dst.name + ".partial")

@@ -9,7 +9,6 @@ environment the task subprocesses inherit (``MLFLOW_TRACKING_URI`` and friends) 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import logging
@@ -24,8 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from waferflow.errors import ConfigError, DataError, WaferflowError
+from waferflow.errors import ConfigError, WaferflowError
 from waferflow.orchestration.runtime import RUN_DIR_ENV, STAGE_LOG_ENV
+from waferflow.orchestration.sources import fingerprint
 from waferflow.profiles import Profile
 from waferflow.selection import candidate_name
 
@@ -54,25 +54,6 @@ class RunResult:
     champion: str | None = None
     wall_seconds: float = 0.0
     tracking_uri: str = ""
-
-
-def fingerprint(path: str | os.PathLike, flag: str = "--data") -> str:
-    """sha256 of a file's bytes, or of a folder's relative paths and file bytes (sorted), for cache keys.
-
-    Raises:
-        DataError: The path does not exist (the message names ``flag``).
-    """
-    p = Path(path)
-    if not p.exists():
-        raise DataError(f"{flag} {p} does not exist; give a .npz, an LSWMD.pkl or a folder of PNGs per class")
-    h = hashlib.sha256()
-    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
-    for f in files:
-        h.update(str(f.relative_to(p) if p.is_dir() else f.name).encode())
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
 
 
 def embedded_tracking_uri(workdir: Path) -> str:

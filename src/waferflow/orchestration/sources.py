@@ -12,6 +12,7 @@ No kfp import here.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -140,3 +141,22 @@ def publish_retrain_inputs(plan: dict, run_id: str, tracking_uri: str) -> dict:
             client.log_artifact(run_id, str(p), artifact_path="retrain")
         out[key] = f"runs:/{run_id}/retrain/{p.name}"
     return out
+
+
+def fingerprint(path: str | os.PathLike, flag: str = "--data") -> str:
+    """sha256 of a file's bytes, or of a folder's relative paths and file bytes (sorted), for cache keys.
+
+    Raises:
+        DataError: The path does not exist (the message names ``flag``).
+    """
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{flag} {p} does not exist; give a .npz, an LSWMD.pkl or a folder of PNGs per class")
+    h = hashlib.sha256()
+    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
+    for f in files:
+        h.update(str(f.relative_to(p) if p.is_dir() else f.name).encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
