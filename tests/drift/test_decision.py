@@ -115,6 +115,34 @@ def test_unlabeled_maps_go_to_adaptive_bn_and_to_label(tmp_path, tiny_model, tin
     assert np.allclose(adapted.conv1.weight.detach().numpy(), orig.conv1.weight.detach().numpy())
 
 
+def test_unlabeled_maps_are_the_pool_of_a_retrain_with_data(tmp_path, tiny_model, tiny_reference, shifted_unlabeled,
+                                                             launcher, monkeypatch):
+    from waferflow.cli.drift import make_launcher
+    from waferflow.data.synth import generate
+
+    base = tmp_path / "base.npz"
+    save_dataset(generate(50, size=32, seed=9), base)
+    d = _check(tmp_path, shifted_unlabeled, tiny_model[0], launcher=launcher, retrain=True, train_data=base)
+    plan = launcher.calls[0]
+    assert plan.data == str(base.resolve()) and plan.pretrained.endswith("adapted_champion")
+    pool = load_dataset(plan.unlabeled)
+    assert plan.unlabeled.endswith("retrain_pool.npz") and len(pool) == 200 and not pool.labeled
+    assert d["retrain_plan"]["unlabeled"] == plan.unlabeled
+    # the retrain's profile carries it as its pool (kfp.local here; on a cluster it is uploaded as data is)
+    import waferflow.orchestration.local as orchestration_local
+
+    seen = {}
+
+    def fake_run_local(profile, **kw):
+        seen["profile"] = profile
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(orchestration_local, "run_local", fake_run_local)
+    with pytest.raises(KeyboardInterrupt):
+        make_launcher("tiny", [], tmp_path / "wd")(plan)
+    assert seen["profile"].unlabeled == plan.unlabeled and seen["profile"].data == plan.data
+
+
 # ----------------------------------------------------------------------------- bad input: error, no retrain
 def test_empty_batch(tmp_path, tiny_model, tiny_reference, launcher):
     p = tmp_path / "empty.npz"

@@ -57,7 +57,12 @@ def test_retrain_inputs_are_handed_over_as_mlflow_uris_that_another_pod_reads(tm
     model.mkdir(parents=True)
     np.savez(data, maps=np.zeros((2, 4, 4), np.uint8))
     (model / "model.json").write_text("{}")
-    plan = publish_retrain_inputs({"data": str(data), "pretrained": str(model), "notes": ["n"]}, run_id, uri)
+    pool = tmp_path / "drift_pod" / "retrain_pool.npz"
+    np.savez(pool, maps=np.ones((3, 4, 4), np.uint8))
+    plan = publish_retrain_inputs({"data": str(data), "pretrained": str(model), "unlabeled": str(pool),
+                                   "notes": ["n"]}, run_id, uri)
+    assert plan["unlabeled"] == f"runs:/{run_id}/retrain/retrain_pool.npz"
+    assert np.load(fetch_source(plan["unlabeled"], tmp_path / "pool_pod", tracking_uri=uri))["maps"].shape == (3, 4, 4)
     assert plan["data"] == f"runs:/{run_id}/retrain/retrain_data.npz"
     assert plan["pretrained"] == f"runs:/{run_id}/retrain/adapted_champion"
     assert plan["notes"] == ["n"] and all(is_remote(plan[k]) for k in ("data", "pretrained"))

@@ -137,6 +137,8 @@ def make_launcher(profile: str, overrides: list[str], workdir: str | Path, host:
             ov.append(f"data={plan.data}")
         if plan.pretrained:
             ov.append(f"pretrained={plan.pretrained}")
+        if plan.unlabeled:
+            ov.append(f"unlabeled={plan.unlabeled}")
         return get_profile(profile, ov)
 
     if host:

@@ -3,7 +3,9 @@
 * Labeled new maps join the training data (``retrain_data.npz``: the base training data, when given, plus the
   new maps).
 * Unlabeled new maps go to adaptive BN: the champion's BN statistics are re-estimated on them and the adapted
-  champion (``adapted_champion/``) becomes the retrain's pretrained source. They are also listed "to label".
+  champion (``adapted_champion/``) becomes the retrain's pretrained source. They are also listed "to label", and
+  when the retrain has data of its own they are its unlabeled pool (``retrain_pool.npz``: self-training and the
+  label queue read it).
 
 The launch itself is done by a callable (the kfp.local launcher ``waferflow.orchestration.local.run_local`` or a
 kfp.Client submitter), so this module never imports kfp.
@@ -84,10 +86,12 @@ def _refuse_empty_npz(p: Path) -> None:
 
 @dataclass
 class RetrainPlan:
-    """What the retrain gets: its data (\"\" = the profile's default) and its pretrained source (\"\" = default)."""
+    """What the retrain gets: its data (\"\" = the profile's default), its pretrained source (\"\" = default) and,
+    with data, the new unlabeled maps as its pool (\"\" = none)."""
 
     data: str = ""
     pretrained: str = ""
+    unlabeled: str = ""
     notes: list[str] = field(default_factory=list)
 
 
@@ -131,4 +135,9 @@ def plan_retrain(batch: Batch, model: Any, spec: Any, out_dir: str | os.PathLike
         plan.notes.append(f"{len(batch.unlabeled)} unlabeled new maps re-estimated the champion's BN statistics "
                           f"({rep['n_layers']} layers) -> {adir}, the retrain's starting weights; they are listed "
                           "to label in to_label.csv")
+        if plan.data:  # a run on one's own maps: they are its pool too (self-training, the label queue)
+            pool = out / "retrain_pool.npz"
+            save_dataset(batch.unlabeled, pool, source=f"drift retrain pool: {batch.source}")
+            plan.unlabeled = str(pool)
+            plan.notes.append(f"they are also the retrain's unlabeled pool -> {pool}")
     return plan

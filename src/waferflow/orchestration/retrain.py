@@ -37,13 +37,14 @@ def submit_training(host: str, profile: Profile, namespace: str | None = None, r
 def retrain_profile(plan: Mapping[str, Any], profile: str, overrides: Sequence[str],
                     cluster: Mapping[str, Any]) -> Profile:
     """The training profile a retrain plan asks for: ``profile`` with the drift monitor's own cluster options,
-    the user's ``key=value`` overrides, and the plan's ``data`` and ``pretrained`` when it names them."""
+    the user's ``key=value`` overrides, and the plan's ``data``, ``pretrained`` and ``unlabeled`` when it names
+    them."""
     from waferflow.config import parse_override
     from waferflow.profiles import get_profile
 
     ov: dict[str, Any] = {f"cluster.{k}": v for k, v in dict(cluster).items()}
     ov.update(parse_override(item) for item in overrides)
-    for key in ("data", "pretrained"):
+    for key in ("data", "pretrained", "unlabeled"):
         if plan.get(key):
             ov[key] = plan[key]
     return get_profile(profile, ov)

@@ -119,18 +119,20 @@ def publish_retrain_inputs(plan: dict, run_id: str, tracking_uri: str) -> dict:
     tracking server instead (``fetch_source`` for the data, the weights loader for the pretrained model).
 
     Args:
-        plan: ``{"data": path or "", "pretrained": path or "", ...}`` (``decision.json``'s ``retrain_plan``).
+        plan: ``{"data": path or "", "pretrained": path or "", "unlabeled": path or "", ...}`` (``decision.json``'s
+            ``retrain_plan``).
         run_id: The drift decision's MLflow run.
         tracking_uri: MLflow URI.
 
     Returns:
-        The plan with ``data`` and ``pretrained`` replaced by MLflow URIs (URIs given as input stay).
+        The plan with ``data``, ``pretrained`` and ``unlabeled`` replaced by MLflow URIs (URIs given as input
+        stay).
     """
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri)
     out = dict(plan)
-    for key in ("data", "pretrained"):
+    for key in ("data", "pretrained", "unlabeled"):
         path = plan.get(key) or ""
         if not path or is_remote(path):
             continue
