@@ -107,6 +107,9 @@ def test_read_pool_refuses_what_holds_no_maps_or_is_not_maps(tmp_path):
         read_pool(tmp_path / "notes.txt", ("a",), size=16)
     with pytest.raises(DataError, match="does not exist"):
         read_pool(tmp_path / "missing.npz", ("a",), size=16)
+    np.savez(tmp_path / "none.npz", maps=np.zeros((0, 8, 8), np.uint8), class_names=np.array(["a"]))
+    with pytest.raises(DataError, match="none.npz"):  # an empty file is refused, naming it
+        read_pool(tmp_path / "none.npz", ("a",), size=16)
 
 
 def test_join_pools_joins_what_has_maps(lswmd_small):

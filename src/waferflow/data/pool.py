@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from waferflow.data.contract import WaferDataset, concat_datasets
+from waferflow.errors import DataError
 
 
 def as_pool(ds: WaferDataset, class_names: tuple[str, ...]) -> WaferDataset:
@@ -32,8 +33,10 @@ def read_pool(src: str | Path, class_names: tuple[str, ...], size: int | None = 
     """
     from waferflow.data.ingest import ingest
 
-    res = ingest(src, size=size, limits=limits, unlabeled_ok=True)  # ingest refuses an input without maps
+    res = ingest(src, size=size, limits=limits, unlabeled_ok=True)
     parts = [as_pool(d, class_names) for d in (res.dataset, res.unlabeled) if d is not None and len(d)]
+    if not parts:  # e.g. an .npz with no maps in it
+        raise DataError(f"--unlabeled {src} holds no maps; give a .npz, an LSWMD.pkl or a PNG folder with maps in it")
     return parts[0] if len(parts) == 1 else concat_datasets(parts)
 
 
