@@ -129,17 +129,12 @@ def _cfg(args):
 def make_launcher(profile: str, overrides: list[str], workdir: str | Path, host: str | None = None,
                   namespace: str | None = None, out=None):
     """A launcher ``plan -> dict`` for the training pipeline: kfp.local here, or kfp.Client on ``host``."""
-    from waferflow.profiles import get_profile
+    import dataclasses
+
+    from waferflow.orchestration.retrain import retrain_profile
 
     def profile_for(plan) -> object:
-        ov = list(overrides)
-        if plan.data:
-            ov.append(f"data={plan.data}")
-        if plan.pretrained:
-            ov.append(f"pretrained={plan.pretrained}")
-        if plan.unlabeled:
-            ov.append(f"unlabeled={plan.unlabeled}")
-        return get_profile(profile, ov)
+        return retrain_profile(dataclasses.asdict(plan), profile, overrides, cluster={})
 
     if host:
         def launch_cluster(plan) -> dict:

@@ -40,11 +40,12 @@ def retrain_profile(plan: Mapping[str, Any], profile: str, overrides: Sequence[s
     the user's ``key=value`` overrides, and the plan's ``data``, ``pretrained`` and ``unlabeled`` when it names
     them."""
     from waferflow.config import parse_override
+    from waferflow.orchestration.sources import RETRAIN_INPUTS
     from waferflow.profiles import get_profile
 
     ov: dict[str, Any] = {f"cluster.{k}": v for k, v in dict(cluster).items()}
     ov.update(parse_override(item) for item in overrides)
-    for key in ("data", "pretrained", "unlabeled"):
+    for key in RETRAIN_INPUTS:
         if plan.get(key):
             ov[key] = plan[key]
     return get_profile(profile, ov)

@@ -19,6 +19,8 @@ from typing import Any
 
 from waferflow.errors import DataError
 
+#: the files of a drift decision's retrain plan that the retrain reads (profile keys of the same names)
+RETRAIN_INPUTS = ("data", "pretrained", "unlabeled")
 S3_PREFIX = "s3://"
 MLFLOW_PREFIXES = ("runs:/", "models:/", "mlflow-artifacts:/")
 
@@ -132,7 +134,7 @@ def publish_retrain_inputs(plan: dict, run_id: str, tracking_uri: str) -> dict:
 
     client = MlflowClient(tracking_uri)
     out = dict(plan)
-    for key in ("data", "pretrained", "unlabeled"):
+    for key in RETRAIN_INPUTS:
         path = plan.get(key) or ""
         if not path or is_remote(path):
             continue
