@@ -599,12 +599,12 @@ def _class_dirs(root: Path, limits: DecodeLimits) -> list[Path]:
 
 
 def ingest_png_folder(path: str | Path, size: int | None = None, limits: DecodeLimits | None = None,
-                      unlabeled_only: bool = False) -> IngestResult:
+                      unlabeled_ok: bool = False) -> IngestResult:
     """Read ``path/<class name>/*.png`` greyscale images; ``path/unlabeled/*.png`` are unlabeled maps.
 
     The ``unlabeled`` subfolder (:data:`UNLABELED_FOLDER`) is not a class: its maps become the result's
     ``unlabeled`` set (the pool of a pipeline run), as an LSWMD table's unlabeled rows do. A folder with no class
-    subfolders is refused for its layout, unless ``unlabeled_only`` (a pool is read): then the maps of ``unlabeled/``,
+    subfolders is refused for its layout, unless ``unlabeled_ok`` (a pool is read): then the maps of ``unlabeled/``,
     or its own top-level PNGs, become the main output, unlabeled, with the placeholder class list ``['unlabeled']``.
 
     Grey levels are mapped back to die codes with ONE coding for the whole
@@ -622,7 +622,7 @@ def ingest_png_folder(path: str | Path, size: int | None = None, limits: DecodeL
     root = Path(path)
     dirs = _class_dirs(root, limits)
     class_dirs = [d for d in dirs if d.name != UNLABELED_FOLDER]
-    if not class_dirs and not unlabeled_only:
+    if not class_dirs and not unlabeled_ok:
         raise DataError(f"{root} has no class subfolders; lay it out as {root}/<class name>/<map>.png "
                         f"(unlabeled maps in {root}/{UNLABELED_FOLDER}/)")
     pool_dirs = [d for d in dirs if d.name == UNLABELED_FOLDER] or ([] if class_dirs else [root])
@@ -719,7 +719,7 @@ def ingest(src: str | Path, size: int | None = None, limits: DecodeLimits | None
     limits = limits or DecodeLimits()
     fmt = detect_format(src)
     reader = {"npz": ingest_npz, "lswmd": ingest_lswmd, "png": ingest_png_folder}[fmt]
-    options = {"unlabeled_only": True} if unlabeled_ok and fmt == "png" else {}
+    options = {"unlabeled_ok": True} if unlabeled_ok and fmt == "png" else {}
     try:
         result = reader(src, size=size, limits=limits, **options)
         result.dataset.validate()

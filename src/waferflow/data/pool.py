@@ -34,10 +34,10 @@ def read_pool(src: str | Path, class_names: tuple[str, ...], size: int | None = 
     from waferflow.data.ingest import ingest
 
     res = ingest(src, size=size, limits=limits, unlabeled_ok=True)
-    parts = [as_pool(d, class_names) for d in (res.dataset, res.unlabeled) if d is not None and len(d)]
-    if not parts:  # e.g. an .npz with no maps in it
+    pool = join_pools(class_names, res.dataset, res.unlabeled)
+    if pool is None:  # the readers refuse inputs without maps; this guards a reader that one day does not
         raise DataError(f"--unlabeled {src} holds no maps; give a .npz, an LSWMD.pkl or a PNG folder with maps in it")
-    return parts[0] if len(parts) == 1 else concat_datasets(parts)
+    return pool
 
 
 def drop_known(pool: WaferDataset, *known: WaferDataset | None) -> tuple[WaferDataset, list[int]]:
