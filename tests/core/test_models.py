@@ -48,6 +48,30 @@ def test_pretrained_never_silently_random():
     assert not torch.equal(rand.state_dict()["conv_stem.weight"], sd["conv_stem.weight"])
 
 
+def test_drop_path_skips_blocks_in_training_only():
+    from waferflow.errors import ConfigError
+    from waferflow.train.config import TrainConfig
+
+    base, _ = create_model("tf_efficientnet_lite0", 5, pretrained="offline", input_size=32)
+    model, spec = create_model("tf_efficientnet_lite0", 5, pretrained="offline", input_size=32, drop_path_rate=0.3)
+    assert spec.weights_source.startswith("offline:")
+    ref = base.state_dict()
+    for k, v in model.state_dict().items():  # the same pretrained tensors: stochastic depth adds no parameters
+        if not k.startswith("classifier."):
+            assert torch.equal(v, ref[k]), k
+    rates = [float(m.drop_prob) for m in model.modules() if type(m).__name__ == "DropPath"]
+    assert rates and 0.25 < max(rates) < 0.3 and min(rates) < 0.05  # rising with depth towards the rate
+    assert not any(type(m).__name__ == "DropPath" for m in base.modules())
+    model.classifier.load_state_dict(base.classifier.state_dict())
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), base.eval()(x))  # inference is unchanged
+        torch.manual_seed(0)
+        assert not torch.equal(model.train()(x), base.train()(x))
+    with pytest.raises(ConfigError, match="drop_path_rate"):
+        TrainConfig(drop_path_rate=1.0)
+
+
 def test_in_chans_1_sums_stem():
     model, spec = create_model("tf_efficientnet_lite0", 3, pretrained="offline", in_chans=1, input_size=32)
     ref = offline_state_dict("tf_efficientnet_lite0").state_dict["conv_stem.weight"]

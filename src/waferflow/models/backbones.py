@@ -79,6 +79,7 @@ def create_model(
     rotation_invariant: bool = False,
     tracking_uri: str | None = None,
     drop_rate: float | None = None,
+    drop_path_rate: float = 0.0,
 ):
     """Build a timm backbone with ``num_classes`` outputs and load its weights.
 
@@ -95,6 +96,7 @@ def create_model(
         taxonomy, rotation_invariant: Recorded in the spec.
         tracking_uri: MLflow tracking URI for MLflow sources.
         drop_rate: Optional classifier dropout.
+        drop_path_rate: Stochastic depth in training (0 = off; timm's ``drop_path_rate``).
 
     Returns:
         ``(model, ModelSpec)``; the spec's ``weights_source`` says where the weights came from.
@@ -117,6 +119,8 @@ def create_model(
     kw = {"num_classes": num_classes, "in_chans": in_chans}
     if drop_rate is not None:
         kw["drop_rate"] = drop_rate
+    if drop_path_rate:
+        kw["drop_path_rate"] = drop_path_rate
     src = str(pretrained)
     if src == "none":
         model, source, extra = timm.create_model(backbone, pretrained=False, **kw), "random", {}

@@ -61,6 +61,8 @@ class TrainConfig:
             not mix (the log says so). The history's ``train_loss`` is then the mixed loss. 0 = off; e.g. 0.2.
         balanced_sampler: Sample training maps with probability inverse to their class frequency.
         drop_rate: Dropout before the classifier.
+        drop_path_rate: Stochastic depth (timm's ``drop_path_rate``): the probability that a residual block is
+            skipped for a training map rises with depth towards this rate; 0 = off. Inference is unchanged.
         augment: Batched, label-preserving augmentation on/off.
         symmetries: auto (from the taxonomy / WM-811K class names) | none | a comma list of
             hflip,vflip,rot90,rot180.
@@ -130,6 +132,7 @@ class TrainConfig:
     mixup_alpha: float = 0.0
     balanced_sampler: bool = False
     drop_rate: float = 0.2
+    drop_path_rate: float = 0.0
     augment: bool = True
     symmetries: str = "auto"
     die_noise: float = 0.01
@@ -173,6 +176,7 @@ class TrainConfig:
             (self.steps >= 0, f"steps must be >= 0, got {self.steps}"),
             (not (self.steps and self.epochs), f"set either epochs ({self.epochs}) or steps ({self.steps}), not both"),
             (self.min_epochs >= 0, f"min_epochs must be >= 0 (0 = off), got {self.min_epochs}"),
+            (0.0 <= self.drop_path_rate < 1.0, f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}"),
             (not self.min_epochs or self.steps, f"min_epochs={self.min_epochs} raises a step budget; set steps as "
                                                 "well (or epochs alone, without min_epochs)"),
             (self.patience_steps >= 0, f"patience_steps must be >= 0, got {self.patience_steps}"),

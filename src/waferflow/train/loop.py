@@ -143,7 +143,7 @@ class _Run:
         self.model, self.spec = create_model(
             cfg.backbone, self.k, pretrained=source, in_chans=cfg.in_chans, input_size=cfg.input_size or None,
             class_names=self.class_names, taxonomy=self.taxonomy, rotation_invariant="rot90" in self.syms,
-            tracking_uri=tracking_uri, drop_rate=cfg.drop_rate,
+            tracking_uri=tracking_uri, drop_rate=cfg.drop_rate, drop_path_rate=cfg.drop_path_rate,
         )
         self.spec = self.spec.replace(strategy=cfg.strategy, data_hash=dataset_hash(train_ds))
         self.model.to(self.device)
