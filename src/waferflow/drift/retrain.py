@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from waferflow.data.contract import WaferDataset, concat_datasets, load_dataset, save_dataset
+from waferflow.data.pool import join_pools
 from waferflow.errors import DataError
 
 
@@ -40,12 +41,7 @@ class Batch:
             raise DataError(f"{self.source} holds no wafer maps; pass a file with at least one map")
         if len(parts) == 1:
             return parts[0]
-        return concat_datasets([_unlabeled(p) for p in parts])
-
-
-def _unlabeled(ds: WaferDataset) -> WaferDataset:
-    return WaferDataset(class_names=ds.class_names, labels=None, maps=ds.maps, maps_flat=ds.maps_flat,
-                        shapes=ds.shapes, offsets=ds.offsets, lots=ds.lots, meta=dict(ds.meta))
+        return join_pools(parts[0].class_names, *parts)
 
 
 def load_batch(path: str | os.PathLike) -> Batch:
