@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -50,7 +51,9 @@ def _add_retrain(p: argparse.ArgumentParser) -> None:
                    help="base training data (.npz) that labeled new maps join (default: the new maps alone)")
     g.add_argument("--host", default=None,
                    help="Kubeflow Pipelines host: submit the retrain there with kfp.Client (default: run it "
-                        "here through kfp.local)")
+                        "here through kfp.local); its inputs go to the pods through the decision's MLflow run, so "
+                        "the tracking store must be a server (--tracking-uri or $MLFLOW_TRACKING_URI); the profile "
+                        "takes $WAFERFLOW_SET's overrides, then --set's")
     g.add_argument("--namespace", default=None, help="Kubeflow namespace for --host")
 
 
@@ -98,7 +101,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--max-rows", type=int, default=5000, help="sample at most this many maps (default 5000)")
     r.add_argument("--store-run", default=None, metavar="RUN_ID",
                    help="also log it as the drift_reference/ artifact of this MLflow run (the model version's)")
-    r.add_argument("--tracking-uri", default=None, help="MLflow tracking URI for --store-run")
+    r.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI for --store-run (default: $MLFLOW_TRACKING_URI, else ./mlflow.db, "
+                        "else the store of `waferflow run`, ./waferflow_runs/mlflow.db)")
     r.set_defaults(func=_cmd_reference)
 
     d = sub.add_parser("demo", help="demonstrations on this machine", formatter_class=fmt)
@@ -128,22 +133,29 @@ def _cfg(args):
 
 def make_launcher(profile: str, overrides: list[str], workdir: str | Path, host: str | None = None,
                   namespace: str | None = None, out=None):
-    """A launcher ``plan -> dict`` for the training pipeline: kfp.local here, or kfp.Client on ``host``."""
+    """A launcher ``plan -> dict`` for the training pipeline: kfp.local here, or kfp.Client on ``host``.
+
+    On a cluster the retrain's pods cannot read this machine's disk: the plan's local files are logged as artifacts
+    of the drift decision's MLflow run and handed over as ``runs:/`` URIs (as the drift-monitor pipeline does), and
+    the profile takes ``WAFERFLOW_SET``'s overrides before ``overrides``, as ``waferflow submit`` does.
+    """
     import dataclasses
 
     from waferflow.orchestration.retrain import retrain_profile
 
-    def profile_for(plan) -> object:
-        return retrain_profile(dataclasses.asdict(plan), profile, overrides, cluster={})
-
     if host:
+        from waferflow.cli.pipeline import env_overrides
+
+        cluster_overrides = env_overrides(os.environ.get("WAFERFLOW_SET", "")) + list(overrides)
+
         def launch_cluster(plan) -> dict:
             from waferflow.orchestration.retrain import submit_training
 
-            prof = profile_for(plan)
-            if plan.pretrained or (plan.data and not plan.data.startswith(("s3://", "gs://", "/mnt"))):
-                print("[waferflow] note: the retrain's data/pretrained paths must be readable by the cluster's "
-                      "pipeline pods (shared volume or object store)", file=out or sys.stdout)
+            inputs = _cluster_inputs(plan)
+            print(f"[waferflow] retrain inputs: data={inputs.get('data') or '(profile default)'} "
+                  f"pretrained={inputs.get('pretrained') or '(profile default)'} "
+                  f"unlabeled={inputs.get('unlabeled') or '(none)'}", file=out or sys.stdout)
+            prof = retrain_profile(inputs, profile, cluster_overrides, cluster={})
             return submit_training(host, prof, namespace=namespace)
 
         return launch_cluster
@@ -151,12 +163,42 @@ def make_launcher(profile: str, overrides: list[str], workdir: str | Path, host:
     def launch_local(plan) -> dict:
         from waferflow.orchestration.local import run_local
 
-        res = run_local(profile_for(plan), workdir=workdir, out=out)
+        res = run_local(retrain_profile(dataclasses.asdict(plan), profile, overrides, cluster={}), workdir=workdir,
+                        out=out)
         return {"where": "kfp.local", "run_dir": str(res.run_dir), "champion": res.champion,
                 "version": res.summary.get("version"),
                 "wall_seconds": res.wall_seconds}
 
     return launch_local
+
+
+def _cluster_inputs(plan) -> dict:
+    """The plan's inputs as the cluster's pods can read them: local files become ``runs:/`` URIs of the drift run.
+
+    Raises:
+        ConfigError: Local files, but the decision was not logged to MLflow.
+    """
+    import dataclasses
+
+    from waferflow.orchestration.sources import RETRAIN_INPUTS, is_remote, publish_retrain_inputs
+
+    inputs = dataclasses.asdict(plan)
+    if not [k for k in RETRAIN_INPUTS if inputs.get(k) and not is_remote(inputs[k])]:
+        return inputs
+    if not plan.drift_run:
+        raise ConfigError("a cluster retrain reads its inputs through the drift decision's MLflow run, and this "
+                          "decision was not logged; log it (the default) to a tracking server the cluster uses")
+    return publish_retrain_inputs(inputs, plan.drift_run, plan.tracking_uri)
+
+
+def _refuse_local_store_for_cluster(args) -> None:
+    """``--host``: the retrain's pods read its inputs through MLflow, so the store must be a server, not this disk."""
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or ""
+    if not uri or uri.split(":", 1)[0] in ("sqlite", "file") or uri.startswith(("/", ".", "~")):
+        where = uri or f"the embedded store under {args.workdir}"
+        raise ConfigError(f"--host: the cluster's pods read the retrain's inputs through MLflow, and {where} is a "
+                          "store on this machine's disk; pass --tracking-uri (or set MLFLOW_TRACKING_URI to) the "
+                          "tracking server your cluster uses")
 
 
 def _cmd_drift(args) -> int:
@@ -165,6 +207,8 @@ def _cmd_drift(args) -> int:
     cfg = _cfg(args)
     if not args.retrain and (args.host or args.train_data or args.overrides):
         raise ConfigError("--host/--train-data/--set only apply with --retrain; add --retrain or drop them")
+    if args.host:
+        _refuse_local_store_for_cluster(args)
     launcher = make_launcher(args.profile, args.overrides, args.workdir, args.host, args.namespace) \
         if args.retrain else None
     d = run_drift_check(args.current, args.out, model=args.model, reference=args.reference, cfg=cfg,
@@ -196,13 +240,16 @@ def _print_decision(d: dict, out=None) -> None:
 def _cmd_reference(args) -> int:
     from waferflow.drift.reference import build_reference
 
+    uri = None
+    if args.store_run:  # the store `waferflow run` and the registry commands use; a missing one is refused first
+        from waferflow.cli.registry import store_uri
+
+        uri = store_uri(args)
     out = build_reference(args.model, args.data, args.out, max_rows=args.max_rows, holdout=args.holdout)
     print(f"drift reference written to {out}")
     if args.store_run:
         from waferflow.drift.store import store_reference
-        from waferflow.tracking import resolve_tracking_uri
 
-        uri = resolve_tracking_uri(args.tracking_uri)
         store_reference(uri, args.store_run, out)
         print(f"stored as artifact drift_reference/ of run {args.store_run} ({uri})")
     return 0

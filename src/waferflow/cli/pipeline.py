@@ -16,7 +16,7 @@ _RUN_EPILOG = """examples:
   waferflow run --data labeled.npz --unlabeled pool.npz   # labeled maps, and unlabeled ones as the pool (a PNG
                                                   # folder's unlabeled/ subfolder is its pool too)
   waferflow run --data labeled.npz --set 'source={}' --set 'source_strategies=[]'   # ImageNet-only candidates
-  waferflow run --profile tiny                    # seconds-long smoke run
+  waferflow run --profile tiny                    # a smoke run of a few minutes
   waferflow run --profile tiny --runner docker    # each task in the CPU image (images/build.sh builds it)
   waferflow run --set n_maps=4000 --set 'strategies=[full_finetune]' --set gates.min_accuracy=0.95
 

@@ -54,7 +54,13 @@ def register(subparsers) -> None:
     s.set_defaults(func=_rollback)
 
 
-def _uri(args) -> str:
+def store_uri(args) -> str:
+    """The MLflow store a command that reads the registry uses: ``--tracking-uri``, ``$MLFLOW_TRACKING_URI``,
+    ``./mlflow.db``, else ``waferflow run``'s ``./waferflow_runs/mlflow.db``.
+
+    Raises:
+        RegistryError: The store is a sqlite file that does not exist.
+    """
     from waferflow.tracking import resolve_tracking_uri
 
     # Our RetryPolicy bounds each call; mlflow's own HTTP retries would multiply it (7 tries, long backoff).
@@ -95,7 +101,7 @@ def _fmt(v, nd=4):
 def _list(args) -> int:
     from waferflow.tracking import list_versions
 
-    rows = list_versions(_uri(args), name=args.name)
+    rows = list_versions(store_uri(args), name=args.name)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -120,7 +126,7 @@ def _list(args) -> int:
 def _show(args) -> int:
     from waferflow.tracking import show_version
 
-    info = show_version(_uri(args), args.version, name=args.name)
+    info = show_version(store_uri(args), args.version, name=args.name)
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -154,7 +160,7 @@ def _show(args) -> int:
 def _history(args) -> int:
     from waferflow.tracking import audit_history
 
-    rows = audit_history(_uri(args), name=args.name)
+    rows = audit_history(store_uri(args), name=args.name)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -177,7 +183,7 @@ def _history(args) -> int:
 def _promote(args) -> int:
     from waferflow.tracking import promote
 
-    res = promote(_uri(args), args.version, reason=args.reason, actor=args.actor, name=args.name)
+    res = promote(store_uri(args), args.version, reason=args.reason, actor=args.actor, name=args.name)
     if not res.promoted:
         print(f"v{res.version} is already champion; nothing changed")
         return 0
@@ -189,7 +195,7 @@ def _promote(args) -> int:
 def _rollback(args) -> int:
     from waferflow.tracking import rollback
 
-    res = rollback(_uri(args), reason=args.reason, actor=args.actor, name=args.name)
+    res = rollback(store_uri(args), reason=args.reason, actor=args.actor, name=args.name)
     print(f"champion rolled back: v{res.old_champion} -> v{res.new_champion} (recorded: {res.audit_key})")
     return 0
 

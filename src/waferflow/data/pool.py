@@ -1,11 +1,13 @@
 """The unlabeled pool of a run: the maps self-training pseudo-labels and adaptive BN reads.
 
 A run's pool is the unlabeled part of its ``--data`` (an LSWMD table's unlabeled rows, a PNG folder's
-``unlabeled/`` subfolder) joined with every map of ``--unlabeled`` (a ``.npz`` in either layout, an ``LSWMD.pkl``,
-a PNG folder: class subfolders, ``unlabeled/`` or PNGs at its top level). Labels a pool file carries are dropped as
-it is read, so nothing downstream can read them; its class names become the labeled data's. Maps of
-``--unlabeled`` identical to a labeled map (its validation and test maps too) or to a map already in the pool are
-dropped (:func:`drop_known`), so passing a file that overlaps ``--data`` cannot put held-out maps into the pool.
+``unlabeled/`` subfolder) joined with the maps of ``--unlabeled`` (a ``.npz`` in either layout, an ``LSWMD.pkl``,
+a PNG folder: class subfolders and ``unlabeled/``, or PNGs at its top level when it has no subfolders); the data
+stage then samples the joined pool to the profile's ``pool_size``. Labels a pool file carries are dropped as it is
+read, so nothing downstream can read them; its class names become the labeled data's. Maps of ``--unlabeled``
+identical to a labeled map (its validation and test maps too) or to one of ``--data``'s own unlabeled maps are
+dropped (:func:`drop_known`), so passing a file that overlaps ``--data`` cannot put held-out maps into the pool
+(duplicates within ``--unlabeled`` itself are kept, as repeated maps of a lot are).
 """
 
 from __future__ import annotations

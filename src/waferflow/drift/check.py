@@ -104,6 +104,7 @@ def run_drift_check(current: str | os.PathLike, out_dir: str | os.PathLike, *, m
         decision["tracking_uri"] = uri
     if (retrain or prepare_retrain) and decision["drift_detected"]:
         plan = plan_retrain(batch, net, spec, out_dir, train_data=train_data)
+        plan.drift_run, plan.tracking_uri = decision.get("mlflow_run_id", ""), uri
         decision["retrain_plan"] = {"data": plan.data, "pretrained": plan.pretrained, "unlabeled": plan.unlabeled,
                                     "notes": plan.notes}
         if retrain:

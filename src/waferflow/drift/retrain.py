@@ -7,8 +7,9 @@
   when the retrain has data of its own they are its unlabeled pool (``retrain_pool.npz``: self-training and the
   label queue read it).
 
-The launch itself is done by a callable (the kfp.local launcher ``waferflow.orchestration.local.run_local`` or a
-kfp.Client submitter), so this module never imports kfp.
+This module only writes the retrain's inputs: ``waferflow.drift.check.run_drift_check`` hands the plan to a
+launcher (``waferflow.cli.drift.make_launcher``: kfp.local through ``run_local``, or a cluster through
+``submit_training``), so it never imports kfp.
 """
 
 from __future__ import annotations
@@ -83,12 +84,15 @@ def _refuse_empty_npz(p: Path) -> None:
 @dataclass
 class RetrainPlan:
     """What the retrain gets: its data (\"\" = the profile's default), its pretrained source (\"\" = default) and,
-    with data, the new unlabeled maps as its pool (\"\" = none)."""
+    with data, the new unlabeled maps as its pool (\"\" = none); ``drift_run`` and ``tracking_uri`` name the drift
+    decision's MLflow run, whose artifacts carry these files to a cluster's pods (\"\" = not logged)."""
 
     data: str = ""
     pretrained: str = ""
     unlabeled: str = ""
     notes: list[str] = field(default_factory=list)
+    drift_run: str = ""
+    tracking_uri: str = ""
 
 
 def plan_retrain(batch: Batch, model: Any, spec: Any, out_dir: str | os.PathLike,
