@@ -149,14 +149,11 @@ def make_launcher(profile: str, overrides: list[str], workdir: str | Path, host:
         cluster_overrides = env_overrides(os.environ.get("WAFERFLOW_SET", "")) + list(overrides)
 
         def launch_cluster(plan) -> dict:
-            from waferflow.orchestration.retrain import submit_training
+            from waferflow.orchestration.retrain import submit_retrain
 
             inputs = _cluster_inputs(plan)
-            print(f"[waferflow] retrain inputs: data={inputs.get('data') or '(profile default)'} "
-                  f"pretrained={inputs.get('pretrained') or '(profile default)'} "
-                  f"unlabeled={inputs.get('unlabeled') or '(none)'}", file=out or sys.stdout)
-            prof = retrain_profile(inputs, profile, cluster_overrides, cluster={})
-            return submit_training(host, prof, namespace=namespace)
+            return submit_retrain(inputs, plan.drift_run, plan.tracking_uri, host, profile=profile,
+                                  overrides=cluster_overrides, cluster={}, namespace=namespace, out=out)
 
         return launch_cluster
 
@@ -173,22 +170,20 @@ def make_launcher(profile: str, overrides: list[str], workdir: str | Path, host:
 
 
 def _cluster_inputs(plan) -> dict:
-    """The plan's inputs as the cluster's pods can read them: local files become ``runs:/`` URIs of the drift run.
+    """The plan's inputs, checked for a cluster: local files need the drift decision's MLflow run to travel in.
 
     Raises:
         ConfigError: Local files, but the decision was not logged to MLflow.
     """
     import dataclasses
 
-    from waferflow.orchestration.sources import RETRAIN_INPUTS, is_remote, publish_retrain_inputs
+    from waferflow.orchestration.sources import RETRAIN_INPUTS, is_remote
 
     inputs = dataclasses.asdict(plan)
-    if not [k for k in RETRAIN_INPUTS if inputs.get(k) and not is_remote(inputs[k])]:
-        return inputs
-    if not plan.drift_run:
+    if [k for k in RETRAIN_INPUTS if inputs.get(k) and not is_remote(inputs[k])] and not plan.drift_run:
         raise ConfigError("a cluster retrain reads its inputs through the drift decision's MLflow run, and this "
                           "decision was not logged; log it (the default) to a tracking server the cluster uses")
-    return publish_retrain_inputs(inputs, plan.drift_run, plan.tracking_uri)
+    return inputs
 
 
 def _refuse_local_store_for_cluster(args) -> None:

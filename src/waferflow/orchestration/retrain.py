@@ -51,6 +51,23 @@ def retrain_profile(plan: Mapping[str, Any], profile: str, overrides: Sequence[s
     return get_profile(profile, ov)
 
 
+def submit_retrain(plan: Mapping[str, Any], run_id: str, tracking_uri: str, host: str, *, profile: str,
+                   overrides: Sequence[str], cluster: Mapping[str, Any], namespace: str | None = None,
+                   out=None) -> dict:
+    """Submit a retrain plan to ``host``: its local files are logged as artifacts of the drift run ``run_id`` and
+    handed over as ``runs:/`` URIs (the retrain's pods cannot read the drift side's disk). Returns
+    :func:`submit_training`'s dict."""
+    import sys
+
+    from waferflow.orchestration.sources import publish_retrain_inputs
+
+    plan = publish_retrain_inputs(dict(plan), run_id, tracking_uri)
+    print(f"[waferflow] retrain inputs: data={plan.get('data') or '(profile default)'} "
+          f"pretrained={plan.get('pretrained') or '(profile default)'} unlabeled={plan.get('unlabeled') or '(none)'}",
+          file=out or sys.stdout)
+    return submit_training(host, retrain_profile(plan, profile, overrides, cluster), namespace=namespace)
+
+
 def start_retrain(decision_dir: str | os.PathLike, *, host: str, namespace: str, profile: str,
                   overrides: Sequence[str], cluster: Mapping[str, Any], workdir: str) -> str:
     """Start the training pipeline with ``decision_dir/decision.json``'s retrain plan.
@@ -67,16 +84,12 @@ def start_retrain(decision_dir: str | os.PathLike, *, host: str, namespace: str,
     plan = d["retrain_plan"]
     if host:
         from waferflow.orchestration.runtime import tracking_uri as resolve_uri
-        from waferflow.orchestration.sources import publish_retrain_inputs
 
-        plan = publish_retrain_inputs(plan, d["mlflow_run_id"], resolve_uri(d.get("tracking_uri", "")))
-        print(f"[waferflow] retrain inputs: data={plan.get('data') or '(profile default)'} "
-              f"pretrained={plan.get('pretrained') or '(profile default)'}")
-    prof = retrain_profile(plan, profile, overrides, cluster)
-    if host:
-        res = submit_training(host, prof, namespace=namespace or None)
+        res = submit_retrain(plan, d["mlflow_run_id"], resolve_uri(d.get("tracking_uri", "")), host,
+                             profile=profile, overrides=overrides, cluster=cluster, namespace=namespace or None)
         print(f"[waferflow] retrain submitted to {host}: run {res['run_id']}")
         return str(res["run_id"])
+    prof = retrain_profile(plan, profile, overrides, cluster)
     from waferflow.orchestration.local import run_local
 
     res = run_local(prof, workdir=workdir or "waferflow_runs")
