@@ -79,8 +79,10 @@ def test_cluster_launcher_hands_local_inputs_over_as_runs_uris_with_the_cluster_
         launch(RetrainPlan(data=str(data)))
     assert not seen
     # remote inputs need no run
+    (tmp_path / "wd").mkdir(exist_ok=True)
+    monkeypatch.chdir(tmp_path / "wd")
     launch(RetrainPlan(data="s3://bucket/base.npz"))
-    assert seen["prof"].data == "s3://bucket/base.npz"
+    assert seen["prof"].data == "s3://bucket/base.npz" and not (tmp_path / "wd" / "mlflow.db").exists()
 
 
 def test_drift_reference_command(tmp_path, tiny_model, clean_batch, capsys):

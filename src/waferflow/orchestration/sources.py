@@ -132,12 +132,13 @@ def publish_retrain_inputs(plan: dict, run_id: str, tracking_uri: str) -> dict:
     """
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri)
     out = dict(plan)
-    for key in RETRAIN_INPUTS:
-        path = plan.get(key) or ""
-        if not path or is_remote(path):
-            continue
+    local = [k for k in RETRAIN_INPUTS if plan.get(k) and not is_remote(plan[k])]
+    if not local:  # nothing to hand over: no client (an empty URI would open ./mlflow.db)
+        return out
+    client = MlflowClient(tracking_uri)
+    for key in local:
+        path = plan[key]
         p = Path(path)
         if p.is_dir():
             client.log_artifacts(run_id, str(p), artifact_path=f"retrain/{p.name}")
